@@ -1,0 +1,22 @@
+# taskalign: pretraining-task alignment of a prostate-MRI foundation model.
+# Stages live in workflow/rules/<stage>.smk; path patterns and config look-ups in common.smk.
+from snakemake.utils import min_version
+
+min_version("9.11")
+
+
+# A --configfile replaces the default config instead of being merged into it: a cohort or task left out
+# of the user's config must not come back from the default one.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_data_outputs(),

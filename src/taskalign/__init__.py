@@ -1,0 +1,3 @@
+"""taskalign: pretraining-task alignment of a prostate-MRI foundation model, as a Snakemake pipeline."""
+
+__version__ = "0.1.0"

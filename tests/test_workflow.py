@@ -1,0 +1,85 @@
+"""The workflow as a whole: lint, config validation, DAG planning at every scale, setup consistency."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from conftest import REPO, run_snakemake
+
+
+def job_counts(dry_run_stdout: str) -> dict[str, int]:
+    table = dry_run_stdout.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def test_lint_passes():
+    proc = run_snakemake("--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_paper_config_plans_its_dag():
+    proc = run_snakemake("-n", "--configfile", "config/paper.yaml")
+    counts = job_counts(proc.stdout)
+    assert counts["cohort"] == 5 and counts["preprocess"] == 5 and counts["check_manifest"] == 5
+
+
+def test_misspelt_key_is_an_error_that_names_it(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["preprocess"]["spacng_mm"] = cfg["preprocess"].pop("spacing_mm")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake("-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "'spacng_mm' was unexpected" in proc.stdout + proc.stderr
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["data"]["cohorts"]["risk"]["source"] = "phantm"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake("-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0 and "phantm" in proc.stdout + proc.stderr
+
+
+def test_configfile_replaces_the_default_config(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    del cfg["data"]["cohorts"]["corpus"]
+    path = tmp_path / "no_corpus.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake("-n", "--configfile", str(path))
+    assert job_counts(proc.stdout)["cohort"] == 4
+    assert "results/cohorts/corpus" not in proc.stdout
+
+
+def test_user_manifest_cohort_skips_generation(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["data"]["cohorts"] = {"mine": {"source": "manifest", "path": str(tmp_path / "m.csv")}}
+    (tmp_path / "m.csv").write_text("case_id\n")
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    counts = job_counts(run_snakemake("-n", "--configfile", str(path)).stdout)
+    assert "cohort" not in counts and counts["check_manifest"] == 1
+
+
+def test_conda_env_carries_the_same_pins_as_the_pip_setup():
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    env = yaml.safe_load((REPO / "envs/taskalign.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    env_pins = dict(p.lower().split("==") for p in pip)
+    assert env_pins.pop("torch") == "2.13.0"
+    assert "torch==2.13.0" in (REPO / "Makefile").read_text()
+    for name, version in env_pins.items():
+        assert pins[name] == version, f"{name}: envs/taskalign.yaml pins {version}, requirements.txt {pins.get(name)}"
+
+
+def test_slurm_profile_is_found_from_the_root():
+    assert (REPO / "slurm").resolve() == (REPO / "profiles/slurm").resolve()
+    assert not (REPO / "profiles/default").exists(), "a default profile would apply to every run"
