@@ -1,0 +1,42 @@
+"""Preprocess one cohort into the cache, its index CSV and QC montages (rule `preprocess`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from taskalign.runtime import available_cores, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--manifest", required=True, type=Path, help="checked manifest CSV")
+    parser.add_argument("--cache-dir", required=True, type=Path, help="cache folder: one sub-folder per case")
+    parser.add_argument("--index", required=True, type=Path, help="index CSV to write (manifest + cache_dir)")
+    parser.add_argument("--qc-dir", required=True, type=Path, help="folder for the QC montages")
+    parser.add_argument("--params", default="{}", help="JSON: the preprocess config slice")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    log = setup_logging("taskalign.preprocess")
+
+    from taskalign.data.preprocess import PreprocessError, preprocess_cohort
+
+    try:
+        preprocess_cohort(
+            args.manifest,
+            json.loads(args.params),
+            args.cache_dir,
+            args.index,
+            args.qc_dir,
+            workers=available_cores(args.workers),
+        )
+    except (PreprocessError, ValueError) as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""What every importer shares: manifest rows, atomic writes, label remapping and moving masks onto the T2W grid.
+
+Importers return one dict per case (keys from `labels.MANIFEST_COLUMNS`); `write_manifest` checks and writes them.
+Files an importer has to convert go to `<manifest dir>/converted/<case_id>/` and are referenced relative to the
+manifest's directory; files used as they are keep their absolute source path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from taskalign.data.labels import MANIFEST_COLUMNS, ZONE_LABELS
+from taskalign.runtime import atomic_path
+
+log = logging.getLogger(__name__)
+
+CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+CONVERTED_DIR = "converted"
+# Grids that differ by less than this (mm, and direction cosines) are the same grid: NIfTI stores geometry in
+# float32, so a mask written from the very same grid comes back a few 1e-5 mm off.
+GRID_TOLERANCE = 1e-3
+
+# DICOM tags of the T2W acquisition, as SimpleITK names them (also found in MHA headers written by picai_prep).
+ACQUISITION_TAGS = {
+    "tr": "0018|0080",  # RepetitionTime, ms
+    "te": "0018|0081",  # EchoTime, ms
+    "flip_angle": "0018|1314",  # FlipAngle, deg
+    "field_strength": "0018|0087",  # MagneticFieldStrength, T
+    "vendor": "0008|0070",  # Manufacturer
+}
+
+
+class CohortImportError(ValueError):
+    """A source layout an importer cannot turn into a manifest; the message names case, file and problem."""
+
+
+def problem(case: str, path: Path | str | None, what: str) -> str:
+    """One line of an error report: `case <id>: <file>: <problem>`."""
+    where = f"{path}: " if path is not None else ""
+    return f"case {case}: {where}{what}"
+
+
+def raise_problems(problems: list[str], context: str) -> None:
+    """Raise one CohortImportError listing every problem (a user fixes them all in one go)."""
+    if problems:
+        listing = "\n  ".join(problems)
+        raise CohortImportError(f"{context}: {len(problems)} problem(s):\n  {listing}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Manifest
+
+
+def empty_row(case_id: str, patient_id: str, cohort: str) -> dict:
+    row = {column: "" for column in MANIFEST_COLUMNS}
+    row.update(case_id=case_id, patient_id=patient_id, cohort=cohort)
+    return row
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return str(int(value)) if value.is_integer() else format(value, ".10g")
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, np.floating):
+        return _cell(float(value))
+    return str(value).strip()
+
+
+def manifest_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows as a DataFrame of strings with exactly MANIFEST_COLUMNS; checks case ids (pattern, uniqueness)."""
+    problems = []
+    for row in rows:
+        unknown = sorted(set(row) - set(MANIFEST_COLUMNS))
+        if unknown:
+            problems.append(problem(row.get("case_id", "?"), None, f"unknown manifest column(s) {unknown}"))
+    seen: dict[str, int] = {}
+    for row in rows:
+        case = _cell(row.get("case_id"))
+        if not CASE_ID_PATTERN.fullmatch(case):
+            problems.append(problem(case or "?", None, "case_id must match [A-Za-z0-9_.-]+ (it names files)"))
+        if not _cell(row.get("patient_id")):
+            problems.append(problem(case, None, "empty patient_id"))
+        seen[case] = seen.get(case, 0) + 1
+    problems += [problem(case, None, f"case_id occurs {n} times") for case, n in seen.items() if n > 1]
+    raise_problems(problems, "manifest")
+    table = [[_cell(row.get(column)) for column in MANIFEST_COLUMNS] for row in rows]
+    return pd.DataFrame(table, columns=MANIFEST_COLUMNS, dtype=str)
+
+
+def write_manifest(rows: list[dict], out_manifest: Path) -> pd.DataFrame:
+    """Check the rows and write them atomically as the manifest CSV; returns the written table."""
+    frame = manifest_frame(rows)
+    with atomic_path(Path(out_manifest)) as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame
+
+
+def manifest_path(path: Path | str, out_dir: Path) -> str:
+    """Path as the manifest stores it: relative to the manifest's folder when inside it, else absolute."""
+    path = Path(path).absolute()
+    try:
+        return path.relative_to(Path(out_dir).absolute()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def converted_path(out_dir: Path, case_id: str, name: str) -> Path:
+    return Path(out_dir) / CONVERTED_DIR / case_id / name
+
+
+def write_converted(image: sitk.Image, out_dir: Path, case_id: str, name: str) -> str:
+    """Write `converted/<case_id>/<name>` and return the path as the manifest stores it."""
+    return manifest_path(write_image(image, converted_path(out_dir, case_id, name)), out_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images on disk
+
+
+def _full_suffix(name: str) -> str:
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def write_image(image: sitk.Image, path: Path) -> Path:
+    """Write atomically (temporary file with the same extension, then os.replace), compressed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_full_suffix(path.name))
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_image(path: Path, case: str, what: str) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise CohortImportError(problem(case, path, f"cannot read {what}: {str(error).strip().splitlines()[-1]}"))
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """Metadata of an image file (DICOM tags as 'gggg|eeee') without reading its pixels; values stripped."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.LoadPrivateTagsOn()
+    reader.ReadImageInformation()
+    header = {}
+    for key in reader.GetMetaDataKeys():
+        try:
+            header[key] = reader.GetMetaData(key).strip()
+        except UnicodeDecodeError:  # binary private values
+            header[key] = ""
+    return header
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(str(text).split("\\")[0])
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def acquisition_metadata(header: dict[str, str]) -> dict:
+    """tr, te (ms), flip_angle (deg), field_strength (T), vendor from DICOM tags; absent tags give ''."""
+    out = {}
+    for column, tag in ACQUISITION_TAGS.items():
+        text = header.get(tag, "")
+        if column == "vendor":
+            out[column] = text.strip()
+            continue
+        value = _float(text)
+        if column == "field_strength" and value is not None and value > 20:
+            value = value / 10000.0  # a few old headers give gauss
+        out[column] = "" if value is None else value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grids and labels
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Voxel grid of an image: size (x, y, z), spacing mm, origin mm, direction (row-major 3x3), LPS."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Grid:
+        return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+    @classmethod
+    def of_file(cls, path: Path) -> Grid:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return cls(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+    def matches(self, other: Grid, tolerance: float = GRID_TOLERANCE) -> bool:
+        return (
+            tuple(self.size) == tuple(other.size)
+            and np.allclose(self.spacing, other.spacing, atol=tolerance)
+            and np.allclose(self.origin, other.origin, atol=tolerance)
+            and np.allclose(self.direction, other.direction, atol=tolerance)
+        )
+
+
+def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str) -> sitk.Image:
+    """The mask on `grid`: its own voxels with the grid's exact geometry when it already lies there (within
+    GRID_TOLERANCE), else resampled nearest-neighbour (labels must not be interpolated)."""
+    if mask.GetDimension() != 3:
+        raise CohortImportError(problem(case, path, f"{what} is {mask.GetDimension()}-D, expected 3-D"))
+    if Grid.of(mask).matches(grid):
+        mask = sitk.Image(mask)
+        mask.SetSpacing(grid.spacing)
+        mask.SetOrigin(grid.origin)
+        mask.SetDirection(grid.direction)
+        return mask
+    log.info("case %s: %s %s is not on the T2W grid; resampled nearest-neighbour onto it", case, what, path)
+    return sitk.Resample(
+        mask, grid.size, sitk.Transform(), sitk.sitkNearestNeighbor, grid.origin, grid.spacing, grid.direction,
+        0, mask.GetPixelID(),
+    )
+
+
+def label_values(image: sitk.Image) -> np.ndarray:
+    return np.unique(sitk.GetArrayViewFromImage(image))
+
+
+def remap_labels(image: sitk.Image, mapping: dict[int, int], case: str, path: Path, what: str) -> sitk.Image:
+    """uint8 image with source label v replaced by mapping[v]; a value the mapping lacks is an error."""
+    array = sitk.GetArrayViewFromImage(image)
+    values = np.unique(array)
+    unknown = [v.item() for v in values if v.item() not in mapping]
+    if unknown:
+        raise CohortImportError(
+            problem(case, path, f"{what} has label value(s) {unknown} outside the expected {sorted(mapping)}")
+        )
+    out = np.zeros(array.shape, dtype=np.uint8)
+    for source, target in mapping.items():
+        out[array == source] = target
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(image)
+    return result
+
+
+def binarise(image: sitk.Image, threshold: float = 1) -> sitk.Image:
+    """uint8 {0, 1}: 1 where the value is >= threshold."""
+    out = (sitk.GetArrayViewFromImage(image) >= threshold).astype(np.uint8)
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(image)
+    return result
+
+
+_ZONE_ALIASES = {
+    "background": 0,
+    "bg": 0,
+    "pz": ZONE_LABELS["pz"],
+    "peripheral": ZONE_LABELS["pz"],
+    "peripheralzone": ZONE_LABELS["pz"],
+    "tz": ZONE_LABELS["tz"],
+    "transition": ZONE_LABELS["tz"],
+    "transitionzone": ZONE_LABELS["tz"],
+    "transitionalzone": ZONE_LABELS["tz"],
+    # The central gland (TZ + central zone + anterior stroma) is what TZ labels mean in most public datasets.
+    "cg": ZONE_LABELS["tz"],
+    "centralgland": ZONE_LABELS["tz"],
+    **{name.replace("_", ""): label for name, label in ZONE_LABELS.items()},
+    "sv": ZONE_LABELS["seminal_vesicles"],
+    "seminalvesicle": ZONE_LABELS["seminal_vesicles"],
+    "neurovascularbundles": ZONE_LABELS["nvb"],
+    "neurovascularbundle": ZONE_LABELS["nvb"],
+}
+
+
+def zone_label(name: str) -> int | None:
+    """Our zone label (labels.ZONE_LABELS, 0 = background) for a structure name such as 'PZ' or
+    'transition zone'; None when the name is not one we know."""
+    return _ZONE_ALIASES.get(re.sub(r"[^a-z]", "", name.lower()))
+
+
+def parse_int_map(value, what: str) -> dict[int, int]:
+    """{source: target} from a dict or a 'a:b,c:d' string (CLI options)."""
+    if isinstance(value, dict):
+        items = value.items()
+    else:
+        items = [part.split(":", 1) for part in str(value).split(",") if part.strip()]
+    try:
+        return {int(k): int(v) for k, v in items}
+    except (TypeError, ValueError):
+        raise CohortImportError(f"option {what}: expected a mapping of integers like '1:2,2:1', got {value!r}")

@@ -1,0 +1,146 @@
+"""Medical Segmentation Decathlon Task05_Prostate -> manifest.
+
+Layout: `dataset.json`, `imagesTr/prostate_XX.nii.gz` (4-D: one 3-D volume per channel, `modality` in
+dataset.json: {"0": "T2", "1": "ADC"}), `labelsTr/prostate_XX.nii.gz` (`labels`: {"0": "background",
+"1": "PZ", "2": "TZ"}), `imagesTs/` without labels. Cases are read from dataset.json's lists, which also keeps
+out the macOS `._prostate_XX.nii.gz` files the official archive contains.
+
+Each 4-D image is split into `converted/<case>/{t2w,adc}.nii.gz`; channels and labels are mapped by their
+names in dataset.json, never by position. Zones are remapped to labels.ZONE_LABELS (PZ -> 2, TZ -> 1) and
+prostate = zones > 0.
+
+ADC: the MSD ADC channel is not in the vendors' 1e-6 mm^2/s (the manifest contract's unit) and its scale is not
+documented. It is written unscaled, with a warning; give `adc_scale` (a factor into 1e-6 mm^2/s) once known.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from taskalign.data.importers.common import (
+    CohortImportError,
+    Grid,
+    binarise,
+    empty_row,
+    onto_grid,
+    problem,
+    read_image,
+    remap_labels,
+    write_converted,
+    zone_label,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNEL_COLUMNS = {"t2": "t2w", "t2w": "t2w", "adc": "adc", "dwi": "dwi", "hbv": "dwi"}
+
+
+def import_msd(
+    source: Path,
+    out_dir: Path,
+    cohort: str,
+    *,
+    include_test: bool = False,
+    adc_scale: float | None = None,
+) -> list[dict]:
+    """One manifest row per training case (and per test image with include_test).
+
+    Options:
+      include_test: also import imagesTs (no labels; useful for an unlabelled pretraining corpus).
+      adc_scale: multiply the ADC channel by this factor (written as float32); default: leave it unscaled.
+    """
+    source = Path(source)
+    spec_path = source / "dataset.json"
+    if not spec_path.is_file():
+        raise CohortImportError(f"MSD source {source}: no dataset.json")
+    spec = json.loads(spec_path.read_text())
+    channels = _channel_columns(spec, spec_path)
+    zones_lut = _zone_mapping(spec, spec_path)
+    if "adc" in channels.values() and adc_scale is None:
+        log.warning("MSD ADC is not in 1e-6 mm^2/s; written unscaled (option adc_scale converts it)")
+
+    entries = [(_resolve(source, e["image"]), _resolve(source, e["label"])) for e in spec.get("training", [])]
+    if include_test:
+        entries += [(_resolve(source, e if isinstance(e, str) else e["image"]), None) for e in spec.get("test", [])]
+    if not entries:
+        raise CohortImportError(f"MSD source {source}: dataset.json lists no cases")
+
+    rows = []
+    for image_path, label_path in entries:
+        case = image_path.name.removesuffix(".nii.gz").removesuffix(".nii")
+        if not image_path.is_file():
+            raise CohortImportError(problem(case, image_path, "listed in dataset.json but missing"))
+        row = empty_row(case, case, cohort)
+        image = read_image(image_path, case, "4-D image")
+        volumes = _split_channels(image, len(channels), case, image_path)
+        for index, column in channels.items():
+            volume = volumes[index]
+            if column == "adc" and adc_scale is not None:
+                volume = sitk.Cast(volume, sitk.sitkFloat32) * float(adc_scale)
+            row[column] = write_converted(volume, out_dir, case, f"{column}.nii.gz")
+        if label_path is not None:
+            if not label_path.is_file():
+                raise CohortImportError(problem(case, label_path, "label listed in dataset.json but missing"))
+            zones = remap_labels(read_image(label_path, case, "label"), zones_lut, case, label_path, "label map")
+            t2w_index = next(i for i, c in channels.items() if c == "t2w")
+            zones = onto_grid(zones, Grid.of(volumes[t2w_index]), case, label_path, "label map")
+            row["zones"] = write_converted(zones, out_dir, case, "zones.nii.gz")
+            gland = binarise(zones, 1)
+            row["prostate"] = write_converted(gland, out_dir, case, "prostate.nii.gz")
+        rows.append(row)
+    return rows
+
+
+def _resolve(source: Path, entry: str) -> Path:
+    return source / entry.removeprefix("./")
+
+
+def _channel_columns(spec: dict, path: Path) -> dict[int, str]:
+    """{channel index: manifest column} from dataset.json `modality` (or nnU-Net v2 `channel_names`)."""
+    names = spec.get("modality") or spec.get("channel_names")
+    if not isinstance(names, dict) or not names:
+        raise CohortImportError(f"{path}: no `modality` listing the channels")
+    out = {}
+    for index, name in names.items():
+        column = CHANNEL_COLUMNS.get(str(name).strip().lower())
+        if column is None:
+            raise CohortImportError(f"{path}: channel {index} {name!r} is none of {sorted(CHANNEL_COLUMNS)}")
+        if column in out.values():
+            raise CohortImportError(f"{path}: two channels map to {column}")
+        out[int(index)] = column
+    if "t2w" not in out.values():
+        raise CohortImportError(f"{path}: no T2 channel in `modality` {names}")
+    return out
+
+
+def _zone_mapping(spec: dict, path: Path) -> dict[int, int]:
+    """{source label: our zone label} from dataset.json `labels` ({"1": "PZ"}, or nnU-Net v2's {"PZ": 1})."""
+    labels = spec.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise CohortImportError(f"{path}: no `labels`")
+    pairs = [(k, v) if str(k).isdigit() else (v, k) for k, v in labels.items()]
+    out = {}
+    for value, name in pairs:
+        ours = zone_label(str(name))
+        if ours is None:
+            raise CohortImportError(f"{path}: label {value} {name!r} is not a structure labels.ZONE_LABELS knows")
+        out[int(value)] = ours
+    return out
+
+
+def _split_channels(image: sitk.Image, count: int, case: str, path: Path) -> list[sitk.Image]:
+    """3-D volumes of a 4-D (or vector-pixel) image, in channel order."""
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        volumes = [sitk.VectorIndexSelectionCast(image, i) for i in range(image.GetNumberOfComponentsPerPixel())]
+    elif image.GetDimension() == 4:
+        size = list(image.GetSize())
+        volumes = [sitk.Extract(image, size[:3] + [0], [0, 0, 0, i]) for i in range(size[3])]
+    else:
+        volumes = [image]
+    if len(volumes) != count:
+        raise CohortImportError(problem(case, path, f"{len(volumes)} channel(s), dataset.json lists {count}"))
+    return volumes

@@ -1,0 +1,143 @@
+"""QC montages of cached cases: every channel through the gland, mask outlines on top (results/qc/{cohort}/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from taskalign.data.labels import MASK_COLUMNS, ZONE_LABELS  # noqa: E402
+from taskalign.runtime import atomic_path  # noqa: E402
+
+# Outline colours: distinct from each other and visible on grey images.
+MASK_COLOURS = {"prostate": "#ffd700", "lesion": "#ff2020", "rectum": "#ff00ff"}
+ZONE_COLOURS = {
+    "tz": "#00bfff",
+    "pz": "#32cd32",
+    "bladder": "#ff8c00",
+    "rectum": "#ff69b4",
+    "seminal_vesicles": "#9370db",
+    "bone": "#f5f5f5",
+    "obturator_internus": "#cd853f",
+    "nvb": "#00ffff",
+}
+
+
+def _outlines(masks: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+    """(legend label, colour, binary (D, H, W) mask) for every structure to outline."""
+    out = []
+    for name, mask in masks.items():
+        if name == "zones":
+            for zone, label in ZONE_LABELS.items():
+                if (mask == label).any():
+                    out.append((f"zone {zone}", ZONE_COLOURS[zone], mask == label))
+        elif mask.any():
+            out.append((name, MASK_COLOURS.get(name, "#ffffff"), mask > 0))
+    return out
+
+
+def _gland(masks: dict[str, np.ndarray]) -> np.ndarray | None:
+    for name in ("prostate", "zones"):
+        if name in masks and masks[name].any():
+            return masks[name] > 0
+    return None
+
+
+def montage(
+    image: np.ndarray,
+    masks: dict[str, np.ndarray],
+    channel_names,
+    out_png: Path,
+    title: str,
+    spacing_zyx=(1.0, 1.0, 1.0),
+    n_axial: int = 5,
+) -> None:
+    """Write a PNG: one row per channel; columns = `n_axial` axial slices through the gland, a sagittal and a
+    coronal view through its centre; mask outlines on every panel and a legend.
+
+    image: (C, D, H, W) float; masks: name -> (D, H, W) int (zones drawn per label); spacing_zyx: mm, sets the
+    aspect ratios. Radiological display: patient right on the image left, anterior up (axial), superior up.
+    """
+    n_channels, depth, height, width = image.shape
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    gland = _gland(masks)
+    if gland is not None:
+        zs, ys, xs = np.nonzero(gland)
+        z_slices = np.unique(np.round(np.linspace(zs.min(), zs.max(), n_axial)).astype(int))
+        cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    else:
+        z_slices = np.unique(np.round(np.linspace(0.2 * (depth - 1), 0.8 * (depth - 1), n_axial)).astype(int))
+        cy, cx = height // 2, width // 2
+    outlines = _outlines(masks)
+
+    # (label, 2D slicer, (row spacing, col spacing), origin, which outline slice)
+    views = [(f"axial z={z}", lambda v, z=z: v[z], (sy, sx), "upper") for z in z_slices]
+    views.append((f"sagittal x={cx}", lambda v: v[:, :, cx], (sz, sy), "lower"))
+    views.append((f"coronal y={cy}", lambda v: v[:, cy, :], (sz, sx), "lower"))
+    widths = [width * sx] * len(z_slices) + [height * sy, width * sx]
+    row_height = max(height * sy, depth * sz)
+    panel = 2.3 / max(widths)  # inches per mm
+    fig, axes = plt.subplots(
+        n_channels,
+        len(views),
+        figsize=(panel * sum(widths) + 0.8, panel * row_height * n_channels + 1.3),
+        gridspec_kw={"width_ratios": widths, "wspace": 0.04, "hspace": 0.08},
+        squeeze=False,
+        facecolor="black",
+    )
+    for c in range(n_channels):
+        volume = image[c]
+        absent = not volume.any()
+        vmin, vmax = (np.percentile(volume, [1, 99]) if not absent else (0.0, 1.0))
+        for v, (label, cut, (rs, cs), origin) in enumerate(views):
+            ax = axes[c, v]
+            ax.imshow(cut(volume), cmap="gray", vmin=vmin, vmax=vmax, origin=origin, aspect=rs / cs,
+                      interpolation="nearest")
+            for _, colour, mask in outlines:
+                piece = cut(mask)
+                if piece.any():
+                    ax.contour(piece.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():  # frame the crop: padding is as dark as the page
+                spine.set_color("#606060")
+            if c == 0:
+                ax.set_title(label, color="white", fontsize=8)
+            if v == 0:
+                name = channel_names[c] + (" (absent)" if absent else "")
+                ax.set_ylabel(name, color="white", fontsize=10)
+    handles = [Line2D([], [], color=colour, lw=2, label=label) for label, colour, _ in outlines]
+    if handles:
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.08), ncol=len(handles), frameon=False,
+                   fontsize=8, labelcolor="white")
+    fig.suptitle(title, color="white", fontsize=9)
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, facecolor="black", bbox_inches="tight", pad_inches=0.15)
+    plt.close(fig)
+
+
+def montage_case(case_dir: Path, out_png: Path) -> None:
+    """Montage of one cache folder (image.npy, masks, meta.json; docs/data-contract.md, section 3)."""
+    case_dir = Path(case_dir)
+    meta = json.loads((case_dir / "meta.json").read_text())
+    image = np.load(case_dir / "image.npy", mmap_mode="r")
+    masks = {m: np.load(case_dir / f"{m}.npy") for m in MASK_COLUMNS if (case_dir / f"{m}.npy").exists()}
+    spacing = meta["spacing_mm"]
+    volume = meta.get("volume_ml_native")
+    title = (
+        f"{meta['case_id']}  ({meta.get('cohort') or '?'}, {meta.get('split') or '?'})   "
+        f"spacing z,y,x {spacing[0]:g} x {spacing[1]:g} x {spacing[2]:g} mm   "
+        f"size {' x '.join(str(s) for s in meta['shape'])}"
+    )
+    if volume is not None:
+        title += f"\nprostate {volume:.1f} mL native, {meta['volume_ml_cache']:.1f} mL cache"
+    if meta.get("warnings"):
+        title += "\nWARNING: " + "; ".join(meta["warnings"])
+    montage(np.asarray(image), masks, meta["channels"], out_png, title, spacing_zyx=spacing)
