@@ -64,3 +64,26 @@ def test_changing_preprocessing_reruns_only_preprocessing(workdir, tmp_path):
     proc = run_snakemake("-n", "--cores", "2", "--configfile", str(changed), cwd=workdir)
     jobs = proc.stdout.split("Job stats:")[1]
     assert "preprocess" in jobs and "cohort " not in jobs and "check_manifest" not in jobs
+
+
+def test_real_cohorts_run_through_importers_check_and_preprocessing(shared_data, tmp_path):
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["data"]["cohorts"] = {
+        "picai": {"source": "picai", "path": str(shared_data / "picai-sample")},
+        "prostatex": {
+            "source": "dicom",
+            "path": str(shared_data / "prostatex-dicom"),
+            "options": {"on_duplicate": "latest"},
+        },
+    }
+    config = tmp_path / "real.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run_snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path)
+    picai = pd.read_csv(tmp_path / "results/cache/picai.csv")
+    prostatex = pd.read_csv(tmp_path / "results/cache/prostatex.csv")
+    assert len(picai) == len(prostatex) == 1
+    meta = json.loads((tmp_path / picai.cache_dir[0] / "meta.json").read_text())
+    assert meta["channels_present"] == ["t2w", "dwi", "adc"]
+    assert abs(meta["volume_ml_cache"] - meta["volume_ml_native"]) < 0.03 * meta["volume_ml_native"]
+    assert np.load(tmp_path / prostatex.cache_dir[0] / "image.npy").shape[0] == 3
+    assert (tmp_path / "results/qc/picai" / f"{picai.case_id[0]}.png").exists()

@@ -1,6 +1,9 @@
 # Config validation, path patterns and config look-ups shared by every stage.
 import json
+import sys
+from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 
@@ -8,8 +11,17 @@ validate(config, "../schemas/config.schema.yaml")
 
 # Rules call the library as `python -m taskalign...`; the checkout's src/ is put on the path here (not
 # in each command) so that moving the checkout does not change any command text and trigger reruns.
+# Without --sdm conda, `python` is the interpreter running Snakemake (the project's .venv), activated or not.
 # Snakemake's own default prefix (strict bash) is kept.
-shell.prefix(f"set -euo pipefail; export PYTHONPATH='{workflow.basedir}/src'; ")
+def job_environment():
+    exports = [f"export PYTHONPATH='{workflow.basedir}/src'"]
+    settings = workflow.deployment_settings
+    if settings is None or DeploymentMethod.CONDA not in settings.deployment_method:
+        exports.append(f"export PATH='{Path(sys.executable).parent}':\"$PATH\"")
+    return "; ".join(exports)
+
+
+shell.prefix(f"set -euo pipefail; {job_environment()}; ")
 
 COHORTS = config["data"]["cohorts"]
 IMPORTERS = ("picai", "dicom", "nifti", "prostate158", "msd")

@@ -476,8 +476,11 @@ def _anatomy(rng: np.random.Generator, volume_ml: float) -> tuple[list[PaintOp],
     afms = Shape.make("ellipsoid", c + [0, -ay, az * u(0, 0.3)], axes * [u(0.4, 0.55), u(0.25, 0.35), u(0.7, 0.9)])
 
     ops: list[PaintOp] = []
-    paint = lambda shape, name, over=None: ops.append(PaintOp(shape, name if isinstance(name, int) else C[name],
-                                                              None if over is None else tuple(over)))
+
+    def paint(shape: Shape, tissue: str | int, over=None) -> None:
+        ops.append(PaintOp(shape, C[tissue] if isinstance(tissue, str) else tissue,
+                           None if over is None else tuple(over)))
+
     body_c = c + [0, u(10, 25), 0]
     paint(Shape.make("cylinder", body_c, [u(150, 190), u(75, 115), 1000]), "fat")
     for s in (-1, 1):  # gluteal muscles, posterolateral, mostly outside the FOV
@@ -834,8 +837,6 @@ def phantom_config(cfg: dict | None) -> dict:
 def _fmt(value) -> str:
     if value is None or value == "":
         return ""
-    if isinstance(value, (bool, np.bool_)):
-        return str(int(value))
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
