@@ -417,11 +417,12 @@ class CasePlan:
     truth: dict = field(default_factory=dict)
 
 
-def case_rng(seed: int, cohort: str, index: int, stream: int) -> np.random.Generator:
-    """Generator of one case, independent of every other case (stream 0: plan, 1: noise)."""
+def case_seed(seed: int, cohort: str, index: int, stream: int) -> list[int]:
+    """Entropy of one case's generator, independent of every other case (stream 0: plan, 1: noise), so adding
+    cases or changing workers never changes a case."""
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, zlib.crc32(cohort.encode()), index, stream])
+    return [seed, zlib.crc32(cohort.encode()), index, stream]
 
 
 def _ball_point(rng: np.random.Generator) -> np.ndarray:
@@ -432,9 +433,11 @@ def _ball_point(rng: np.random.Generator) -> np.ndarray:
 
 
 def _sample_tissues(rng: np.random.Generator, field_t: float, n_classes: int):
+    """Per-class T1 (ms), T2 (ms), PD, ADC (mm^2/s) tables (n_classes,) from TISSUES, and the 1.5 T T1 factor.
+    Classes beyond the named tissues (nodules, lesions) are filled by the caller."""
     t1, t2, pd, adc = (np.ones(n_classes), np.ones(n_classes), np.zeros(n_classes), np.zeros(n_classes))
     t1_factor = rng.uniform(0.75, 0.85) if field_t < 2 else 1.0  # T1 shortens at lower field
-    t2_factor = 1.05 if field_t < 2 else 1.0
+    t2_factor = 1.05 if field_t < 2 else 1.0  # and T2 lengthens slightly
     for k, (_, spec) in enumerate(TISSUES):
         if spec is None:
             continue
@@ -443,7 +446,7 @@ def _sample_tissues(rng: np.random.Generator, field_t: float, n_classes: int):
         t2[k] = rng.uniform(t2lo, t2hi) * t2_factor
         pd[k] = p * rng.uniform(0.97, 1.03)
         adc[k] = rng.uniform(alo, ahi) * 1e-3
-    return t1, t2, pd, adc, t1_factor, t2_factor
+    return t1, t2, pd, adc, t1_factor
 
 
 def _gland_volume(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -621,12 +624,12 @@ def plan_case(cohort: str, index: int, split: str, seed: int, cfg: dict) -> Case
     """Draw one case (anatomy, lesions, labels, acquisition, pose) from its own generator. `cfg` as resolved by
     `phantom_config`. Pure: no IO, no noise yet."""
     cfg = phantom_config(cfg)
-    rng = case_rng(seed, cohort, index, 0)
+    rng = np.random.default_rng(case_seed(seed, cohort, index, 0))
     u = rng.uniform
     field_t = 3.0 if u() < 0.65 else 1.5
     vendor = list(VENDORS)[int(rng.integers(len(VENDORS)))]
     n_classes = LESION0 + cfg["max_lesions"]
-    t1, t2, pd, adc, t1_factor, _ = _sample_tissues(rng, field_t, n_classes)
+    t1, t2, pd, adc, t1_factor = _sample_tissues(rng, field_t, n_classes)
 
     volume = _gland_volume(rng, *cfg["gland_volume_ml"])
     program, solids = _anatomy(rng, volume)
@@ -693,11 +696,11 @@ def plan_case(cohort: str, index: int, split: str, seed: int, cfg: dict) -> Case
         "field_strength": field_t, "vendor": vendor, "tr": tr, "te": te, "flip_angle": fa,
         "tr_dwi": tr_dwi, "te_dwi": te_dwi, "b_values": ";".join(f"{b:g}" for b in acq["b_values"]),
         "computed_b": acq["computed_b"], "snr_t2w": snr_t2w, "snr_dwi": snr_dwi, "t1_field_factor": t1_factor,
-        "slice_thickness_mm": thickness, "n_slices": n_slices, "pixel_mm": fov_c / cols,
+        "slice_thickness_mm": thickness, "n_slices": n_slices, "pixel_mm": f"{fov_c / cols:.4f};{fov_r / rows:.4f}",
         "pose_deg": ";".join(f"{a:.3f}" for a in angles), "shift_mm": ";".join(f"{s:.3f}" for s in shift),
-        "gland_volume_ml": gland_volume_analytic(solids),
-        "gland_centre_mm": ";".join(f"{x:.3f}" for x in solids["centre"]), "gland_semi_axes_mm": ";".join(f"{a:.3f}" for a in
-                                                                                        solids["axes"]),
+        "gland_volume_ml": solids["gland"].volume_ml,  # exact: the painted gland is this ellipsoid
+        "gland_centre_mm": ";".join(f"{x:.3f}" for x in solids["centre"]),
+        "gland_semi_axes_mm": ";".join(f"{a:.3f}" for a in solids["axes"]),
         "tz_volume_fraction": solids["tz_fraction"], "n_nodules": len(solids["nodules"]),
         "n_lesions": n_lesions, "pirads_true": pirads_true, "pirads": pirads,
         "sector": "" if sector is None else sector,
@@ -710,18 +713,13 @@ def plan_case(cohort: str, index: int, split: str, seed: int, cfg: dict) -> Case
         "lesion_scores": ";".join(str(d["score"]) for d in info),
         "adc_pz_true": adc[C["pz"]] * 1e6, "adc_tz_true": adc[C["tz"]] * 1e6,
         "t2_pz_ms": t2[C["pz"]], "t2_tz_ms": t2[C["tz"]], "t2_index_lesion_ms": il["t2"] if il else "",
-        "rectal_air_ml": gas.volume_ml if gas is not None else 0.0,
+        "rectal_gas_ellipsoid_ml": gas.volume_ml if gas is not None else 0.0,  # before clipping to the lumen
         "dwi_distortion_mm": rectal_air["amplitude_mm"] if rectal_air else 0.0,
     }
     case_id, patient_id = f"{cohort}_{index:04d}", f"{cohort}_p{index:04d}"
-    return CasePlan(case_id, patient_id, cohort, split, [seed, zlib.crc32(cohort.encode()), index, 1],
+    return CasePlan(case_id, patient_id, cohort, split, case_seed(seed, cohort, index, 1),
                     t2w_grid, dwi_grid, program, lesions, t1, t2, pd, adc, dwi_pd, acq, bias, texture,
                     rectal_air, pirads, sector, truth)
-
-
-def gland_volume_analytic(solids: dict) -> float:
-    """Prostate volume in mL: the gland ellipsoid's 4/3 pi abc (the painted gland is exactly this solid)."""
-    return solids["gland"].volume_ml
 
 
 # ---------------------------------------------------------------------------------------------------------------
