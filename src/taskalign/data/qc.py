@@ -15,31 +15,36 @@ from matplotlib.lines import Line2D  # noqa: E402
 from taskalign.data.labels import MASK_COLUMNS, ZONE_LABELS  # noqa: E402
 from taskalign.runtime import atomic_path  # noqa: E402
 
-# Outline colours: distinct from each other and visible on grey images.
-MASK_COLOURS = {"prostate": "#ffd700", "lesion": "#ff2020", "rectum": "#ff00ff"}
+# Outline colours: distinct from each other and visible on grey images. The whole gland is drawn dashed
+# on top, since its outline coincides with the zones' outer boundary.
+MASK_COLOURS = {"prostate": "#ffd700", "lesion": "#ff2020", "rectum": "#ff69b4"}
 ZONE_COLOURS = {
-    "tz": "#00bfff",
+    "tz": "#3b6cff",
     "pz": "#32cd32",
-    "bladder": "#ff8c00",
+    "bladder": "#00e5ff",
     "rectum": "#ff69b4",
-    "seminal_vesicles": "#9370db",
-    "bone": "#f5f5f5",
-    "obturator_internus": "#cd853f",
-    "nvb": "#00ffff",
+    "seminal_vesicles": "#b266ff",
+    "bone": "#f0f0f0",
+    "obturator_internus": "#ff8c00",
+    "nvb": "#d2691e",
 }
+DASHED = {"prostate"}
 
 
 def _outlines(masks: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
-    """(legend label, colour, binary (D, H, W) mask) for every structure to outline."""
+    """(legend label, colour, binary (D, H, W) mask) for every structure to outline, the gland last (on top)."""
     out = []
+    zones = masks.get("zones")
     for name, mask in masks.items():
         if name == "zones":
             for zone, label in ZONE_LABELS.items():
                 if (mask == label).any():
                     out.append((f"zone {zone}", ZONE_COLOURS[zone], mask == label))
+        elif name == "rectum" and zones is not None and (zones == ZONE_LABELS["rectum"]).any():
+            continue  # the same structure as zone rectum
         elif mask.any():
             out.append((name, MASK_COLOURS.get(name, "#ffffff"), mask > 0))
-    return out
+    return sorted(out, key=lambda item: item[0] in DASHED)
 
 
 def _gland(masks: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -99,10 +104,12 @@ def montage(
             ax = axes[c, v]
             ax.imshow(cut(volume), cmap="gray", vmin=vmin, vmax=vmax, origin=origin, aspect=rs / cs,
                       interpolation="nearest")
-            for _, colour, mask in outlines:
+            for label_name, colour, mask in outlines:
                 piece = cut(mask)
                 if piece.any():
-                    ax.contour(piece.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.9)
+                    dashed = label_name in DASHED
+                    ax.contour(piece.astype(np.float32), levels=[0.5], colors=[colour],
+                               linewidths=1.3 if dashed else 0.9, linestyles="--" if dashed else "-")
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():  # frame the crop: padding is as dark as the page
@@ -112,9 +119,10 @@ def montage(
             if v == 0:
                 name = channel_names[c] + (" (absent)" if absent else "")
                 ax.set_ylabel(name, color="white", fontsize=10)
-    handles = [Line2D([], [], color=colour, lw=2, label=label) for label, colour, _ in outlines]
+    handles = [Line2D([], [], color=colour, lw=2, ls="--" if label in DASHED else "-", label=label)
+               for label, colour, _ in outlines]
     if handles:
-        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.08), ncol=len(handles), frameon=False,
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.08), ncol=min(len(handles), 6), frameon=False,
                    fontsize=8, labelcolor="white")
     fig.suptitle(title, color="white", fontsize=9)
     out_png = Path(out_png)
