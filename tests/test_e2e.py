@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,3 +89,14 @@ def test_real_cohorts_run_through_importers_check_and_preprocessing(shared_data,
     assert abs(meta["volume_ml_cache"] - meta["volume_ml_native"]) < 0.03 * meta["volume_ml_native"]
     assert np.load(tmp_path / prostatex.cache_dir[0] / "image.npy").shape[0] == 3
     assert (tmp_path / "results/qc/picai" / f"{picai.case_id[0]}.png").exists()
+
+
+def test_checked_manifests_follow_the_manifest_schema(workdir):
+    schema = yaml.safe_load((REPO / "workflow/schemas/manifest.schema.yaml").read_text())
+    assert list(schema["properties"]) == MANIFEST_COLUMNS
+    validator = jsonschema.Draft202012Validator(schema)
+    for cohort in CONFIG["data"]["cohorts"]:
+        checked = pd.read_csv(workdir / f"results/manifests/{cohort}.csv", dtype={"case_id": str, "patient_id": str})
+        for record in checked.astype(object).where(checked.notna(), None).to_dict("records"):
+            errors = [e.message for e in validator.iter_errors(record)]
+            assert not errors, (cohort, record["case_id"], errors)
