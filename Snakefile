@@ -14,9 +14,12 @@ if not workflow.overwrite_configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/continual.smk"
 
 
 rule all:
     default_target: True
     input:
         all_data_outputs(),
+        all_encoder_outputs(),

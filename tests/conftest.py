@@ -27,3 +27,33 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real MRI samples not found at {SHARED_DATA} (the repository's sibling shared/data)")
     return SHARED_DATA
+
+
+TINY_PREPROCESS = {"spacing_mm": [4.0, 3.0, 3.0], "size": [16, 32, 32], "channels": ["t2w", "dwi", "adc"],
+                   "clip_percentiles": [0.5, 99.5], "qc_cases": 0}
+TINY_PHANTOM = {"matrix": [64, 64], "fov_mm": [140, 140], "slices": [12, 16], "slice_thickness_mm": [4.0, 5.0],
+                "dwi_matrix": [32, 32]}
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> dict[str, Path]:
+    """A small phantom cohort through the real check and preprocessing: {cohort: cache index CSV}.
+
+    Cohorts: `corpus` (12 unlabelled train cases) and `anatomy` (8 train, 4 val, 4 test, all masks).
+    Geometry: 3 channels x 16 x 32 x 32 at 4 x 3 x 3 mm."""
+    from taskalign.data.integrity import write_checked_manifest
+    from taskalign.data.phantom import write_cohort
+    from taskalign.data.preprocess import preprocess_cohort
+
+    root = tmp_path_factory.mktemp("tiny_cache")
+    out = {}
+    for cohort, splits in {"corpus": {"train": 12, "val": 0, "test": 0},
+                           "anatomy": {"train": 8, "val": 4, "test": 4}}.items():
+        manifest = write_cohort(cohort, splits, TINY_PHANTOM, 0, root / "cohorts" / cohort)
+        checked = root / "manifests" / f"{cohort}.csv"
+        write_checked_manifest(manifest, checked, split_fractions={"train": 0.7, "val": 0.1, "test": 0.2},
+                               split_seed=0)
+        index = root / "cache" / f"{cohort}.csv"
+        preprocess_cohort(checked, TINY_PREPROCESS, root / "cache" / cohort, index, root / "qc" / cohort)
+        out[cohort] = index
+    return out

@@ -47,6 +47,7 @@ def test_wrong_type_is_an_error(tmp_path):
 def test_configfile_replaces_the_default_config(tmp_path):
     cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
     del cfg["data"]["cohorts"]["corpus"]
+    cfg["pretrain"]["cohorts"] = ["risk"]
     path = tmp_path / "no_corpus.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = run_snakemake("-n", "--configfile", str(path))
@@ -57,6 +58,8 @@ def test_configfile_replaces_the_default_config(tmp_path):
 def test_user_manifest_cohort_skips_generation(tmp_path):
     cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
     cfg["data"]["cohorts"] = {"mine": {"source": "manifest", "path": str(tmp_path / "m.csv")}}
+    cfg["pretrain"]["cohorts"] = ["mine"]
+    cfg["continual"]["cohort"] = "mine"
     (tmp_path / "m.csv").write_text("case_id\n")
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -83,3 +86,15 @@ def test_conda_env_carries_the_same_pins_as_the_pip_setup():
 def test_slurm_profile_is_found_from_the_root():
     assert (REPO / "slurm").resolve() == (REPO / "profiles/slurm").resolve()
     assert not (REPO / "profiles/default").exists(), "a default profile would apply to every run"
+
+
+def test_config_names_must_refer_to_defined_things(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["continual"]["variants"] = ["mae", "maee"]
+    cfg["pretrain"]["cohorts"] = ["corpus", "nope"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    out = run_snakemake("-n", "--configfile", str(bad), check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "continual.variants: unknown encoder 'maee'" in text and "pretrain.cohorts: unknown cohort 'nope'" in text

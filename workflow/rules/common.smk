@@ -79,3 +79,86 @@ def all_data_outputs():
         ["results/cache/{cohort}.csv", "results/qc/{cohort}"],
         cohort=list(COHORTS),
     )
+
+
+# --- encoders -----------------------------------------------------------------------------------------
+PRETRAIN = config["pretrain"]
+CONTINUAL = config["continual"]
+VARIANTS = PRETRAIN["variants"]
+TRAINED_VARIANTS = [v for v, spec in VARIANTS.items() if spec["source"] == "train"]
+IMPORTED_VARIANTS = [v for v, spec in VARIANTS.items() if spec["source"] == "checkpoint"]
+
+
+def check_config_references():
+    """Names that must refer to something defined elsewhere in the config (the schema cannot say this)."""
+    problems = [
+        f"pretrain.cohorts: unknown cohort '{c}'" for c in PRETRAIN["cohorts"] if c not in COHORTS
+    ]
+    if CONTINUAL["cohort"] not in COHORTS:
+        problems.append(f"continual.cohort: unknown cohort '{CONTINUAL['cohort']}'")
+    problems += [
+        f"continual.variants: unknown encoder '{v}' (pretrain.variants or random)"
+        for v in CONTINUAL["variants"]
+        if v not in VARIANTS and v != "random"
+    ]
+    for name, spec in VARIANTS.items():
+        needed = "objectives" if spec["source"] == "train" else "path"
+        if needed not in spec:
+            problems.append(f"pretrain.variants.{name}: source {spec['source']} needs '{needed}'")
+    if problems:
+        raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+
+
+check_config_references()
+
+
+def encoder_geometry():
+    """EncoderGeometry fields from the config (taskalign.models.encoder)."""
+    return {
+        "in_channels": len(config["preprocess"]["channels"]),
+        "img_size": config["preprocess"]["size"],
+        "patch_size": config["encoder"]["patch_size"],
+        "hidden_size": config["encoder"]["hidden_size"],
+        "mlp_dim": config["encoder"]["mlp_dim"],
+        "num_layers": config["encoder"]["num_layers"],
+        "num_heads": config["encoder"]["num_heads"],
+    }
+
+
+def pretrain_params(wildcards):
+    keys = ["mask_ratio", "weights", "decoder_layers", "epochs", "batch_size", "lr", "warmup_epochs",
+            "weight_decay", "holdout_fraction"]
+    return as_json(
+        {
+            **{k: PRETRAIN[k] for k in keys},
+            "objectives": VARIANTS[wildcards.variant]["objectives"],
+            "geometry": encoder_geometry(),
+            "channels": config["preprocess"]["channels"],
+            "seed": config["seed"],
+        }
+    )
+
+
+def random_encoder_params(wildcards):
+    return as_json({"geometry": encoder_geometry(), "seed": config["seed"]})
+
+
+def import_encoder_params(wildcards):
+    spec = VARIANTS[wildcards.variant]
+    return as_json({"geometry": encoder_geometry(), "path": spec["path"], "layout": spec.get("layout", "timm")})
+
+
+def continual_params(wildcards):
+    keys = ["target", "layers", "rank", "alpha", "dropout", "decoder_channels", "epochs", "batch_size", "lr",
+            "warmup_epochs", "weight_decay"]
+    return as_json({**{k: CONTINUAL[k] for k in keys}, "seed": config["seed"]})
+
+
+def pretrain_inputs(wildcards):
+    return expand("results/cache/{cohort}.csv", cohort=PRETRAIN["cohorts"])
+
+
+def all_encoder_outputs():
+    return expand(
+        ["results/pretrain/{variant}/encoder.safetensors"], variant=[*VARIANTS, "random"]
+    ) + expand(["results/continual/{variant}/encoder.safetensors"], variant=CONTINUAL["variants"])

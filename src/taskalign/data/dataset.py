@@ -1,0 +1,78 @@
+"""Torch datasets over the preprocessed cache (docs/data-contract.md, section 3): memory-mapped, no decoding."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+# T2W acquisition metadata as regression targets: (centre, scale) of typical prostate T2 TSE values, so the
+# targets are O(1) whatever the cohort. Missing values are masked out of the loss, not imputed.
+METADATA_SCALES = {"tr": (4500.0, 1500.0), "te": (105.0, 15.0), "flip_angle": (140.0, 20.0)}
+
+
+def read_index(index_csvs: list[Path], splits: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate cohort cache indexes, keeping only `splits` (None: all)."""
+    frames = [pd.read_csv(p, dtype={"case_id": str, "patient_id": str}) for p in index_csvs]
+    index = pd.concat(frames, ignore_index=True)
+    if splits is not None:
+        index = index[index["split"].isin(splits)].reset_index(drop=True)
+    if index.empty:
+        raise ValueError(f"no cases in {', '.join(map(str, index_csvs))} for splits {splits}")
+    return index
+
+
+def metadata_targets(row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised (TR, TE, flip angle) and a mask of which are known."""
+    values = np.zeros(len(METADATA_SCALES), dtype=np.float32)
+    known = np.zeros(len(METADATA_SCALES), dtype=bool)
+    for i, (key, (centre, scale)) in enumerate(METADATA_SCALES.items()):
+        v = row.get(key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            values[i] = (float(v) - centre) / scale
+            known[i] = True
+    return values, known
+
+
+class CacheDataset(Dataset):
+    """One item per cached case: a dict of tensors.
+
+    Keys: `image` (C, D, H, W) float32; `channels_present` (C,) bool; `metadata` (3,) float32 and
+    `metadata_known` (3,) bool (TR, TE, flip angle, normalised with METADATA_SCALES); each requested mask as
+    (1, D, H, W) float32 (zeros and `<mask>_present` False when the case lacks it); `index` (int, row in
+    `self.index`). `transform` (e.g. MONAI dictionary transforms) is applied to the dict.
+    """
+
+    def __init__(self, index: pd.DataFrame, masks: tuple[str, ...] = (), transform=None):
+        self.index = index.reset_index(drop=True)
+        self.masks = tuple(masks)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.index.iloc[i].to_dict()
+        case = Path(row["cache_dir"])
+        meta = json.loads((case / "meta.json").read_text())
+        image = np.load(case / "image.npy", mmap_mode="r")
+        metadata, known = metadata_targets(row)
+        item = {
+            "image": torch.from_numpy(np.array(image, dtype=np.float32)),
+            "channels_present": torch.tensor([c in meta["channels_present"] for c in meta["channels"]]),
+            "metadata": torch.from_numpy(metadata),
+            "metadata_known": torch.from_numpy(known),
+            "index": i,
+        }
+        for name in self.masks:
+            path = case / f"{name}.npy"
+            present = path.exists()
+            mask = np.load(path) if present else np.zeros(image.shape[1:], dtype=np.uint8)
+            item[name] = torch.from_numpy(mask.astype(np.float32))[None]
+            item[f"{name}_present"] = torch.tensor(present)
+        return self.transform(item) if self.transform is not None else item

@@ -1,0 +1,1 @@
+"""Networks: the ViT encoder, pretraining heads, the UperNet adapter/decoder, LoRA."""

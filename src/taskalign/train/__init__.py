@@ -1,0 +1,1 @@
+"""Training: device selection, resumable checkpoints, the epoch loop, pretraining and continual pretraining."""

@@ -1,0 +1,91 @@
+"""Resumable training state, kept outside Snakemake's declared outputs (which are deleted before a rerun).
+
+A resume file is only used when its fingerprint (a hash of the run's parameters and inputs) matches the current
+run, so a config change starts training afresh instead of continuing a run of other settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from taskalign.runtime import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(*parts) -> str:
+    """Stable hash of JSON-serialisable parts (parameters, input paths)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumeFile:
+    """`<dir>/last.pt`: model, optimiser, scheduler, RNG states, epoch, history and best score after each epoch."""
+
+    def __init__(self, directory: Path, run_fingerprint: str):
+        self.path = Path(directory) / "last.pt"
+        self.best_path = Path(directory) / "best_model.pt"
+        self.fingerprint = run_fingerprint
+
+    def save_best(self, model) -> None:
+        """The best model's weights so far; kept here so that a preempted job does not lose them."""
+        with atomic_path(self.best_path) as tmp:
+            torch.save({"fingerprint": self.fingerprint, "model": model.state_dict()}, tmp)
+
+    def load_best(self, model) -> None:
+        state = torch.load(self.best_path, map_location="cpu", weights_only=True)
+        if state["fingerprint"] != self.fingerprint:
+            raise RuntimeError(f"{self.best_path} belongs to a run with other settings")
+        model.load_state_dict(state["model"])
+
+    def save(self, *, epoch: int, model, optimizer, scheduler, history: list[dict], best: dict) -> None:
+        state = {
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(),
+            "history": history,
+            "best": best,
+        }
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def load(self, *, model, optimizer, scheduler) -> dict | None:
+        """Restore everything and return {"epoch", "history", "best"}, or None when there is nothing to resume."""
+        if not self.path.exists():
+            return None
+        # Our own file, written by save(); it holds RNG states (tuples, numpy arrays), hence not weights_only.
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            log.info("ignoring %s: written by a run with other settings", self.path)
+            return None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        log.info("resuming from %s after epoch %d", self.path, state["epoch"] + 1)
+        return {"epoch": state["epoch"], "history": state["history"], "best": state["best"]}
