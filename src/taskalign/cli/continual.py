@@ -1,0 +1,36 @@
+"""LoRA continual pretraining of one encoder (rule `continual`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from taskalign.runtime import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--pretrained", required=True, type=Path, help="encoder to adapt (.safetensors)")
+    parser.add_argument("--index", required=True, type=Path, help="cache index of the cohort with the target masks")
+    parser.add_argument("--params", required=True, help="JSON config slice (see taskalign.train.continual)")
+    parser.add_argument("--encoder", required=True, type=Path, help="merged encoder (.safetensors)")
+    parser.add_argument("--adapter", required=True, type=Path, help="LoRA + adapter/decoder weights (.safetensors)")
+    parser.add_argument("--history", required=True, type=Path)
+    parser.add_argument("--curve", required=True, type=Path)
+    parser.add_argument("--resume-dir", required=True, type=Path)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    setup_logging("taskalign.continual")
+    from taskalign.train.continual import run_continual
+
+    run_continual(variant=args.variant, pretrained=args.pretrained, index=args.index, params=json.loads(args.params),
+                  encoder_out=args.encoder, adapter_out=args.adapter, history_csv=args.history,
+                  curve_png=args.curve, resume_dir=args.resume_dir, threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

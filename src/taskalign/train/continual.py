@@ -1,0 +1,99 @@
+"""LoRA continual pretraining stage (seed 000): LoRA on Q, K, V, O of every block, base frozen, a ViT adapter
+on 4 blocks + UperNet decoder trained with Dice on a segmentation target; the merged encoder is exported."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from monai.losses import DiceLoss
+from monai.metrics import DiceMetric
+from monai.transforms import RandFlipd
+from safetensors.torch import save_file
+
+from taskalign.data.dataset import CacheDataset, read_index
+from taskalign.models.checkpoint_io import load_encoder, save_encoder
+from taskalign.models.lora import add_lora, lora_state_dict, merge_lora
+from taskalign.models.upernet import EncoderUperNet
+from taskalign.runtime import atomic_path
+from taskalign.train.checkpoint import ResumeFile, fingerprint
+from taskalign.train.data import make_loader
+from taskalign.train.device import autocast, select_device, to_device
+from taskalign.train.loop import adamw_warmup_cosine, fit, train_one_epoch, write_history
+
+log = logging.getLogger(__name__)
+
+
+def segmentation_model(encoder, params: dict) -> EncoderUperNet:
+    """LoRA-injected encoder (base frozen) + adapter + UperNet with one output channel (the target mask)."""
+    lora_encoder = add_lora(encoder, rank=params["rank"], alpha=params["alpha"], dropout=params["dropout"])
+    return EncoderUperNet(lora_encoder, out_channels=1, layers=tuple(params["layers"]),
+                          channels=params["decoder_channels"])
+
+
+@torch.no_grad()
+def validation_dice(model, loader, device, target: str) -> dict[str, float]:
+    """Mean per-case Dice of the thresholded prediction (MONAI DiceMetric; an empty-vs-empty case counts 1)."""
+    model.eval()
+    metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device):
+            logits = model(batch["image"])
+        metric((logits.float() > 0).float(), batch[target])
+    return {"dice": float(metric.aggregate())}
+
+
+def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, encoder_out: Path,
+                  adapter_out: Path, history_csv: Path, curve_png: Path, resume_dir: Path,
+                  threads: int | None = None) -> list[dict]:
+    device = select_device(threads)
+    torch.manual_seed(params["seed"])
+    target = params["target"]
+    rows = read_index([index])
+    train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
+    if train_rows.empty or val_rows.empty:
+        raise ValueError(f"{index}: continual pretraining needs train and val cases")
+    flips = RandFlipd(keys=["image", target], spatial_axis=2, prob=0.5)  # left-right: anatomy is near-symmetric
+    train_set = CacheDataset(train_rows, masks=(target,), transform=flips)
+    val_set = CacheDataset(val_rows, masks=(target,))
+    train_loader = make_loader(train_set, params["batch_size"], shuffle=True, seed=params["seed"], device=device)
+    val_loader = make_loader(val_set, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
+    log.info("%s: LoRA continual pretraining on %s (%d train, %d val cases), target %s", variant, index.name,
+             len(train_set), len(val_set), target)
+
+    model = segmentation_model(load_encoder(pretrained), params).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log.info("trainable parameters: %d of %d", sum(p.numel() for p in trainable),
+             sum(p.numel() for p in model.parameters()))
+    dice_loss = DiceLoss(sigmoid=True)
+
+    def loss_fn(net, batch):
+        return {"total": dice_loss(net(batch["image"]), batch[target])}
+
+    steps = len(train_loader)
+    optimizer, scheduler = adamw_warmup_cosine(
+        trainable, lr=params["lr"], weight_decay=params["weight_decay"],
+        warmup_steps=params["warmup_epochs"] * steps, total_steps=params["epochs"] * steps,
+    )
+    resume = ResumeFile(resume_dir, fingerprint(params, str(pretrained), str(index)))
+    history, best = fit(
+        model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
+        train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, loss_fn),
+        validate=lambda: validation_dice(model, val_loader, device, target),
+        monitor="val_dice", mode="max", resume=resume, stage=f"continual[{variant}]",
+    )
+    resume.load_best(model)
+    model = model.cpu()
+    adapter_state = {**{f"lora.{k}": v for k, v in lora_state_dict(model.encoder).items()},
+                     **{k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}}
+    with atomic_path(adapter_out) as tmp:
+        save_file({k: v.contiguous() for k, v in adapter_state.items()}, str(tmp),
+                  metadata={"variant": variant, "target": target, "best_epoch": str(best["epoch"])})
+    merged = merge_lora(model.encoder)
+    save_encoder(merged, encoder_out, {"variant": variant, "stage": "continual", "target": target,
+                                       "epoch": best["epoch"], "val_dice": best["score"]})
+    write_history(history, history_csv, curve_png, f"continual pretraining {variant}: validation Dice ({target})")
+    log.info("%s: best validation Dice %.4f at epoch %d", variant, best["score"], best["epoch"])
+    return history
