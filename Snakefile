@@ -23,3 +23,15 @@ rule all:
     input:
         all_data_outputs(),
         all_encoder_outputs(),
+
+
+# Stage targets: `snakemake data` stops after the cache and QC montages; `snakemake encoders` after continual
+# pretraining.
+rule data:
+    input:
+        all_data_outputs(),
+
+
+rule encoders:
+    input:
+        all_encoder_outputs(),

@@ -78,9 +78,11 @@ def test_real_cohorts_run_through_importers_check_and_preprocessing(shared_data,
             "options": {"on_duplicate": "latest"},
         },
     }
+    cfg["pretrain"]["cohorts"] = ["picai"]
+    cfg["continual"]["cohort"] = "picai"
     config = tmp_path / "real.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    run_snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path)
+    run_snakemake("data", "--cores", "2", "--configfile", str(config), cwd=tmp_path)
     picai = pd.read_csv(tmp_path / "results/cache/picai.csv")
     prostatex = pd.read_csv(tmp_path / "results/cache/prostatex.csv")
     assert len(picai) == len(prostatex) == 1

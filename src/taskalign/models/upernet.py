@@ -1,0 +1,120 @@
+"""Segmentation head of continual pretraining (seed 000): a ViT adapter and a UperNet decoder.
+
+The adapter reshapes the tokens of 4 chosen blocks into 3D maps and resamples them to four scales (x4, x2, x1,
+x0.5 of the token grid per axis; the x0.5 scale pools only the axes that have 2 or more tokens), so a plain ViT
+feeds a feature pyramid. UperNet (Xiao et al. 2018): pyramid pooling (bins 1, 2, 3, 6, clamped to the map) on
+the coarsest map, FPN top-down fusion, all levels upsampled to the finest and fused; logits are upsampled to
+the input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from torch import nn
+
+from taskalign.models.encoder import Encoder
+
+SCALES = (4, 2, 1, 0.5)
+POOL_BINS = (1, 2, 3, 6)
+
+
+def _groups(channels: int) -> int:
+    """Group norm works on 1x1x1 maps and batch 1, unlike batch or instance norm."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+def conv(in_ch: int, out_ch: int, kernel: int) -> Convolution:
+    return Convolution(3, in_ch, out_ch, kernel_size=kernel, act="relu",
+                       norm=("group", {"num_groups": _groups(out_ch)}), bias=False)
+
+
+class ViTAdapter(nn.Module):
+    """Block tokens (B, 1 + N, hidden) x 4 -> feature maps (B, channels, ...) at SCALES of the token grid."""
+
+    def __init__(self, encoder: Encoder, layers: tuple[int, ...], channels: int):
+        super().__init__()
+        geometry = encoder.geometry
+        if len(layers) != len(SCALES):
+            raise ValueError(f"the adapter takes {len(SCALES)} blocks, got layers {layers}")
+        bad = [i for i in layers if not 0 <= i < geometry.num_layers]
+        if bad:
+            raise ValueError(f"adapter layers {bad} out of range for an encoder of {geometry.num_layers} blocks")
+        self.layers = tuple(layers)
+        self.grid = geometry.grid
+        hidden = geometry.hidden_size
+        branches = []
+        for scale in SCALES:
+            if scale > 1:
+                resample = nn.ConvTranspose3d(hidden, hidden, kernel_size=int(scale), stride=int(scale))
+            elif scale < 1:
+                window = tuple(2 if g >= 2 else 1 for g in self.grid)
+                resample = nn.MaxPool3d(window, window)
+            else:
+                resample = nn.Identity()
+            branches.append(nn.Sequential(resample, conv(hidden, channels, 1)))
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, hidden_states: list[torch.Tensor]) -> list[torch.Tensor]:
+        maps = []
+        for layer, branch in zip(self.layers, self.branches):
+            tokens = hidden_states[layer][:, 1:]
+            b, n, c = tokens.shape
+            volume = tokens.transpose(1, 2).reshape(b, c, *self.grid)
+            maps.append(branch(volume))
+        return maps
+
+
+class PyramidPooling(nn.Module):
+    def __init__(self, channels: int, bins: tuple[int, ...] = POOL_BINS):
+        super().__init__()
+        self.bins = bins
+        self.convs = nn.ModuleList(conv(channels, channels, 1) for _ in bins)
+        self.fuse = conv(channels * (len(bins) + 1), channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        pooled = [x]
+        for b, block in zip(self.bins, self.convs):
+            out = F.adaptive_avg_pool3d(x, tuple(min(b, s) for s in size))
+            pooled.append(F.interpolate(block(out), size=size, mode="trilinear", align_corners=False))
+        return self.fuse(torch.cat(pooled, dim=1))
+
+
+class UperNetDecoder(nn.Module):
+    """Feature pyramid (finest first) -> logits at the finest scale."""
+
+    def __init__(self, channels: int, levels: int, out_channels: int):
+        super().__init__()
+        self.ppm = PyramidPooling(channels)
+        self.lateral = nn.ModuleList(conv(channels, channels, 1) for _ in range(levels - 1))
+        self.fpn = nn.ModuleList(conv(channels, channels, 3) for _ in range(levels - 1))
+        self.fuse = conv(channels * levels, channels, 3)
+        self.classifier = nn.Conv3d(channels, out_channels, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        top = self.ppm(features[-1])
+        laterals = [lat(f) for lat, f in zip(self.lateral, features[:-1])] + [top]
+        for i in range(len(laterals) - 2, -1, -1):  # top-down
+            laterals[i] = laterals[i] + F.interpolate(laterals[i + 1], size=laterals[i].shape[2:], mode="trilinear",
+                                                      align_corners=False)
+        outs = [fpn(x) for fpn, x in zip(self.fpn, laterals[:-1])] + [top]
+        size = outs[0].shape[2:]
+        outs = [outs[0]] + [F.interpolate(o, size=size, mode="trilinear", align_corners=False) for o in outs[1:]]
+        return self.classifier(self.fuse(torch.cat(outs, dim=1)))
+
+
+class EncoderUperNet(nn.Module):
+    """Encoder (plain or LoRA-injected) + adapter + UperNet: image (B, C, D, H, W) -> logits (B, out, D, H, W)."""
+
+    def __init__(self, encoder: Encoder, out_channels: int, layers: tuple[int, ...], channels: int):
+        super().__init__()
+        self.encoder = encoder
+        self.adapter = ViTAdapter(encoder, layers, channels)
+        self.decoder = UperNetDecoder(channels, len(SCALES), out_channels)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        _, hidden = self.encoder(image)
+        logits = self.decoder(self.adapter(hidden))
+        return F.interpolate(logits, size=image.shape[2:], mode="trilinear", align_corners=False)
