@@ -62,9 +62,10 @@ def load_encoder(path: Path) -> Encoder:
     return encoder
 
 
-def timm_to_encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """timm key layout -> our encoder's keys. Returns (mapped state, keys that have no place in an encoder)."""
-    out, ignored = {}, []
+def timm_to_encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
+    """timm key layout -> our encoder's keys. Returns (mapped state, keys that have no place in an encoder,
+    {our key: the checkpoint key it came from})."""
+    out, ignored, origin = {}, [], {}
     simple = [
         (r"^patch_embed\.proj\.", "patch_embedding.patch_embeddings."),
         (r"^blocks\.(\d+)\.attn\.proj\.", r"blocks.\1.attn.out_proj."),
@@ -81,21 +82,26 @@ def timm_to_encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, tor
         if qkv:
             q, k, v = value.chunk(3, dim=0)
             for name, part in zip(("to_q", "to_k", "to_v"), (q, k, v)):
-                out[f"blocks.{qkv.group(1)}.attn.{name}.{qkv.group(2)}"] = part.clone()
+                ours = f"blocks.{qkv.group(1)}.attn.{name}.{qkv.group(2)}"
+                out[ours], origin[ours] = part.clone(), key
             continue
         for pattern, repl in simple:
             if re.match(pattern, key):
-                out[re.sub(pattern, repl, key)] = value
+                ours = re.sub(pattern, repl, key)
+                out[ours], origin[ours] = value, key
                 break
         else:
             ignored.append(key)
     if pos is not None:
         out["patch_embedding.position_embeddings"] = pos[:, 1:]
+        origin["patch_embedding.position_embeddings"] = "pos_embed"
         if "cls_token" in state:
             out["cls_token"] = state["cls_token"] + pos[:, :1]
     elif "cls_token" in state:
         out["cls_token"] = state["cls_token"]
-    return out, ignored
+    if "cls_token" in state:
+        origin["cls_token"] = "cls_token"
+    return out, ignored, origin
 
 
 def encoder_to_timm_state(encoder: Encoder) -> dict[str, torch.Tensor]:
@@ -166,20 +172,21 @@ def load_external_encoder(path: Path, geometry: EncoderGeometry, layout: str = "
     if layout not in LAYOUTS:
         raise ValueError(f"unknown checkpoint layout {layout!r}; expected one of {LAYOUTS}")
     state = read_state_file(path)
-    ignored = []
+    ignored, origin = [], {}
     if layout == "timm":
-        state, ignored = timm_to_encoder_state(state)
+        state, ignored, origin = timm_to_encoder_state(state)
     encoder = Encoder(geometry)
     own = encoder.state_dict()
     report = LoadReport(ignored=[k for k in ignored if IGNORED.match(k)])
     report.unexpected = sorted([k for k in ignored if not IGNORED.match(k)] + [k for k in state if k not in own])
     report.missing = sorted(k for k in own if k not in state)
-    if len(report.missing) == len(own):
-        raise ValueError(f"{path}: none of the encoder's keys found in layout {layout!r} "
+    if len(report.missing) > len(own) / 2:  # a few missing keys are reported; most missing is the wrong layout
+        raise ValueError(f"{path}: {len(report.missing)} of the encoder's {len(own)} keys not found in layout {layout!r} "
                          f"(first keys in the file: {', '.join(list(state)[:5]) or 'none'})")
     for key, value in state.items():
         if key in own and tuple(own[key].shape) != tuple(value.shape):
-            raise ValueError(f"{path}: key {key} has shape {tuple(value.shape)}, the encoder of geometry "
+            source = f"{origin[key]} (-> {key})" if origin.get(key, key) != key else key
+            raise ValueError(f"{path}: key {source} has shape {tuple(value.shape)}, the encoder of geometry "
                              f"{asdict(geometry)} needs {tuple(own[key].shape)}")
     encoder.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     for name, keys in (("missing (left at random init)", report.missing), ("unexpected", report.unexpected),

@@ -99,6 +99,8 @@ class Encoder(ViT):
             )
             for _ in range(geometry.num_layers)
         )
+        for block in self.blocks:  # an unused cross-attention norm MONAI always builds: not part of a ViT's weights
+            block.norm_cross_attn = nn.Identity()
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ POOL_BINS = (1, 2, 3, 6)
 
 
 def _groups(channels: int) -> int:
-    """Group norm works on 1x1x1 maps and batch 1, unlike batch or instance norm."""
-    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+    """Group norm works on 1x1x1 maps and batch 1, unlike batch or instance norm, given 2+ channels per group."""
+    return next((g for g in (8, 4, 2) if channels % g == 0 and channels // g >= 2), 1)
 
 
 def conv(in_ch: int, out_ch: int, kernel: int) -> Convolution:
