@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/continual.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:
@@ -23,10 +24,11 @@ rule all:
     input:
         all_data_outputs(),
         all_encoder_outputs(),
+        all_finetune_outputs(),
 
 
 # Stage targets: `snakemake data` stops after the cache and QC montages; `snakemake encoders` after continual
-# pretraining.
+# pretraining; `snakemake finetuned` after the fine-tuning matrix and its evaluation.
 rule data:
     input:
         all_data_outputs(),
@@ -35,3 +37,8 @@ rule data:
 rule encoders:
     input:
         all_encoder_outputs(),
+
+
+rule finetuned:
+    input:
+        all_finetune_outputs(),

@@ -102,3 +102,35 @@ def test_checked_manifests_follow_the_manifest_schema(workdir):
         for record in checked.astype(object).where(checked.notna(), None).to_dict("records"):
             errors = [e.message for e in validator.iter_errors(record)]
             assert not errors, (cohort, record["case_id"], errors)
+
+
+def test_encoders_are_pretrained_and_continual_encoders_are_merged(workdir):
+    from safetensors.torch import load_file
+
+    from taskalign.models.checkpoint_io import geometry_of
+
+    geometry = geometry_of(workdir / "results/pretrain/random/encoder.safetensors")
+    assert geometry.img_size == tuple(CONFIG["preprocess"]["size"]) and geometry.hidden_size == CONFIG["encoder"]["hidden_size"]
+    for variant in CONFIG["pretrain"]["variants"]:
+        history = pd.read_csv(workdir / f"results/pretrain/{variant}/history.csv")
+        assert len(history) == CONFIG["pretrain"]["epochs"] and np.isfinite(history["val_total"]).all()
+        assert geometry_of(workdir / f"results/pretrain/{variant}/encoder.safetensors") == geometry
+    for variant in CONFIG["continual"]["variants"]:
+        pretrained = load_file(workdir / f"results/pretrain/{variant}/encoder.safetensors")
+        merged = load_file(workdir / f"results/continual/{variant}/encoder.safetensors")
+        assert set(merged) == set(pretrained)
+        changed = {k for k in merged if not np.array_equal(merged[k].numpy(), pretrained[k].numpy())}
+        assert changed and all(k.split(".")[-2] in ("to_q", "to_k", "to_v", "out_proj") for k in changed), changed
+        history = pd.read_csv(workdir / f"results/continual/{variant}/history.csv")
+        assert len(history) == CONFIG["continual"]["epochs"] and history["val_dice"].between(0, 1).all()
+        assert (workdir / f"results/continual/{variant}/dice_curve.png").stat().st_size > 0
+
+
+def test_rerun_pretraining_resumes_from_its_last_epoch(workdir):
+    """Declared outputs are deleted on a rerun; the epoch checkpoint outside them is what resumes (last test: it
+    leaves the downstream encoders outdated)."""
+    run_snakemake("results/pretrain/mae/encoder.safetensors", "--forcerun", "pretrain", "--cores", "2",
+                  "--configfile", str(REPO / "config/test.yaml"), cwd=workdir)
+    log = (workdir / "results/logs/pretrain/mae.log").read_text()
+    assert f"after epoch {CONFIG['pretrain']['epochs']}" in log and " epoch 1/" not in log
+    assert (workdir / "results/pretrain/mae/encoder.safetensors").exists()

@@ -162,3 +162,113 @@ def all_encoder_outputs():
     return expand(
         ["results/pretrain/{variant}/encoder.safetensors"], variant=[*VARIANTS, "random"]
     ) + expand(["results/continual/{variant}/encoder.safetensors"], variant=CONTINUAL["variants"])
+
+
+# --- fine-tuning matrix --------------------------------------------------------------------------------
+from taskalign.tasks.spec import check_combination
+
+TASKS = config["tasks"]
+FINETUNE = config["finetune"]
+EVALUATE = config["evaluate"]
+
+
+def slug(name):
+    """`pretrained:mae` -> `pretrained-mae`, `partial:2` -> `partial-2`: names as path components."""
+    return name.replace(":", "-")
+
+
+def finetune_runs():
+    """Every (task, init, protocol, seed) that config `finetune.runs` lists, once, in config order."""
+    runs, problems = [], []
+    for n, block in enumerate(FINETUNE["runs"]):
+        tasks = list(TASKS) if block.get("tasks", "all") == "all" else block["tasks"]
+        problems += [f"finetune.runs[{n}].tasks: unknown task '{t}' (not in tasks)" for t in tasks if t not in TASKS]
+        for init in block["inits"]:
+            kind, _, variant = init.partition(":")
+            if kind == "pretrained" and variant not in VARIANTS:
+                problems.append(f"finetune.runs[{n}]: init {init}: no pretrain variant '{variant}'")
+            if kind == "continual" and variant not in CONTINUAL["variants"]:
+                problems.append(f"finetune.runs[{n}]: init {init}: '{variant}' is not in continual.variants")
+            for protocol in block.get("protocols", ["full"]):
+                try:
+                    check_combination(init, protocol)
+                except ValueError as err:
+                    problems.append(f"finetune.runs[{n}]: {err}")
+                    continue
+                for task in tasks:
+                    for seed in block.get("seeds", [0]):
+                        if (task, init, protocol, seed) not in runs:
+                            runs.append((task, init, protocol, seed))
+    for name, spec in TASKS.items():
+        if spec["cohort"] not in COHORTS:
+            problems.append(f"tasks.{name}.cohort: unknown cohort '{spec['cohort']}'")
+        required = {"super_res": ["factor"], "distortion": ["amplitude_mm", "decay_mm"]}.get(name, [])
+        problems += [f"tasks.{name}: needs '{key}'" for key in required if key not in spec]
+    if problems:
+        raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+    return runs
+
+
+RUNS = finetune_runs()
+INITS = {slug(init): init for _, init, _, _ in RUNS}
+PROTOCOLS = {slug(protocol): protocol for _, _, protocol, _ in RUNS}
+RUN_PATTERN = "{task}/{init}/{protocol}/seed{seed}"
+
+
+def run_paths(prefix, names):
+    """Output paths of every configured run under `prefix` (results/finetune or results/evaluate)."""
+    return [
+        f"{prefix}/{task}/{slug(init)}/{slug(protocol)}/seed{seed}/{name}"
+        for task, init, protocol, seed in RUNS
+        for name in names
+    ]
+
+
+def finetune_encoder(wildcards):
+    """The encoder file an init starts from (none for the specialist)."""
+    kind, _, variant = INITS[wildcards.init].partition(":")
+    if kind in ("random", "scratch"):
+        return "results/pretrain/random/encoder.safetensors"
+    if kind == "pretrained":
+        return f"results/pretrain/{variant}/encoder.safetensors"
+    if kind == "continual":
+        return f"results/continual/{variant}/encoder.safetensors"
+    return []
+
+
+def task_index(wildcards):
+    return f"results/cache/{TASKS[wildcards.task]['cohort']}.csv"
+
+
+def finetune_params(wildcards):
+    """Only what the run depends on: a head change does not rerun specialists and vice versa."""
+    keys = ["epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "augment"]
+    architecture = "specialist" if INITS[wildcards.init] == "specialist" else "head"
+    return as_json(
+        {
+            **{k: FINETUNE[k] for k in keys},
+            architecture: FINETUNE[architecture],
+            "task": TASKS[wildcards.task],
+            "channels": config["preprocess"]["channels"],
+            "seed": int(wildcards.seed),
+        }
+    )
+
+
+def evaluate_params(wildcards):
+    from taskalign.tasks.spec import TASK_TYPES
+
+    return as_json(
+        {
+            "task": TASKS[wildcards.task],
+            "channels": config["preprocess"]["channels"],
+            "seed": int(wildcards.seed),
+            "batch_size": FINETUNE["batch_size"][TASK_TYPES[wildcards.task].kind],
+            "bootstrap": EVALUATE["bootstrap"],
+            "save_volumes": EVALUATE["save_volumes"],
+        }
+    )
+
+
+def all_finetune_outputs():
+    return ["results/evaluate/metrics.csv"] if RUNS else []

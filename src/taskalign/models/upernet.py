@@ -94,6 +94,10 @@ class UperNetDecoder(nn.Module):
         self.classifier = nn.Conv3d(channels, out_channels, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.fused(features))
+
+    def fused(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The fused pyramid at the finest scale, (B, channels, ...): what heads other than the classifier read."""
         top = self.ppm(features[-1])
         laterals = [lat(f) for lat, f in zip(self.lateral, features[:-1])] + [top]
         for i in range(len(laterals) - 2, -1, -1):  # top-down
@@ -102,7 +106,7 @@ class UperNetDecoder(nn.Module):
         outs = [fpn(x) for fpn, x in zip(self.fpn, laterals[:-1])] + [top]
         size = outs[0].shape[2:]
         outs = [outs[0]] + [F.interpolate(o, size=size, mode="trilinear", align_corners=False) for o in outs[1:]]
-        return self.classifier(self.fuse(torch.cat(outs, dim=1)))
+        return self.fuse(torch.cat(outs, dim=1))
 
 
 class EncoderUperNet(nn.Module):

@@ -95,9 +95,15 @@ def fit(
         row["seconds"] = time.time() - started
         history.append(row)
         score = row[monitor]
-        if not math.isfinite(score):
-            raise FloatingPointError(f"{stage}: {monitor} is {score} after epoch {epoch + 1}")
-        if best["score"] is None or (score < best["score"] if mode == "min" else score > best["score"]):
+        losses = [v for k, v in row.items() if k.startswith("train_")]
+        if not all(math.isfinite(v) for v in losses):
+            raise FloatingPointError(f"{stage}: training loss is not finite after epoch {epoch + 1}: {row}")
+        if not math.isfinite(score):  # e.g. an AUC on a validation split with one class: not a divergence
+            log.warning("%s: %s undefined after epoch %d; the epoch cannot be selected", stage, monitor, epoch + 1)
+        elif best["score"] is None or (score < best["score"] if mode == "min" else score > best["score"]):
+            best = {"epoch": epoch + 1, "score": score}
+            resume.save_best(model)
+        if best["score"] is None and epoch + 1 == epochs:  # never defined: the last epoch is the model
             best = {"epoch": epoch + 1, "score": score}
             resume.save_best(model)
         resume.save(epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, history=history, best=best)

@@ -1,0 +1,1 @@
+"""Scoring and evaluation of fine-tuned models."""

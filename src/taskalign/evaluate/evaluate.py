@@ -1,0 +1,103 @@
+"""Evaluation stage: a fine-tuned model on its task's test split.
+
+Outputs: the task's metrics with a 95% bootstrap CI over patients; per-case rows (case id, patient id, scores,
+predicted values and probabilities) that join the manifest by case id, for paired statistics later; predicted
+masks (segmentation) or the first volumes (restoration) as compressed arrays; a montage of test predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from taskalign.data.dataset import read_index
+from taskalign.evaluate.metrics import bootstrap_ci
+from taskalign.evaluate.scoring import case_scores, predict, split_metrics
+from taskalign.runtime import atomic_path
+from taskalign.tasks.samples import TaskDataset, usable_rows
+from taskalign.tasks.spec import Task
+from taskalign.train.data import make_loader
+from taskalign.train.device import select_device
+from taskalign.train.finetune import load_task_model
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluation(*, task: Task, model_path: Path, indexes: list[Path], params: dict, metrics_csv: Path,
+                   cases_csv: Path, predictions_npz: Path, montage_png: Path, threads: int | None = None) -> pd.DataFrame:
+    device = select_device(threads)
+    model, meta = load_task_model(model_path, task, params["channels"])
+    model = model.to(device)
+    rows = usable_rows(read_index(indexes, splits=["test"]), task)
+    test = TaskDataset(rows, task, params["channels"], train=False, seed=params["seed"], norm=meta["norm"])
+    loader = make_loader(test, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
+
+    records, volumes, shown = [], {}, []
+    for i, prediction, target in predict(model, loader, task, device):
+        row = test.index.iloc[i]
+        records.append({"case_id": row["case_id"], "patient_id": row["patient_id"], "cohort": row["cohort"],
+                        **case_scores(task, prediction, target, meta["norm"])})
+        if task.kind == "segmentation":
+            volumes[row["case_id"]] = prediction
+        elif task.kind == "restoration" and len(volumes) < params["save_volumes"]:
+            volumes[row["case_id"]] = prediction.astype(np.float16)
+        if task.kind in ("segmentation", "restoration") and len(shown) < 4:
+            shown.append((row["case_id"], test[i]["image"].numpy(), target.numpy(), prediction))
+    cases = pd.DataFrame(records)
+    if cases.empty:
+        raise ValueError(f"task {task.name}: no test cases with a {task.type.target} label")
+
+    point = split_metrics(task, cases, meta["norm"])
+    summary = []
+    for name, value in point.items():
+        low, high = bootstrap_ci(cases, lambda frame, n=name: split_metrics(task, frame, meta["norm"])[n],
+                                 n_boot=params["bootstrap"], seed=params["seed"])
+        summary.append({"task": task.name, "init": meta["init"], "protocol": meta["protocol"], "seed": meta["seed"],
+                        "metric": name, "value": value, "ci_low": low, "ci_high": high, "n_cases": len(cases),
+                        "n_patients": cases["patient_id"].nunique(), "primary": name == task.type.metric})
+    frame = pd.DataFrame(summary)
+    with atomic_path(metrics_csv) as tmp:
+        frame.to_csv(tmp, index=False)
+    with atomic_path(cases_csv) as tmp:
+        cases.to_csv(tmp, index=False)
+    with atomic_path(predictions_npz) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **volumes)
+    prediction_montage(task, shown, montage_png, f"{task.name} {meta['init']} {meta['protocol']} seed {meta['seed']}")
+    primary = point[task.type.metric]
+    log.info("%s %s %s: test %s %.4f (%d cases)", task.name, meta["init"], meta["protocol"], task.type.metric,
+             primary, len(cases))
+    return frame
+
+
+def prediction_montage(task: Task, shown: list, path: Path, title: str) -> None:
+    """Mid-slice input (first used channel), target and prediction of a few test cases; a text panel for
+    classification and regression, whose predictions are in the per-case table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(shown), 1)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    for r, (case_id, image, target, prediction) in enumerate(shown):
+        mid = image.shape[1] // 2
+        channel = next(i for i in range(image.shape[0]) if np.any(image[i]))
+        panels = [(image[channel, mid], "input"), (target[0, mid], "target"), (prediction[mid], "prediction")]
+        for c, (panel, label) in enumerate(panels):
+            seg = task.kind == "segmentation" and c > 0
+            axes[r, c].imshow(panel, cmap="tab10" if seg else "gray", vmin=0 if seg else None,
+                              vmax=9 if seg else None, interpolation="nearest")
+            axes[r, c].set_title(f"{case_id} {label}" if c == 0 else label, fontsize=8)
+    if not shown:
+        axes[0, 1].text(0.5, 0.5, "per-case predictions:\ncases.csv", ha="center", va="center")
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

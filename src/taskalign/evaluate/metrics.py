@@ -1,0 +1,92 @@
+"""Downstream metrics (SPEC "Tasks"), from scikit-learn and MONAI, plus a patient-level bootstrap.
+
+NaN marks a metric that is undefined on the cases given (an AUC with one class present), so small splits and
+bootstrap resamples report "undefined" instead of failing or inventing a value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.metrics import SSIMMetric, compute_dice
+from monai.networks.utils import one_hot
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def _binary_auc(y: np.ndarray, score: np.ndarray) -> float:
+    y = np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, score))
+
+
+def multiclass_auc(y_true, prob, n_classes: int) -> float:
+    """Macro one-vs-rest AUC over the classes that have positives and negatives in y_true (labels 0..n-1)."""
+    y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=float)
+    aucs = [_binary_auc(y_true == c, prob[:, c]) for c in range(n_classes)]
+    aucs = [a for a in aucs if np.isfinite(a)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def specificity_at_sensitivity(y, score, sensitivity: float = 0.9) -> float:
+    """The highest specificity on the ROC curve among operating points with sensitivity >= `sensitivity`."""
+    y = np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, score)
+    return float((1.0 - fpr[tpr >= sensitivity - 1e-12]).max())
+
+
+def pirads_metrics(y_true, prob) -> dict[str, float]:
+    """PI-RADS 2-5: macro OvR AUC, AUC of P(>=3) and P(>=4), specificity at 90% sensitivity for >=3.
+    prob columns are the classes [2, 3, 4, 5]."""
+    y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=float)
+    ge3, ge4 = prob[:, 1:].sum(axis=1), prob[:, 2:].sum(axis=1)
+    return {"auc": multiclass_auc(y_true - 2, prob, 4),
+            "auc_ge3": _binary_auc(y_true >= 3, ge3),
+            "auc_ge4": _binary_auc(y_true >= 4, ge4),
+            "spec_at_sens90": specificity_at_sensitivity(y_true >= 3, ge3, 0.9)}
+
+
+def regression_metrics(true_norm, pred_norm, scale: float, offset: float = 0.0) -> dict[str, float]:
+    """MSE on the standardised target (the training loss's scale) and the mean absolute error in mL."""
+    true_norm, pred_norm = np.asarray(true_norm, dtype=float), np.asarray(pred_norm, dtype=float)
+    return {"mse": float(np.mean((pred_norm - true_norm) ** 2)),
+            "mae_ml": float(np.mean(np.abs((pred_norm - true_norm) * scale)))}
+
+
+def dice_per_class(pred_labels, true_labels, n_classes: int) -> np.ndarray:
+    """Dice of labels 1..n_classes (0 = background). MONAI's compute_dice with ignore_empty=False scores a class
+    absent from both prediction and truth 1.0 and one absent from the truth only 0.0."""
+    pred = torch.as_tensor(np.asarray(pred_labels, dtype=np.int64))[None, None]
+    true = torch.as_tensor(np.asarray(true_labels, dtype=np.int64))[None, None]
+    pred, true = one_hot(pred, n_classes + 1, dim=1), one_hot(true, n_classes + 1, dim=1)
+    return compute_dice(pred, true, include_background=False, ignore_empty=False)[0].numpy().astype(float)
+
+
+def ssim_3d(pred, target, data_range: float) -> float:
+    """SSIM of two (D, H, W) volumes; the Gaussian window shrinks to fit thin volumes."""
+    win = min(7, *np.shape(target))
+    win -= 1 - win % 2
+    metric = SSIMMetric(spatial_dims=3, data_range=data_range, win_size=win)
+    p = torch.as_tensor(np.asarray(pred, dtype=np.float32))[None, None]
+    t = torch.as_tensor(np.asarray(target, dtype=np.float32))[None, None]
+    return float(metric(p, t).mean())
+
+
+def bootstrap_ci(frame: pd.DataFrame, metric_fn, group_col: str = "patient_id", n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of metric_fn over resamples of whole patients (their cases together); (nan, nan) when
+    fewer than 10 resamples give a finite value."""
+    rng = np.random.default_rng(seed)
+    groups = [g for _, g in frame.groupby(group_col, sort=True)]
+    draws = []
+    for _ in range(n_boot):
+        picked = rng.integers(0, len(groups), len(groups))
+        value = metric_fn(pd.concat([groups[i] for i in picked], ignore_index=True))
+        if np.isfinite(value):
+            draws.append(value)
+    if len(draws) < 10:
+        return float("nan"), float("nan")
+    return float(np.percentile(draws, 100 * alpha / 2)), float(np.percentile(draws, 100 * (1 - alpha / 2)))

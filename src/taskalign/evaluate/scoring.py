@@ -1,0 +1,97 @@
+"""Predictions and scores of a task model: per case (for paired statistics) and per split (the task's metrics).
+
+Used by fine-tuning (the validation metric that selects the best epoch) and by evaluation (test metrics with
+bootstrap CIs), so both score a model the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from taskalign.data.labels import ZONE_LABELS
+from taskalign.evaluate.metrics import dice_per_class, multiclass_auc, pirads_metrics, regression_metrics, ssim_3d
+from taskalign.tasks.spec import PIRADS_CLASSES, Task
+from taskalign.train.device import autocast, to_device
+
+
+def output_to_prediction(task: Task, output: torch.Tensor) -> np.ndarray:
+    """Model output of one case -> prediction: class probabilities, a de-normalised value later, a label
+    volume (D, H, W), or an image (D, H, W)."""
+    output = output.float()
+    if task.kind == "classification":
+        return torch.softmax(output, dim=0).numpy()
+    if task.kind == "regression":
+        return output.numpy()
+    if task.kind == "segmentation":
+        if task.type.n_outputs > 1:
+            return output.argmax(dim=0).numpy().astype(np.uint8)
+        return (output[0] > 0).numpy().astype(np.uint8)
+    return output[0].numpy()
+
+
+@torch.no_grad()
+def predict(model, loader, task: Task, device):
+    """Yield (dataset index, prediction, target) per case, model in eval mode."""
+    model.eval()
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device):
+            outputs = model(batch["image"])
+        for j in range(outputs.shape[0]):
+            target = batch["target"][j].cpu()
+            yield int(batch["index"][j]), output_to_prediction(task, outputs[j].cpu()), target
+
+
+def case_scores(task: Task, prediction: np.ndarray, target: torch.Tensor, norm: dict) -> dict:
+    """The per-case columns: probabilities and label, value and truth, Dice per class, or SSIM and L1."""
+    if task.kind == "classification":
+        classes = PIRADS_CLASSES if task.name == "pirads_cls" else range(task.type.n_outputs)
+        true = int(target)
+        row = {"true": classes[true], "pred": classes[int(prediction.argmax())]}
+        row.update({f"prob_{c}": float(p) for c, p in zip(classes, prediction)})
+        return row
+    if task.kind == "regression":
+        value = float(prediction[0])
+        return {"true_norm": float(target[0]), "pred_norm": value,
+                "true": float(target[0]) * norm["scale"] + norm["offset"],
+                "pred": value * norm["scale"] + norm["offset"]}
+    if task.kind == "segmentation":
+        n = task.type.n_outputs
+        true = target[0].numpy().astype(np.uint8)
+        dice = dice_per_class(prediction, true, n)
+        if n == 1:
+            return {"dice": float(dice[0])}
+        row = {"dice": float(np.mean(dice))}
+        row.update({f"dice_{name}": float(d) for name, d in zip(ZONE_LABELS, dice)})
+        return row
+    true = target[0].numpy()
+    data_range = float(true.max() - true.min()) or 1.0
+    return {"ssim": ssim_3d(prediction, true, data_range), "l1": float(np.abs(prediction - true).mean())}
+
+
+def split_metrics(task: Task, cases: pd.DataFrame, norm: dict) -> dict[str, float]:
+    """The task's metrics over a set of per-case rows (a split or a bootstrap resample)."""
+    if task.kind == "classification":
+        classes = PIRADS_CLASSES if task.name == "pirads_cls" else range(task.type.n_outputs)
+        prob = cases[[f"prob_{c}" for c in classes]].to_numpy()
+        if task.name == "pirads_cls":
+            metrics = pirads_metrics(cases["true"].to_numpy(), prob)
+        else:
+            metrics = {"auc": multiclass_auc(cases["true"].to_numpy(), prob, task.type.n_outputs)}
+        metrics["accuracy"] = float((cases["true"] == cases["pred"]).mean())
+        return metrics
+    if task.kind == "regression":
+        return regression_metrics(cases["true_norm"].to_numpy(), cases["pred_norm"].to_numpy(), norm["scale"],
+                                  norm["offset"])
+    if task.kind == "segmentation":
+        return {c: float(cases[c].mean()) for c in cases.columns if c.startswith("dice")}
+    return {"ssim": float(cases["ssim"].mean()), "l1": float(cases["l1"].mean())}
+
+
+def score_loader(model, loader, task: Task, device, norm: dict) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Per-case rows (with the dataset index) and the split's metrics."""
+    rows = [{"index": i, **case_scores(task, pred, target, norm)} for i, pred, target in predict(model, loader, task, device)]
+    cases = pd.DataFrame(rows)
+    return cases, split_metrics(task, cases, norm)

@@ -1,0 +1,111 @@
+"""Task models: an encoder with a task head (SPEC "Tasks"), or a task-specific MONAI network (the specialist).
+
+Heads: a 2-layer MLP on the token mean of the encoder's final normed output (classification, regression); the
+UperNet decoder shared with continual pretraining (segmentation; restoration with an intensity output); a sub-pixel
+head on the fused UperNet features for super-resolution. Restoration models whose input already is the target
+contrast (super-resolution, distortion correction) predict a residual on the input T2W.
+Specialists: MONAI ResNet-10 (classification, regression) and UNet (segmentation, restoration).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import SubpixelUpsample
+from monai.networks.nets import UNet, resnet10
+from torch import nn
+
+from taskalign.models.encoder import Encoder
+from taskalign.models.upernet import EncoderUperNet
+from taskalign.tasks.spec import Task
+
+
+class MLPHead(nn.Module):
+    def __init__(self, n_in: int, hidden: int, n_out: int, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class EncoderMLP(nn.Module):
+    """Encoder -> mean of the normed patch tokens -> MLP: logits or a regression value."""
+
+    def __init__(self, encoder: Encoder, n_out: int, hidden: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = MLPHead(encoder.geometry.hidden_size, hidden, n_out)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        normed, _ = self.encoder(image)
+        return self.head(normed[:, 1:].mean(dim=1))
+
+
+class EncoderRestoration(EncoderUperNet):
+    """UperNet with an intensity output; `residual_channel`: the output is added to that input channel;
+    `subpixel`: the fused features go through a sub-pixel (pixel-shuffle) upsampling head instead of a 1x1 conv."""
+
+    def __init__(self, encoder: Encoder, layers: tuple[int, ...], channels: int, residual_channel: int | None,
+                 subpixel: bool = False):
+        super().__init__(encoder, out_channels=1, layers=layers, channels=channels)
+        self.residual_channel = residual_channel
+        self.subpixel = SubpixelUpsample(3, channels, out_channels=1, scale_factor=2) if subpixel else None
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        _, hidden = self.encoder(image)
+        features = self.decoder.fused(self.adapter(hidden))
+        out = self.subpixel(features) if self.subpixel is not None else self.decoder.classifier(features)
+        out = F.interpolate(out, size=image.shape[2:], mode="trilinear", align_corners=False)
+        if self.residual_channel is not None:
+            out = out + image[:, self.residual_channel : self.residual_channel + 1]
+        return out
+
+
+class ResidualUNet(nn.Module):
+    """The restoration specialist: MONAI UNet, optionally predicting a residual on one input channel."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...], residual_channel: int | None):
+        super().__init__()
+        self.net = UNet(3, in_channels, 1, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=1)
+        self.residual_channel = residual_channel
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = self.net(image)
+        if self.residual_channel is not None:
+            out = out + image[:, self.residual_channel : self.residual_channel + 1]
+        return out
+
+
+def n_model_outputs(task: Task) -> int:
+    """Multi-class segmentation adds a background channel (softmax); binary masks use one sigmoid channel."""
+    if task.kind == "segmentation" and task.type.n_outputs > 1:
+        return task.type.n_outputs + 1
+    return task.type.n_outputs
+
+
+def residual_channel(task: Task, channels: list[str]) -> int | None:
+    """Super-resolution and distortion correction restore the T2W they are given: predict a residual on it."""
+    return channels.index("t2w") if task.name in ("super_res", "distortion") else None
+
+
+def encoder_model(task: Task, encoder: Encoder, channels: list[str], head: dict) -> nn.Module:
+    """The task head on `encoder`. head: mlp_hidden, decoder_channels, layers."""
+    n_out = n_model_outputs(task)
+    if task.kind in ("classification", "regression"):
+        return EncoderMLP(encoder, n_out, head["mlp_hidden"])
+    if task.kind == "segmentation":
+        return EncoderUperNet(encoder, n_out, tuple(head["layers"]), head["decoder_channels"])
+    return EncoderRestoration(encoder, tuple(head["layers"]), head["decoder_channels"],
+                              residual_channel(task, channels), subpixel=task.name == "super_res")
+
+
+def specialist_model(task: Task, channels: list[str], specialist: dict) -> nn.Module:
+    """A task-specific MONAI network on the same inputs. specialist: channels (UNet widths)."""
+    n_out = n_model_outputs(task)
+    if task.kind in ("classification", "regression"):
+        return resnet10(spatial_dims=3, n_input_channels=len(channels), num_classes=n_out)
+    widths = tuple(specialist["channels"])
+    if task.kind == "segmentation":
+        return UNet(3, len(channels), n_out, channels=widths, strides=(2,) * (len(widths) - 1), num_res_units=1)
+    return ResidualUNet(len(channels), widths, residual_channel(task, channels))

@@ -1,0 +1,1 @@
+"""Downstream tasks: specifications, samples and degradations."""

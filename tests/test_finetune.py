@@ -1,0 +1,132 @@
+"""Fine-tuning: task samples, protocols, the combinations that make a run, and specialists/encoders training
+and evaluating end to end on the phantom cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from taskalign.data.dataset import read_index
+from taskalign.evaluate.evaluate import run_evaluation
+from taskalign.models.checkpoint_io import save_encoder
+from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.heads import encoder_model
+from taskalign.tasks.samples import TaskDataset, usable_rows
+from taskalign.tasks.spec import Task, check_combination
+from taskalign.train.finetune import apply_protocol, run_finetune
+
+GEOMETRY = EncoderGeometry(3, (16, 32, 32), (4, 8, 8), 32, 64, 4, 2)
+CHANNELS = ["t2w", "dwi", "adc"]
+HEAD = {"mlp_hidden": 16, "decoder_channels": 8, "layers": [0, 1, 2, 3]}
+TASKS = {
+    "pirads_cls": {"cohort": "anatomy", "inputs": CHANNELS},
+    "volume_reg": {"cohort": "anatomy", "inputs": ["t2w"]},
+    "zone_seg": {"cohort": "anatomy", "inputs": ["t2w"]},
+    "super_res": {"cohort": "anatomy", "inputs": ["t2w"], "factor": 4},
+    "distortion": {"cohort": "anatomy", "inputs": ["t2w"], "amplitude_mm": 8, "decay_mm": 6},
+}
+
+
+def task(name: str) -> Task:
+    return Task.from_config(name, TASKS[name])
+
+
+def params(seed: int = 0, epochs: int = 3) -> dict:
+    return {"channels": CHANNELS, "seed": seed, "epochs": epochs, "lr": 2e-3, "warmup_epochs": 0,
+            "weight_decay": 0.0, "augment": {"prob": 0.3, "flip_prob": 0.5, "rotate_deg": 10, "zoom": [0.9, 1.1],
+                                             "intensity": 0.1},
+            "batch_size": {"classification": 4, "regression": 4, "segmentation": 4, "restoration": 4},
+            "head": HEAD, "specialist": {"channels": [4, 8, 16]}}
+
+
+@pytest.mark.parametrize("init, protocol", [("random", "full"), ("scratch", "frozen"), ("specialist", "partial:2"),
+                                            ("pretrained", "full"), ("continual:mae", "partial:x")])
+def test_combinations_that_make_no_run_are_refused(init, protocol):
+    with pytest.raises(ValueError, match="init|protocol"):
+        check_combination(init, protocol)
+    check_combination("pretrained:mae", "partial:2")  # and a valid one passes
+
+
+def test_super_resolution_input_has_a_quarter_of_the_depth(tiny_cache):
+    rows = usable_rows(read_index([tiny_cache["anatomy"]], splits=["val"]), task("super_res"))
+    sample = TaskDataset(rows, task("super_res"), CHANNELS, train=False, seed=0)[0]
+    assert sample["low_res"].shape == (1, 4, 32, 32)
+    assert sample["target"].shape == (1, 16, 32, 32) and sample["image"].shape == (3, 16, 32, 32)
+    assert torch.count_nonzero(sample["image"][1:]) == 0  # T2W only
+    assert not torch.allclose(sample["image"][0], sample["target"][0])  # the input lost through-plane detail
+
+
+def test_distortion_moves_tissue_near_the_rectum_only(tiny_cache):
+    rows = usable_rows(read_index([tiny_cache["anatomy"]], splits=["val"]), task("distortion"))
+    data = TaskDataset(rows, task("distortion"), CHANNELS, train=False, seed=0)
+    sample = data[0]
+    rectum = np.load(f"{rows.cache_dir[0]}/rectum.npy") > 0
+    change = (sample["image"][0] - sample["target"][0]).abs().numpy()
+    from scipy.ndimage import distance_transform_edt
+
+    far = distance_transform_edt(~rectum, sampling=(4.0, 3.0, 3.0)) > 40
+    assert change[rectum].mean() > 10 * max(change[far].mean(), 1e-6)
+    assert torch.equal(data[0]["image"], sample["image"])  # val/test degradations are fixed per case
+
+
+def _step(model, x):
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(x).float().pow(2).mean().backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("protocol, changed_blocks", [("frozen", []), ("partial:2", [2, 3]), ("full", [0, 1, 2, 3])])
+def test_protocols_train_exactly_the_intended_parameters(protocol, changed_blocks):
+    torch.manual_seed(0)
+    model = encoder_model(task("volume_reg"), Encoder(GEOMETRY), CHANNELS, HEAD)
+    before = copy.deepcopy(model.state_dict())
+    apply_protocol(model, protocol)
+    _step(model, torch.randn(2, 3, 16, 32, 32))
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {k for k in changed if k.startswith("head.")}, "the head always trains"
+    blocks = sorted({int(k.split(".")[2]) for k in changed if k.startswith("encoder.blocks.")})
+    assert blocks == changed_blocks
+    assert ("encoder.norm.weight" in changed) == (protocol != "frozen")
+    assert ("encoder.patch_embedding.patch_embeddings.weight" in changed) == (protocol == "full")
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("enc") / "encoder.safetensors"
+    save_encoder(Encoder(GEOMETRY), path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["pirads_cls", "volume_reg", "zone_seg", "super_res", "distortion"])
+@pytest.mark.parametrize("init", ["specialist", "scratch"])
+def test_models_train_and_evaluate_for_every_task_type(tiny_cache, tmp_path, encoder_file, name, init):
+    out = tmp_path / "run"
+    p = {**params(), "task": TASKS[name]}
+    history = run_finetune(task=task(name), init=init, protocol="full",
+                           encoder_path=None if init == "specialist" else encoder_file,
+                           indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                           history_csv=out / "history.csv", curve_png=out / "curve.png",
+                           timing_json=out / "timing.json", resume_dir=tmp_path / "resume")
+    assert len(history) == 3 and all(np.isfinite(row["train_total"]) for row in history)
+    assert history[-1]["train_total"] < history[0]["train_total"], history
+    assert json.loads((out / "timing.json").read_text())["epochs"] == 3
+    metrics = run_evaluation(task=task(name), model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
+                             params={**p, "batch_size": 2, "bootstrap": 20, "save_volumes": 1},
+                             metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
+                             predictions_npz=out / "pred.npz", montage_png=out / "montage.png")
+    ranges = {"auc": (0, 1), "auc_ge3": (0, 1), "auc_ge4": (0, 1), "spec_at_sens90": (0, 1), "accuracy": (0, 1),
+              "mse": (0, np.inf), "mae_ml": (0, np.inf), "ssim": (-1, 1), "l1": (0, np.inf)}
+    for row in metrics.itertuples():
+        low, high = ranges.get(row.metric, (0, 1))  # dice*
+        assert np.isnan(row.value) or low <= row.value <= high, row
+    assert metrics["primary"].sum() == 1
+    cases = pd.read_csv(out / "cases.csv", dtype={"case_id": str})
+    manifest = read_index([tiny_cache["anatomy"]], splits=["test"])
+    assert set(cases["case_id"]) <= set(manifest["case_id"]) and len(cases) == len(usable_rows(manifest, task(name)))
