@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from monai.metrics import SSIMMetric, compute_dice
 from monai.networks.utils import one_hot
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import mean_absolute_error, mean_squared_error, roc_auc_score, roc_curve
 
 
 def _binary_auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -52,8 +52,8 @@ def pirads_metrics(y_true, prob) -> dict[str, float]:
 def regression_metrics(true_norm, pred_norm, scale: float, offset: float = 0.0) -> dict[str, float]:
     """MSE on the standardised target (the training loss's scale) and the mean absolute error in mL."""
     true_norm, pred_norm = np.asarray(true_norm, dtype=float), np.asarray(pred_norm, dtype=float)
-    return {"mse": float(np.mean((pred_norm - true_norm) ** 2)),
-            "mae_ml": float(np.mean(np.abs((pred_norm - true_norm) * scale)))}
+    return {"mse": float(mean_squared_error(true_norm, pred_norm)),
+            "mae_ml": float(mean_absolute_error(true_norm * scale + offset, pred_norm * scale + offset))}
 
 
 def dice_per_class(pred_labels, true_labels, n_classes: int) -> np.ndarray:

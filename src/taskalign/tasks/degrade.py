@@ -8,26 +8,31 @@ the average of consecutive thin slices.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinates
 
 
-def rectal_air_field(rectum: np.ndarray, spacing_mm, amplitude_mm: float, decay_mm: float,
+def rectal_air_field(rectum: np.ndarray, spacing_mm: Sequence[float], amplitude_mm: float, decay_mm: float,
                      rng: np.random.Generator) -> np.ndarray:
     """Displacement (3, D, H, W) float32 in voxels, components (d, h, w): along H (anterior-posterior), away from
-    the rectum, magnitude amplitude * s * exp(-distance / decay) with s ~ U(0.5, 1) per case; all zero when the
-    rectum mask is empty."""
+    the rectum, magnitude amplitude * s * exp(-distance / decay) with distance in mm from the mask and
+    s ~ U(0.5, 1) per case, smoothed with a 1-voxel gaussian; all zero when the rectum mask is empty."""
+    # Drawn before the empty check so every case advances the generator alike.
+    scale = rng.uniform(0.5, 1.0)
     rectum = np.asarray(rectum) > 0
     field = np.zeros((3, *rectum.shape), dtype=np.float32)
     if not rectum.any():
         return field
     distance = distance_transform_edt(~rectum, sampling=spacing_mm)
-    magnitude = amplitude_mm * rng.uniform(0.5, 1.0) * np.exp(-distance / decay_mm)
+    magnitude = amplitude_mm * scale * np.exp(-distance / decay_mm)
     centre_h = np.argwhere(rectum)[:, 1].mean()
     h = np.arange(rectum.shape[1], dtype=np.float64)[None, :, None]
-    direction = np.sign(h - centre_h) + (h == centre_h)  # away from the rectum along AP
+    # Away from the rectum along AP; the centroid row itself (sign 0) goes posterior.
+    direction = np.sign(h - centre_h) + (h == centre_h)
     field[1] = gaussian_filter(magnitude * direction, sigma=1.0) / spacing_mm[1]
     return field
 
