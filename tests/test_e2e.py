@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
 
@@ -80,6 +81,7 @@ def test_real_cohorts_run_through_importers_check_and_preprocessing(shared_data,
     }
     cfg["pretrain"]["cohorts"] = ["picai"]
     cfg["continual"]["cohort"] = "picai"
+    cfg["tasks"] = {name: {**spec, "cohort": "picai"} for name, spec in cfg["tasks"].items()}
     config = tmp_path / "real.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run_snakemake("data", "--cores", "2", "--configfile", str(config), cwd=tmp_path)
@@ -124,6 +126,39 @@ def test_encoders_are_pretrained_and_continual_encoders_are_merged(workdir):
         history = pd.read_csv(workdir / f"results/continual/{variant}/history.csv")
         assert len(history) == CONFIG["continual"]["epochs"] and history["val_dice"].between(0, 1).all()
         assert (workdir / f"results/continual/{variant}/dice_curve.png").stat().st_size > 0
+
+
+def test_every_configured_run_is_evaluated_with_metrics_in_range(workdir):
+    from taskalign.tasks.spec import TASK_TYPES
+
+    runs = pd.read_csv(workdir / "results/evaluate/metrics.csv")
+    expected = set()
+    for block in CONFIG["finetune"]["runs"]:
+        tasks = CONFIG["tasks"] if block.get("tasks", "all") == "all" else block["tasks"]
+        expected |= {(t, i, p) for t in tasks for i in block["inits"] for p in block.get("protocols", ["full"])}
+    assert set(zip(runs["task"], runs["init"], runs["protocol"])) == expected
+    unbounded = {"mse", "mae_ml", "l1"}
+    values = runs[~runs["metric"].isin(unbounded)]["value"].dropna()
+    assert values.between(-1, 1).all() and (runs[runs["metric"].isin(unbounded)]["value"] >= 0).all()
+    for task, init, protocol in expected:
+        folder = workdir / f"results/evaluate/{task}/{init.replace(':', '-')}/{protocol.replace(':', '-')}/seed0"
+        cases = pd.read_csv(folder / "cases.csv", dtype={"case_id": str})
+        manifest = pd.read_csv(workdir / f"results/manifests/{CONFIG['tasks'][task]['cohort']}.csv", dtype={"case_id": str})
+        joined = cases.merge(manifest, on="case_id", how="left", validate="one_to_one")
+        assert joined["split"].eq("test").all(), (task, init)
+        history = pd.read_csv(workdir / f"results/finetune/{task}/{init.replace(':', '-')}/{protocol.replace(':', '-')}/seed0/history.csv")
+        assert f"val_{TASK_TYPES[task].metric}" in history and len(history) == CONFIG["finetune"]["epochs"]
+
+
+def test_a_head_change_reruns_encoder_runs_only(workdir, tmp_path):
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["finetune"]["head"]["mlp_hidden"] = 32
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake("-n", "--cores", "2", "--configfile", str(changed), cwd=workdir)
+    planned = set(re.findall(r"results/finetune/(\w+/[\w-]+/[\w-]+)/seed0/model.safetensors", proc.stdout))
+    assert planned and not any("/specialist/" in p for p in planned)
+    assert "rule pretrain:" not in proc.stdout and "rule continual:" not in proc.stdout
 
 
 def test_rerun_pretraining_resumes_from_its_last_epoch(workdir):

@@ -23,6 +23,8 @@ def test_paper_config_plans_its_dag():
     proc = run_snakemake("-n", "--configfile", "config/paper.yaml")
     counts = job_counts(proc.stdout)
     assert counts["cohort"] == 5 and counts["preprocess"] == 5 and counts["check_manifest"] == 5
+    # 8 tasks x (random frozen + 4 inits full + pretrained frozen and partial:2) x 3 seeds
+    assert counts["finetune"] == counts["evaluate"] == 8 * 7 * 3
 
 
 def test_misspelt_key_is_an_error_that_names_it(tmp_path):
@@ -60,6 +62,7 @@ def test_user_manifest_cohort_skips_generation(tmp_path):
     cfg["data"]["cohorts"] = {"mine": {"source": "manifest", "path": str(tmp_path / "m.csv")}}
     cfg["pretrain"]["cohorts"] = ["mine"]
     cfg["continual"]["cohort"] = "mine"
+    cfg["tasks"] = {name: {**spec, "cohort": "mine"} for name, spec in cfg["tasks"].items()}
     (tmp_path / "m.csv").write_text("case_id\n")
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -98,3 +101,21 @@ def test_config_names_must_refer_to_defined_things(tmp_path):
     text = out.stdout + out.stderr
     assert out.returncode != 0
     assert "continual.variants: unknown encoder 'maee'" in text and "pretrain.cohorts: unknown cohort 'nope'" in text
+
+
+def test_finetune_runs_that_make_no_sense_are_errors_naming_them(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["finetune"]["runs"] = [
+        {"inits": ["random"], "protocols": ["full"]},
+        {"tasks": ["zone_sg"], "inits": ["continual:multitask"]},
+    ]
+    cfg["tasks"]["super_res"].pop("factor")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    out = run_snakemake("-n", "--configfile", str(bad), check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "init random runs with protocol frozen only, not full" in text
+    assert "unknown task 'zone_sg'" in text and "'multitask' is not in continual.variants" in text
+    assert "tasks.super_res: needs 'factor'" in text
+
