@@ -4,7 +4,8 @@ Heads: a 2-layer MLP on the token mean of the encoder's final normed output (cla
 UperNet decoder shared with continual pretraining (segmentation; restoration with an intensity output); a sub-pixel
 head on the fused UperNet features for super-resolution. Restoration models whose input already is the target
 contrast (super-resolution, distortion correction) predict a residual on the input T2W.
-Specialists: MONAI ResNet-10 (classification, regression) and UNet (segmentation, restoration).
+Specialists: MONAI ResNet-10 layout (one basic block per stage; widths from config, the paper's 64-512 at paper
+scale) for classification and regression, and UNet for segmentation and restoration.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import SubpixelUpsample
-from monai.networks.nets import UNet, resnet10
+from monai.networks.nets import ResNet, UNet
 from torch import nn
 
 from taskalign.models.encoder import Encoder
@@ -101,11 +102,13 @@ def encoder_model(task: Task, encoder: Encoder, channels: list[str], head: dict)
 
 
 def specialist_model(task: Task, channels: list[str], specialist: dict) -> nn.Module:
-    """A task-specific MONAI network on the same inputs. specialist: channels (UNet widths)."""
+    """A task-specific MONAI network on the same inputs. specialist: channels (UNet widths; the first four are
+    the ResNet stage widths)."""
     n_out = n_model_outputs(task)
-    if task.kind in ("classification", "regression"):
-        return resnet10(spatial_dims=3, n_input_channels=len(channels), num_classes=n_out)
     widths = tuple(specialist["channels"])
+    if task.kind in ("classification", "regression"):
+        stages = (list(widths) + [widths[-1]] * 4)[:4]
+        return ResNet("basic", [1, 1, 1, 1], stages, spatial_dims=3, n_input_channels=len(channels), num_classes=n_out)
     if task.kind == "segmentation":
         return UNet(3, len(channels), n_out, channels=widths, strides=(2,) * (len(widths) - 1), num_res_units=1)
     return ResidualUNet(len(channels), widths, residual_channel(task, channels))

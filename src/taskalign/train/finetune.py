@@ -90,7 +90,7 @@ def task_loss(task: Task, weights: torch.Tensor | None, device):
             return DiceCELoss(softmax=True, to_onehot_y=True)
         return DiceLoss(sigmoid=True)
     if task.name == "translation":
-        ssim = SSIMLoss(spatial_dims=3, data_range=1.0, win_size=5)
+        ssim = SSIMLoss(spatial_dims=3, data_range=1.0, win_size=3)  # 3^3 window: a third of the cost of 5^3
 
         def l1_ssim(out, target):
             low, high = target.amin(dim=(1, 2, 3, 4), keepdim=True), target.amax(dim=(1, 2, 3, 4), keepdim=True)
