@@ -17,6 +17,9 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/continual.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -25,10 +28,14 @@ rule all:
         all_data_outputs(),
         all_encoder_outputs(),
         all_finetune_outputs(),
+        all_feature_outputs(),
+        all_analysis_outputs(),
+        paper_outputs(),
 
 
 # Stage targets: `snakemake data` stops after the cache and QC montages; `snakemake encoders` after continual
-# pretraining; `snakemake finetuned` after the fine-tuning matrix and its evaluation.
+# pretraining; `snakemake finetuned` after the fine-tuning matrix and its evaluation; `snakemake analyses` after
+# features, CKA, MMD/RPG, radiomics and the radiomic lens.
 rule data:
     input:
         all_data_outputs(),
@@ -42,3 +49,19 @@ rule encoders:
 rule finetuned:
     input:
         all_finetune_outputs(),
+
+
+rule analyses:
+    input:
+        all_feature_outputs(),
+        all_analysis_outputs(),
+
+
+# One paper's tables and figures: `snakemake tables_001` regenerates seed 001's outputs only.
+for _paper in PAPERS:
+
+    rule:
+        name:
+            f"tables_{_paper}"
+        input:
+            paper_outputs(_paper),

@@ -161,6 +161,107 @@ def test_a_head_change_reruns_encoder_runs_only(workdir, tmp_path):
     assert "rule pretrain:" not in proc.stdout and "rule continual:" not in proc.stdout
 
 
+def planned_jobs(workdir, tmp_path, change) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry run plans after `change(cfg)` on the test config."""
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    change(cfg)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    out = run_snakemake("-n", "--cores", "2", "--configfile", str(changed), cwd=workdir).stdout
+    jobs = []
+    for line in out.splitlines():
+        rule = re.match(r"(?:local)?rule (\w+):", line)
+        if rule:
+            jobs.append([rule[1], ""])
+        elif jobs and line.strip().startswith("wildcards:"):
+            jobs[-1][1] = line.split("wildcards:", 1)[1].strip()
+    return [(rule, wildcards) for rule, wildcards in jobs if rule != "all"]
+
+
+def test_one_tasks_learning_rate_reruns_only_that_task(workdir, tmp_path):
+    jobs = planned_jobs(workdir, tmp_path, lambda c: c["tasks"]["zone_seg"].update(finetune={"lr": 0.01}))
+    runs = [r for r in CONFIG["finetune"]["runs"] if r.get("tasks", "all") == "all" or "zone_seg" in r["tasks"]]
+    n_zone = sum(len(r["inits"]) * len(r.get("protocols", ["full"])) for r in runs)
+    rules = {rule for rule, _ in jobs}
+    assert {"finetune", "evaluate", "collect_metrics"} <= rules
+    assert not rules & {"cohort", "preprocess", "pretrain", "continual", "features", "radiomics"}
+    assert all("task=zone_seg" in w for _, w in jobs if "task=" in w)
+    assert sum(rule == "finetune" for rule, _ in jobs) == n_zone
+
+
+def test_a_pretraining_setting_reruns_everything_downstream_of_pretraining(workdir, tmp_path):
+    jobs = planned_jobs(workdir, tmp_path, lambda c: c["pretrain"].update(mask_ratio=0.6))
+    rules = {rule for rule, _ in jobs}
+    assert {"pretrain", "continual", "finetune", "evaluate"} <= rules
+    assert not rules & {"cohort", "check_manifest", "preprocess", "random_encoder"}
+    finetuned = {w for rule, w in jobs if rule == "finetune"}
+    assert finetuned and all("init=pretrained-" in w or "init=continual-" in w for w in finetuned)
+
+
+def test_a_figure_setting_reruns_only_figures(workdir, tmp_path):
+    jobs = planned_jobs(workdir, tmp_path, lambda c: c["report"]["style"].update(dpi=90))
+    assert jobs and {rule for rule, _ in jobs} == {"figure"}
+
+
+def test_features_cover_every_encoder_and_task_by_case_id(workdir):
+    layers = [f"block{n}" for n in CONFIG["analysis"]["layers"]] + ["final"]
+    for task, spec in CONFIG["tasks"].items():
+        index = pd.read_csv(workdir / f"results/cache/{spec['cohort']}.csv")
+        for encoder in ["random", "pretrained-mae", "continual-mae"]:
+            with np.load(workdir / f"results/features/{task}/{encoder}.npz") as data:
+                assert set(data["case_id"]) <= set(index["case_id"])
+                for layer in layers:
+                    assert data[layer].shape == (len(data["case_id"]), CONFIG["encoder"]["hidden_size"])
+                    assert np.isfinite(data[layer]).all()
+
+
+def test_analysis_tables_hold_values_in_valid_ranges(workdir):
+    cka = pd.read_csv(workdir / "results/analysis/cka.csv")
+    assert {"pretrained-continual", "pretrained-finetuned", "continual-finetuned"} <= set(cka["pair"])
+    assert cka["linear"].between(-1e-9, 1 + 1e-9).all() and (cka["debiased"].dropna() <= 1 + 1e-9).all()
+    diagonal = cka[cka["layer_a"] == cka["layer_b"]]
+    assert diagonal["null_linear"].notna().all() and (diagonal["ci_low"] <= diagonal["ci_high"]).all()
+    mmd = pd.read_csv(workdir / "results/analysis/mmd.csv")
+    assert set(mmd["distance"]) == {"d2r", "d2p", "d2s"}
+    assert (mmd.loc[mmd["estimator"] == "biased", "value"] >= 0).all() and mmd["p_value"].between(0, 1).all()
+    assert mmd.groupby("task")["sigma"].nunique().eq(1).all(), "one sigma per task for the three distances"
+    rpg = pd.read_csv(workdir / "results/analysis/rpg.csv")
+    assert set(rpg["reference"]) <= {"random", "specialist"} and np.isfinite(rpg["rpg"]).all()
+    correlations = pd.read_csv(workdir / "results/analysis/rpg_correlations.csv")
+    assert (correlations["n"] == len(set(rpg["task"]))).all()
+    lens = pd.read_csv(workdir / "results/analysis/lens.csv")
+    assert (lens.groupby("task")["rank"].min() == 1).all() and (lens["change"] >= 0).all()
+    assert set(lens["group"]) <= {"intensity", "shape", "texture"}
+    summary = pd.read_csv(workdir / "results/analysis/lens_summary.csv")
+    assert summary["perm_p"].between(0, 1).all()
+
+
+def test_every_paper_table_and_figure_is_written_with_provenance(workdir):
+    tables = ["000_table1_cohorts", "000_table2_classification", "000_table3_regression", "000_table4_segmentation",
+              "000_table5_restoration", "000_table6_cka", "001_table1_compute", "002_table5_ablation",
+              "003_lens_summary"]
+    record = next((workdir / "results/provenance").glob("config-*.json"))
+    for name in tables:
+        for ext in ("csv", "md", "tex", "html"):
+            assert (workdir / f"results/tables/{name}.{ext}").stat().st_size > 0, name
+        provenance = json.loads((workdir / f"results/tables/{name}.provenance.json").read_text())
+        assert record.stem == f"config-{provenance['config_hash']}"
+        assert provenance["config_hash"] in (workdir / f"results/tables/{name}.md").read_text()
+    figures = ["001_fig1b_scratch_vs_finetuned", "001_fig2_rpg_vs_distance", "001_fig3_learning_curves",
+               "000_fig_cka_heatmaps", "003_lens_heatmap", "003_lens_class_bars", "000_fig_segmentation_overlays"]
+    for name in figures:
+        assert (workdir / f"results/figures/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert (workdir / f"results/figures/{name}.pdf").read_bytes()[:4] == b"%PDF", name
+
+
+def test_the_report_gathers_every_table_and_figure(workdir):
+    run_snakemake("--cores", "1", "--configfile", str(REPO / "config/test.yaml"), "--report", "results/report.html",
+                  cwd=workdir)
+    report = (workdir / "results/report.html").read_text()
+    for name in ["000_table2_classification", "001_fig2_rpg_vs_distance", "003_lens_heatmap"]:
+        assert name in report
+
+
 def test_rerun_pretraining_resumes_from_its_last_epoch(workdir):
     """Declared outputs are deleted on a rerun; the epoch checkpoint outside them is what resumes (last test: it
     leaves the downstream encoders outdated)."""

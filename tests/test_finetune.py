@@ -40,7 +40,7 @@ def params(seed: int = 0, epochs: int = 3) -> dict:
     return {"channels": CHANNELS, "seed": seed, "epochs": epochs, "lr": 2e-3, "warmup_epochs": 0,
             "weight_decay": 0.0, "augment": {"prob": 0.3, "flip_prob": 0.5, "rotate_deg": 10, "zoom": [0.9, 1.1],
                                              "intensity": 0.1},
-            "batch_size": {"classification": 4, "regression": 4, "segmentation": 4, "restoration": 4},
+            "batch_size": 4,
             "head": HEAD, "specialist": {"channels": [4, 8, 16]}}
 
 

@@ -122,7 +122,7 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
     seed = params["seed"]
     torch.manual_seed(seed)
     train_set, val_set, norm = task_datasets(task, indexes, params)
-    batch = params["batch_size"][task.kind]
+    batch = params["batch_size"]
     train_loader = make_loader(train_set, batch, shuffle=True, seed=seed, device=device,
                                drop_last=len(train_set) >= 2 * batch)
     val_loader = make_loader(val_set, batch, shuffle=False, seed=seed, device=device)

@@ -1,0 +1,1 @@
+"""Representation analyses: CKA, MMD, statistics, radiomics and the radiomic lens."""

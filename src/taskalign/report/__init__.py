@@ -1,0 +1,1 @@
+"""Paper outputs: tables and figures, each carrying the provenance that produced it."""

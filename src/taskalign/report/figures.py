@@ -1,0 +1,387 @@
+"""Paper figures (001 Fig. 1b, 2, 3; CKA; 003 lens; segmentation overlays) as PNG and PDF with a provenance footer.
+
+Every public function draws one figure, writes `<stem>.png` and `<stem>.pdf` atomically (both or neither are
+replaced) and returns the number of data panels drawn, counted from the figure itself.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from taskalign.runtime import atomic_path
+
+# Headless cluster nodes have no display; this matters only if pyplot gets imported after us.
+matplotlib.use("Agg")
+
+DEFAULT_STYLE: dict[str, Any] = {"dpi": 150, "font_size": 9, "cmap": "viridis", "top_features": 30}
+DISTANCES = ("d2r", "d2p", "d2s")
+CORRELATION_COLUMNS = ("distance", "pearson_r", "pearson_p", "spearman_rho", "spearman_p", "n")
+RADIOMIC_CLASSES = ("intensity", "shape", "texture")
+_FOOTER_IN = 0.22  # inches reserved per footer line below the panels
+_COLORBAR_LABEL = "<colorbar>"  # the label matplotlib gives colourbar axes
+
+
+def _style(style: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**DEFAULT_STYLE, **(style or {})}
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; has {list(frame.columns)}")
+    if frame.empty:
+        raise ValueError(f"{what}: no rows to draw")
+
+
+def _figure(nrows: int, ncols: int, panel_in: tuple[float, float] = (3.4, 3.0)) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure with an (nrows, ncols) array of axes, not registered with pyplot.
+
+    Plain Figure objects leave no global figure behind when a draw fails and are safe in worker threads.
+    """
+    fig = Figure(figsize=(ncols * panel_in[0], nrows * panel_in[1] + _FOOTER_IN), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _data_axes(fig: Figure) -> list[Axes]:
+    """Axes that hold plotted data (lines, markers, bars, images); colourbars and empty axes are not panels."""
+    return [ax for ax in fig.axes if ax.has_data() and ax.get_label() != _COLORBAR_LABEL]
+
+
+def _colours(keys: Sequence[Any]) -> dict[Any, Any]:
+    """One categorical colour per key, in order of first appearance."""
+    unique = list(dict.fromkeys(keys))
+    palette = matplotlib.colormaps["tab10" if len(unique) <= 10 else "tab20"].colors
+    return {k: palette[i % len(palette)] for i, k in enumerate(unique)}
+
+
+def _render(stem: str | Path, footer: str, style: Mapping[str, Any] | None, draw: Callable[[dict], Figure]) -> int:
+    """Draw, stamp the footer, write PNG and PDF; a failure anywhere leaves the previous outputs untouched."""
+    st = _style(style)
+    stem = Path(stem)
+    # fonttype 42 embeds TrueType so journal editors can edit PDF text.
+    with matplotlib.rc_context({"font.size": st["font_size"], "pdf.fonttype": 42}):
+        fig = draw(st)
+        lines = footer.count("\n") + 1
+        frac = min(0.3, lines * _FOOTER_IN / fig.get_figheight())
+        fig.get_layout_engine().set(rect=(0, frac, 1, 1 - frac))
+        fig.text(0.005, 0.005, footer, fontsize=max(5, st["font_size"] - 3), color="0.4", ha="left", va="bottom")
+        # Both temp files are written before either is moved into place, so PNG and PDF never disagree.
+        with ExitStack() as stack:
+            for fmt in ("png", "pdf"):
+                tmp = stack.enter_context(atomic_path(stem.with_name(f"{stem.name}.{fmt}")))
+                # No CreationDate: reruns on the same inputs give byte-identical PDFs.
+                metadata = {"CreationDate": None} if fmt == "pdf" else None
+                fig.savefig(tmp, format=fmt, dpi=st["dpi"], metadata=metadata)
+    return len(_data_axes(fig))
+
+
+# --- 001 Fig. 1b -----------------------------------------------------------------------------------------------
+
+
+def _draw_scratch_vs_finetuned(frame: pd.DataFrame, st: dict) -> Figure:
+    _require(frame, ("task", "scratch", "finetuned", "d2s", "higher_is_better"), "scratch_vs_finetuned")
+    # Negating lower-is-better metrics puts every task's better result up/right, so above y=x means pretraining helps.
+    sign = np.where(frame["higher_is_better"].astype(bool), 1.0, -1.0)
+    x = frame["scratch"].to_numpy(float) * sign
+    y = frame["finetuned"].to_numpy(float) * sign
+    d2s = np.nan_to_num(frame["d2s"].to_numpy(float))
+    d2s_max = float(d2s.max()) if d2s.max() > 0 else 1.0
+    sizes = 30 + 370 * d2s / d2s_max
+    colours = _colours(frame["task"])
+    fig, axes = _figure(1, 1, (4.6, 4.2))
+    ax = axes[0, 0]
+    for xi, yi, si, task, s in zip(x, y, sizes, frame["task"], sign):
+        ax.scatter(xi, yi, s=si, color=colours[task], alpha=0.8, edgecolors="k", linewidths=0.5)
+        ax.annotate(f"{task}{' (−)' if s < 0 else ''}", (xi, yi), xytext=(6, 4), textcoords="offset points")
+    lo, hi = np.nanmin(np.r_[x, y]), np.nanmax(np.r_[x, y])
+    pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="0.5", linewidth=0.8)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("trained from scratch")
+    ax.set_ylabel("fine-tuned from pretrained")
+    note = f"marker area ∝ D2S (max {d2s.max():.3g})"
+    if (sign < 0).any():
+        note += "; (−): lower-is-better metric negated"
+    ax.set_title(note, fontsize=st["font_size"] - 1)
+    return fig
+
+
+def scratch_vs_finetuned(frame: pd.DataFrame, stem: str | Path, footer: str,
+                         style: Mapping[str, Any] | None = None) -> int:
+    """001 Fig. 1b: fine-tuned (y) vs scratch (x) metric per task, marker area proportional to D2S, y=x line.
+
+    frame columns: task, scratch, finetuned, d2s, higher_is_better. Tasks whose metric is lower-is-better are
+    drawn with both values negated and labelled "(−)", so for every task a point above the diagonal is a gain.
+    """
+    return _render(stem, footer, style, lambda st: _draw_scratch_vs_finetuned(frame, st))
+
+
+# --- 001 Fig. 2 ------------------------------------------------------------------------------------------------
+
+
+def _correlation_row(correlations: pd.DataFrame, distance: str, reference: Any) -> pd.Series:
+    sel = correlations["distance"].astype(str).str.lower() == distance
+    if reference is not None and "reference" in correlations.columns:
+        sel &= correlations["reference"] == reference
+    if sel.sum() != 1:
+        where = f"distance={distance}" + (f", reference={reference}" if reference is not None else "")
+        raise ValueError(f"rpg_vs_distance: expected one correlations row for {where}, found {int(sel.sum())}")
+    return correlations[sel].iloc[0]
+
+
+def _draw_rpg_vs_distance(frame: pd.DataFrame, correlations: pd.DataFrame, st: dict) -> Figure:
+    _require(frame, ("task", "rpg", *DISTANCES), "rpg_vs_distance")
+    _require(correlations, CORRELATION_COLUMNS, "rpg_vs_distance correlations")
+    references = list(pd.unique(frame["reference"])) if "reference" in frame.columns else [None]
+    colours = _colours(frame["task"])
+    fig, axes = _figure(len(references), len(DISTANCES))
+    for row, reference in zip(axes, references):
+        part = frame if reference is None else frame[frame["reference"] == reference]
+        for ax, distance in zip(row, DISTANCES):
+            for _, r in part.iterrows():
+                ax.scatter(r[distance], r["rpg"], color=colours[r["task"]], edgecolors="k", linewidths=0.5)
+                ax.annotate(str(r["task"]), (r[distance], r["rpg"]), xytext=(5, 3), textcoords="offset points",
+                            fontsize=st["font_size"] - 1)
+            c = _correlation_row(correlations, distance, reference)
+            prefix = f"{reference}: " if reference is not None else ""
+            ax.set_title(f"{prefix}RPG vs {distance.upper()}\n"
+                         f"r={c['pearson_r']:.2f} (p={c['pearson_p']:.2g}), "
+                         f"ρ={c['spearman_rho']:.2f} (p={c['spearman_p']:.2g}), n={int(c['n'])}",
+                         fontsize=st["font_size"] - 1)
+            ax.set_xlabel(distance.upper())
+            ax.set_ylabel("RPG")
+    return fig
+
+
+def rpg_vs_distance(frame: pd.DataFrame, correlations: pd.DataFrame, stem: str | Path, footer: str,
+                    style: Mapping[str, Any] | None = None) -> int:
+    """001 Fig. 2: RPG (y) against D2R, D2P and D2S (x), one labelled point per task, r/p/rho/n in each title.
+
+    frame columns: task, rpg, d2r, d2p, d2s and optionally reference (e.g. random, specialist): one row of three
+    panels per reference. correlations columns: distance (d2r/d2p/d2s), pearson_r, pearson_p, spearman_rho,
+    spearman_p, n, and reference when frame has one; exactly one row per (reference, distance) drawn.
+    """
+    return _render(stem, footer, style, lambda st: _draw_rpg_vs_distance(frame, correlations, st))
+
+
+# --- 001 Fig. 3 ------------------------------------------------------------------------------------------------
+
+
+def _val_column(task: str, runs: Mapping[str, pd.DataFrame], metrics: Mapping[str, str] | None) -> str:
+    """The validation column for a task: given by `metrics` (as "dice" or "val_dice"), else the only val_ column."""
+    if metrics and task in metrics:
+        metric = metrics[task]
+        return metric if metric.startswith("val_") else f"val_{metric}"
+    found = sorted({c for h in runs.values() for c in h.columns if str(c).startswith("val_")})
+    if len(found) != 1:
+        raise ValueError(f"learning_curves: give metrics[{task!r}]; validation columns found: {found}")
+    return found[0]
+
+
+def _draw_learning_curves(histories: Mapping[str, Mapping[str, pd.DataFrame]], metrics: Mapping[str, str] | None,
+                          st: dict) -> Figure:
+    if not histories:
+        raise ValueError("learning_curves: no tasks to draw")
+    colours = _colours([init for runs in histories.values() for init in runs])
+    fig, axes = _figure(2, len(histories), (3.2, 2.6))
+    for col, (task, runs) in enumerate(histories.items()):
+        if not runs:
+            raise ValueError(f"learning_curves: task {task!r} has no runs")
+        val = _val_column(task, runs, metrics)
+        loss_ax, val_ax = axes[0, col], axes[1, col]
+        for init, h in runs.items():
+            _require(h, ("epoch", "train_total", val), f"learning_curves[{task!r}][{init!r}]")
+            loss_ax.plot(h["epoch"], h["train_total"], color=colours[init], label=init)
+            # Validation may run every k epochs; drop the empty epochs so the line joins the measured ones.
+            v = h[["epoch", val]].dropna()
+            val_ax.plot(v["epoch"], v[val], color=colours[init], marker="o", markersize=2.5, label=init)
+        loss_ax.set_title(str(task))
+        loss_ax.set_ylabel("training loss")
+        val_ax.set_ylabel(val.removeprefix("val_"))
+        val_ax.set_xlabel("epoch")
+        for ax in (loss_ax, val_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0, 0].legend(fontsize=st["font_size"] - 2)
+    return fig
+
+
+def learning_curves(histories: Mapping[str, Mapping[str, pd.DataFrame]], stem: str | Path, footer: str,
+                    style: Mapping[str, Any] | None = None, metrics: Mapping[str, str] | None = None) -> int:
+    """001 Fig. 3: per task, training loss (top row) and validation metric (bottom row) per epoch, one line per init.
+
+    histories: {task: {init label (e.g. finetuned, scratch): DataFrame with epoch, train_total, val_<metric>}}.
+    metrics: {task: metric name}; a task left out must have exactly one val_ column. Panels: 2 x n_tasks.
+    """
+    return _render(stem, footer, style, lambda st: _draw_learning_curves(histories, metrics, st))
+
+
+# --- CKA -------------------------------------------------------------------------------------------------------
+
+
+def _draw_cka_heatmaps(matrices: Mapping[str, pd.DataFrame], st: dict) -> Figure:
+    if not matrices:
+        raise ValueError("cka_heatmaps: no matrices to draw")
+    n = len(matrices)
+    ncols = min(n, 3)
+    nrows = -(-n // ncols)
+    side = max(3.2, 0.38 * max(max(m.shape) for m in matrices.values()))
+    fig, axes = _figure(nrows, ncols, (side, side))
+    cmap = matplotlib.colormaps[st["cmap"]]
+    image = None
+    for ax, (title, m) in zip(axes.flat, matrices.items()):
+        if m.empty:
+            raise ValueError(f"cka_heatmaps: matrix {title!r} is empty")
+        values = m.to_numpy(float)
+        image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                # Pick black or white text by the cell's luminance so every value stays readable.
+                r, g, b, _ = cmap(v)
+                ink = "k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w"
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color=ink, fontsize=max(4, st["font_size"] - 3))
+        ax.set_xticks(range(m.shape[1]), [str(c) for c in m.columns], rotation=90)
+        ax.set_yticks(range(m.shape[0]), [str(i) for i in m.index])
+        ax.set_xlabel(str(m.columns.name or "layer"))
+        ax.set_ylabel(str(m.index.name or "layer"))
+        ax.set_title(str(title))
+    for ax in axes.flat[n:]:
+        ax.remove()
+    fig.colorbar(image, ax=list(axes.flat[:n]), label="CKA", shrink=0.8)
+    return fig
+
+
+def cka_heatmaps(matrices: Mapping[str, pd.DataFrame], stem: str | Path, footer: str,
+                 style: Mapping[str, Any] | None = None) -> int:
+    """Layer x layer CKA heatmaps, one panel per {title: DataFrame (index/columns = layer names)}, shared 0..1 scale."""
+    return _render(stem, footer, style, lambda st: _draw_cka_heatmaps(matrices, st))
+
+
+# --- 003 lens --------------------------------------------------------------------------------------------------
+
+
+def _draw_lens_heatmap(change: pd.DataFrame, st: dict) -> Figure:
+    if change.empty:
+        raise ValueError("lens_heatmap: no features or tasks to draw")
+    values = change.astype(float)
+    top = values.abs().max(axis=1).sort_values(ascending=False).index[: int(st["top_features"])]
+    shown = values.loc[top]
+    fig, axes = _figure(1, 1, (max(3.0, 0.7 * shown.shape[1] + 2.5), max(2.5, 0.2 * len(shown) + 1.2)))
+    ax = axes[0, 0]
+    vmax = float(np.nanmax(np.abs(shown.to_numpy()))) or 1.0
+    # Signed changes need a diverging map centred on zero; magnitudes use the configured map.
+    signed = bool((shown.to_numpy() < 0).any())
+    image = ax.imshow(shown.to_numpy(), aspect="auto", interpolation="nearest",
+                      cmap="RdBu_r" if signed else st["cmap"], vmin=-vmax if signed else 0.0, vmax=vmax)
+    ax.set_xticks(range(shown.shape[1]), [str(c) for c in shown.columns], rotation=45, ha="right")
+    ax.set_yticks(range(len(shown)), [str(i) for i in shown.index], fontsize=max(4, st["font_size"] - 2))
+    ax.set_title(f"radiomic weight change (top {len(shown)} features)")
+    fig.colorbar(image, ax=ax, label="weight change")
+    return fig
+
+
+def lens_heatmap(change: pd.DataFrame, stem: str | Path, footer: str, style: Mapping[str, Any] | None = None) -> int:
+    """003: heatmap of radiomic weight change, features (index) x tasks (columns), top-N rows by max |change|.
+
+    N is style["top_features"] (default 30).
+    """
+    return _render(stem, footer, style, lambda st: _draw_lens_heatmap(change, st))
+
+
+def _draw_lens_class_bars(groups: pd.DataFrame, st: dict) -> Figure:
+    _require(groups, ("task", "group", "change"), "lens_class_bars")
+    dup = groups[groups.duplicated(["task", "group"], keep=False)]
+    if not dup.empty:
+        raise ValueError(f"lens_class_bars: duplicate (task, group) rows: {dup[['task', 'group']].values.tolist()}")
+    table = groups.pivot(index="task", columns="group", values="change")
+    table = table.loc[list(dict.fromkeys(groups["task"]))]
+    # The three paper classes first, in their fixed order; any other group after them.
+    order = [g for g in RADIOMIC_CLASSES if g in table.columns]
+    order += [g for g in table.columns if g not in RADIOMIC_CLASSES]
+    colours = _colours(order)
+    fig, axes = _figure(1, 1, (max(3.5, 1.1 * len(table) + 1.5), 3.2))
+    ax = axes[0, 0]
+    width = 0.8 / len(order)
+    x = np.arange(len(table))
+    for k, group in enumerate(order):
+        ax.bar(x + (k - (len(order) - 1) / 2) * width, table[group].to_numpy(float), width, label=str(group),
+               color=colours[group])
+    ax.set_xticks(x, [str(t) for t in table.index], rotation=30, ha="right")
+    ax.axhline(0, color="0.5", linewidth=0.6)
+    ax.set_ylabel("weight change")
+    ax.legend(fontsize=st["font_size"] - 2)
+    return fig
+
+
+def lens_class_bars(groups: pd.DataFrame, stem: str | Path, footer: str, style: Mapping[str, Any] | None = None) -> int:
+    """003: grouped bars of weight change per radiomic class (intensity, shape, texture) per task.
+
+    groups columns: task, group, change; one row per (task, group).
+    """
+    return _render(stem, footer, style, lambda st: _draw_lens_class_bars(groups, st))
+
+
+# --- segmentation overlays -------------------------------------------------------------------------------------
+
+
+def _labels(case: Mapping[str, Any], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    labels = np.asarray(case[key])
+    if labels.shape != shape:
+        raise ValueError(f"segmentation_overlays: case {case['title']!r}: {key} shape {labels.shape} != image {shape}")
+    if not np.array_equal(labels, np.round(labels)):
+        raise ValueError(f"segmentation_overlays: case {case['title']!r}: {key} holds non-integer labels")
+    return labels.astype(int)
+
+
+def _overlay(ax: Axes, image: np.ndarray, labels: np.ndarray | None) -> None:
+    ax.imshow(image, cmap="gray", interpolation="nearest")
+    ax.set_axis_off()
+    if labels is None:
+        return
+    palette = np.asarray(matplotlib.colormaps["tab10"].colors)
+    fg = labels > 0
+    rgba = np.zeros((*labels.shape, 4))
+    rgba[fg, :3] = palette[(labels[fg] - 1) % len(palette)]
+    rgba[fg, 3] = 0.35
+    ax.imshow(rgba, interpolation="nearest")
+    for k in np.unique(labels[fg]):
+        ax.contour((labels == k).astype(float), levels=[0.5], colors=[palette[(k - 1) % len(palette)]],
+                   linewidths=0.8)
+
+
+def _draw_segmentation_overlays(cases: Sequence[Mapping[str, Any]], st: dict) -> Figure:
+    if not cases:
+        raise ValueError("segmentation_overlays: no cases to draw")
+    fig, axes = _figure(len(cases), 3, (2.6, 2.6))
+    for row, case in zip(axes, cases):
+        missing = [k for k in ("title", "image", "truth", "prediction") if k not in case]
+        if missing:
+            raise ValueError(f"segmentation_overlays: case {case.get('title', '?')!r} lacks {missing}")
+        image = np.asarray(case["image"], dtype=float)
+        if image.ndim != 2:
+            raise ValueError(f"segmentation_overlays: case {case['title']!r}: image must be 2-D, got {image.shape}")
+        for ax, (name, labels) in zip(row, (("image", None), ("truth", _labels(case, "truth", image.shape)),
+                                             ("prediction", _labels(case, "prediction", image.shape)))):
+            _overlay(ax, image, labels)
+            ax.set_title(f"{case['title']}: {name}", fontsize=st["font_size"] - 1)
+    return fig
+
+
+def segmentation_overlays(cases: Sequence[Mapping[str, Any]], stem: str | Path, footer: str,
+                          style: Mapping[str, Any] | None = None) -> int:
+    """Test cases of a segmentation task, one row each: image, image + truth, image + prediction (3 x n_cases).
+
+    cases: dicts with title, image (2-D array, e.g. a mid slice), truth and prediction (2-D integer labels,
+    0 = background), all the same shape.
+    """
+    return _render(stem, footer, style, lambda st: _draw_segmentation_overlays(cases, st))

@@ -1,0 +1,242 @@
+"""Report stage: every paper table and figure by name, built from the pipeline's results.
+
+Each output has a builder that reads the result files it needs (the rule declares them as inputs) and returns a
+`Table` or draws a figure. `settings` carries what the builders need from the config: the tasks, the finetune
+runs, the analysed variant, the pretraining objective sets and, for figures, the style.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from taskalign.report import figures
+from taskalign.report.names import FIGURES, PERFORMANCE_TABLES
+from taskalign.report.tables import (Table, ablation_table, cka_table, cohort_table, compute_table,
+                                     lens_table, performance_table, provenance, write_table)
+from taskalign.runtime import atomic_path
+from taskalign.tasks.spec import TASK_TYPES
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"mse", "mae_ml"}
+RESULTS = Path("results")
+
+
+def slug(name: str) -> str:
+    return name.replace(":", "-")
+
+
+def run_dir(stage: str, task: str, init: str, protocol: str, seed: int) -> Path:
+    return RESULTS / stage / task / slug(init) / slug(protocol) / f"seed{seed}"
+
+
+def run_config() -> dict:
+    """The whole workflow config (for its hash): Snakemake's shell prefix names the file in TASKALIGN_CONFIG."""
+    path = os.environ.get("TASKALIGN_CONFIG")
+    return json.loads(Path(path).read_text()) if path else {}
+
+
+def tasks_of_kind(settings: dict, kind: str) -> list[str]:
+    return [t for t in settings["tasks"] if TASK_TYPES[t].kind == kind and any(r[0] == t for r in settings["runs"])]
+
+
+# --- tables -------------------------------------------------------------------------------------------------------
+
+def performance(name: str, settings: dict) -> Table:
+    tasks = tasks_of_kind(settings, PERFORMANCE_TABLES[name])
+    metrics = pd.read_csv(RESULTS / "evaluate/metrics.csv")
+    cases = {(t, i, p, s): pd.read_csv(run_dir("evaluate", t, i, p, s) / "cases.csv")
+             for t, i, p, s in settings["runs"] if t in tasks}
+    return performance_table(metrics, cases, tasks, f"pretrained:{settings['variant']}", LOWER_IS_BETTER)
+
+
+def cohorts(settings: dict) -> Table:
+    used = list(dict.fromkeys(spec["cohort"] for spec in settings["tasks"].values()))
+    manifests = {c: pd.read_csv(RESULTS / f"manifests/{c}.csv") for c in [*used, *settings["other_cohorts"]]}
+    return cohort_table(manifests, settings["tasks"])
+
+
+def cka(settings: dict) -> Table:
+    frame = pd.read_csv(RESULTS / "analysis/cka.csv", keep_default_na=False)
+    diagonal = frame[(frame["layer_a"] == frame["layer_b"]) & frame["layer_a"].str.startswith("block")
+                     & frame["protocol"].isin(["", "full"])]
+    return cka_table(diagonal.assign(layer=diagonal["layer_a"].str.removeprefix("block").astype(int)))
+
+
+def compute(settings: dict) -> Table:
+    rows = []
+    for t, i, p, s in settings["runs"]:
+        if p == "full" and i in ("scratch", f"pretrained:{settings['variant']}"):
+            timing = json.loads((run_dir("finetune", t, i, p, s) / "timing.json").read_text())
+            rows.append({"task": t, "init": i, "protocol": p, "seed": s,
+                         "wall_seconds": timing["wall_seconds_this_run"], "device_hours": timing["device_hours"]})
+    return compute_table(pd.DataFrame(rows))
+
+
+def ablation(settings: dict) -> Table:
+    metrics = pd.read_csv(RESULTS / "evaluate/metrics.csv")
+    return ablation_table(metrics, settings["objective_sets"], lower_is_better=LOWER_IS_BETTER)
+
+
+def lens(settings: dict) -> Table:
+    summary = pd.read_csv(RESULTS / "analysis/lens_summary.csv")
+    fixed = ["task", "r2_pre", "r2_ft", "total_change", "perm_p", "stability_spearman", "top_features"]
+    groups = {c: c.removeprefix("change_") for c in summary.columns if c.startswith("change_")}
+    return lens_table(summary[fixed + list(groups)].rename(columns=groups))
+
+
+def build_table(name: str, settings: dict) -> Table:
+    builders = {"000_table1_cohorts": cohorts, "000_table6_cka": cka, "001_table1_compute": compute,
+                "002_table5_ablation": ablation, "003_lens_summary": lens}
+    table = performance(name, settings) if name in PERFORMANCE_TABLES else builders[name](settings)
+    table.provenance = provenance(run_config())
+    return table
+
+
+def table_html(table: Table) -> str:
+    """The table as a small HTML page (bold best cells, stars, caption, provenance) for the Snakemake report."""
+    cells = table.cells.copy()
+    for column in cells.columns:
+        for row in cells.index:
+            text = html.escape(str(cells.loc[row, column])) + html.escape(str(table.stars.loc[row, column]))
+            cells.loc[row, column] = f"<b>{text}</b>" if table.bold.loc[row, column] else text
+    prov = "; ".join(f"{k}={v}" for k, v in table.provenance.items())
+    return (f"<html><head><meta charset='utf-8'><style>body{{font-family:sans-serif;font-size:13px}}"
+            f"td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style></head><body>"
+            f"<p>{html.escape(table.caption)}</p>{cells.to_html(escape=False)}"
+            f"<p style='color:#888;font-size:11px'>{html.escape(prov)}</p></body></html>")
+
+
+def write_named_table(name: str, settings: dict, out_dir: Path) -> list[Path]:
+    table = build_table(name, settings)
+    paths = write_table(table, out_dir / name)
+    with atomic_path(out_dir / f"{name}.html") as tmp:
+        tmp.write_text(table_html(table))
+    paths.append(out_dir / f"{name}.html")
+    log.info("%s: %s", name, ", ".join(p.name for p in paths))
+    return paths
+
+
+# --- figures ------------------------------------------------------------------------------------------------------
+
+def footer() -> str:
+    prov = provenance(run_config())
+    return f"config {prov['config_hash']} · code {prov['code_version']} · device {prov['device']}"
+
+
+def primary_means(settings: dict) -> pd.DataFrame:
+    summary = pd.read_csv(RESULTS / "evaluate/summary.csv")
+    return summary[summary["primary"].astype(str).str.lower() == "true"]
+
+
+def scratch_vs_finetuned_frame(settings: dict) -> pd.DataFrame:
+    means = primary_means(settings).set_index(["task", "init", "protocol"])["mean"]
+    distances = pd.read_csv(RESULTS / "analysis/mmd.csv")
+    d2s = distances[(distances["distance"] == "d2s") & (distances["estimator"] == "biased")]
+    rows = []
+    for task, group in d2s.groupby("task", sort=False):
+        rows.append({"task": task, "scratch": means.get((task, "scratch", "full"), np.nan),
+                     "finetuned": means.get((task, f"pretrained:{settings['variant']}", "full"), np.nan),
+                     "d2s": group["value"].mean(), "higher_is_better": TASK_TYPES[task].higher_is_better})
+    return pd.DataFrame(rows).dropna()
+
+
+def fig_scratch_vs_finetuned(stem: Path, settings: dict) -> int:
+    return figures.scratch_vs_finetuned(scratch_vs_finetuned_frame(settings), stem, footer(), settings["style"])
+
+
+def fig_rpg(stem: Path, settings: dict) -> int:
+    correlations = pd.read_csv(RESULTS / "analysis/rpg_correlations.csv")
+    return figures.rpg_vs_distance(pd.read_csv(RESULTS / "analysis/rpg.csv"),
+                                   correlations[correlations["estimator"] == "biased"], stem, footer(),
+                                   settings["style"])
+
+
+def fig_learning_curves(stem: Path, settings: dict) -> int:
+    labels = {f"pretrained:{settings['variant']}": "fine-tuned", "scratch": "scratch"}
+    histories: dict[str, dict[str, pd.DataFrame]] = {}
+    for t, i, p, s in settings["runs"]:
+        if p == "full" and i in labels and s == min(r[3] for r in settings["runs"] if r[0] == t):
+            histories.setdefault(t, {})[labels[i]] = pd.read_csv(run_dir("finetune", t, i, p, s) / "history.csv")
+    histories = {t: h for t, h in histories.items() if len(h) == len(labels)}
+    return figures.learning_curves(histories, stem, footer(), settings["style"],
+                                   metrics={t: TASK_TYPES[t].metric for t in histories})
+
+
+def fig_cka(stem: Path, settings: dict) -> int:
+    frame = pd.read_csv(RESULTS / "analysis/cka.csv", keep_default_na=False)
+    frame = frame[frame["protocol"].isin(["", "full"])]
+    matrices = {}
+    for (task, pair), group in frame.groupby(["task", "pair"], sort=False):
+        group = group[group["seed"].astype(str) == str(group["seed"].iloc[0])]
+        matrix = group.pivot(index="layer_a", columns="layer_b", values="linear")
+        order = list(dict.fromkeys(group["layer_a"]))
+        matrices[f"{task}: {pair}"] = matrix.loc[order, order]
+    return figures.cka_heatmaps(matrices, stem, footer(), settings["style"])
+
+
+def fig_lens_heatmap(stem: Path, settings: dict) -> int:
+    table = pd.read_csv(RESULTS / "analysis/lens.csv")
+    return figures.lens_heatmap(table.pivot(index="feature", columns="task", values="change"), stem, footer(),
+                                settings["style"])
+
+
+def fig_lens_bars(stem: Path, settings: dict) -> int:
+    table = pd.read_csv(RESULTS / "analysis/lens.csv")
+    groups = table.groupby(["task", "group"], sort=False)["change"].sum().reset_index()
+    return figures.lens_class_bars(groups, stem, footer(), settings["style"])
+
+
+def overlay_cases(settings: dict) -> list[dict]:
+    """A few test cases per segmentation task: the slice with the most target, from the analysed variant's
+    fine-tuned run (first seed)."""
+    cases = []
+    for task in tasks_of_kind(settings, "segmentation"):
+        runs = sorted(r for r in settings["runs"] if r[0] == task and r[1] == f"pretrained:{settings['variant']}"
+                      and r[2] == "full")
+        if not runs:
+            continue
+        t, i, p, s = runs[0]
+        predictions = np.load(run_dir("evaluate", t, i, p, s) / "predictions.npz")
+        index = pd.read_csv(RESULTS / f"cache/{settings['tasks'][task]['cohort']}.csv").set_index("case_id")
+        target = TASK_TYPES[task].target
+        for case_id in list(predictions.files)[: settings["overlay_cases"]]:
+            cache = Path(index.loc[case_id, "cache_dir"])
+            channels = json.loads((cache / "meta.json").read_text())["channels"]
+            image = np.load(cache / "image.npy", mmap_mode="r")[channels.index("t2w")]
+            truth = np.load(cache / f"{target}.npy").astype(int)
+            z = int(np.argmax((truth > 0).sum(axis=(1, 2))))
+            prediction = np.asarray(predictions[case_id]).reshape(truth.shape).astype(int)
+            cases.append({"title": f"{task} {case_id} (slice {z})", "image": np.asarray(image[z]),
+                          "truth": truth[z], "prediction": prediction[z]})
+    return cases
+
+
+def fig_overlays(stem: Path, settings: dict) -> int:
+    return figures.segmentation_overlays(overlay_cases(settings), stem, footer(), settings["style"])
+
+
+DRAW = {
+    "001_fig1b_scratch_vs_finetuned": fig_scratch_vs_finetuned,
+    "001_fig2_rpg_vs_distance": fig_rpg,
+    "001_fig3_learning_curves": fig_learning_curves,
+    "000_fig_cka_heatmaps": fig_cka,
+    "003_lens_heatmap": fig_lens_heatmap,
+    "003_lens_class_bars": fig_lens_bars,
+    "000_fig_segmentation_overlays": fig_overlays,
+}
+
+
+def draw_named_figure(name: str, settings: dict, out_dir: Path) -> int:
+    if name not in FIGURES:
+        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+    panels = DRAW[name](out_dir / name, settings)
+    log.info("%s: %d panels", name, panels)
+    return panels

@@ -1,0 +1,129 @@
+"""RPG, permutation correlation, DeLong, Wilcoxon and stars against hand-computed or brute-force answers."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from itertools import permutations
+
+import numpy as np
+import pytest
+from scipy.stats import norm, pearsonr, spearmanr
+from sklearn.metrics import roc_auc_score
+
+from taskalign.analysis.stats import correlation, delong_test, rpg, stars, wilcoxon_paired
+
+
+def test_rpg_sign_conventions():
+    assert rpg(0.8, 0.5) == pytest.approx(60.0)
+    assert rpg(0.4, 0.5) == pytest.approx(-20.0)
+    # MSE: lower is better, so halving the error is a +50 % gain and doubling it -100 %.
+    assert rpg(0.1, 0.2, higher_is_better=False) == pytest.approx(50.0)
+    assert rpg(0.4, 0.2, higher_is_better=False) == pytest.approx(-100.0)
+    with pytest.raises(ValueError, match="P_ref"):
+        rpg(0.5, 0.0)
+
+
+def test_correlation_exact_permutation_p():
+    result = correlation([1, 2, 3, 4, 5], [0.1, 0.5, 0.7, 2.0, 9.0])
+    assert result["n"] == 5
+    assert result["spearman_rho"] == pytest.approx(1.0, abs=1e-12)
+    # Two of the 120 orderings reach |rho| = 1: the identity and the full reversal.
+    assert result["spearman_p"] == pytest.approx(2 / 120, abs=1e-12)
+    assert result["pearson_r"] == pytest.approx(pearsonr([1, 2, 3, 4, 5], [0.1, 0.5, 0.7, 2.0, 9.0])[0], abs=1e-12)
+
+
+def test_correlation_exact_p_brute_force():
+    x = np.array([0.3, 1.2, 0.7, 2.5, 1.9, 0.1])
+    y = np.array([1.0, 2.1, 0.5, 3.3, 1.5, 0.9])
+    result = correlation(x, y)
+    r_obs = pearsonr(x, y)[0]
+    count = sum(abs(pearsonr(x, y[list(p)])[0]) >= abs(r_obs) - 1e-12 for p in permutations(range(6)))
+    assert result["pearson_p"] == pytest.approx(count / 720, abs=1e-12)
+    assert result["spearman_rho"] == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
+
+
+def test_correlation_monte_carlo_for_larger_n():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    related = correlation(x, x + 0.3 * rng.normal(size=30))
+    assert related["pearson_p"] == pytest.approx(1 / 10_001)
+    unrelated = correlation(x, rng.normal(size=30), seed=1)
+    assert unrelated["pearson_p"] > 0.05 and unrelated["spearman_p"] > 0.05
+    assert correlation(x, x[::-1] ** 3, seed=2) == correlation(x, x[::-1] ** 3, seed=2)
+
+
+@pytest.mark.parametrize("x, y, why", [([1, 2, 3, 4], [5, 5, 5, 5], "constant"), ([1, 2], [3, 4], "at least 3")])
+def test_correlation_undefined(x, y, why):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = correlation(x, y)
+    for key in ("pearson_r", "pearson_p", "spearman_rho", "spearman_p"):
+        assert math.isnan(result[key])
+    assert why in result["note"]
+
+
+def _brute_delong(y, a, b) -> tuple[float, float]:
+    """O(m*n) DeLong: placements from the kernel psi, sample covariances over positives and over negatives."""
+    y = np.asarray(y, dtype=bool)
+
+    def psi(s):
+        pos, neg = s[y][:, None], s[~y][None, :]
+        return (pos > neg) + 0.5 * (pos == neg)
+
+    pa, pb = psi(a), psi(b)
+    m, n = pa.shape
+    s10 = np.cov(np.stack([pa.mean(axis=1), pb.mean(axis=1)]))
+    s01 = np.cov(np.stack([pa.mean(axis=0), pb.mean(axis=0)]))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    z = (pa.mean() - pb.mean()) / math.sqrt(var)
+    return z, 2 * norm.sf(abs(z))
+
+
+@pytest.fixture
+def scores() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, size=80)
+    a = np.round(y + rng.normal(scale=1.0, size=80), 1)  # rounded, so there are ties
+    b = np.round(0.5 * y + 0.7 * a + rng.normal(scale=1.0, size=80), 1)
+    return y, a, b
+
+
+def test_delong_matches_sklearn_and_brute_force(scores):
+    y, a, b = scores
+    result = delong_test(y, a, b)
+    assert result["auc_a"] == pytest.approx(roc_auc_score(y, a), abs=1e-12)
+    assert result["auc_b"] == pytest.approx(roc_auc_score(y, b), abs=1e-12)
+    z, p = _brute_delong(y, a, b)
+    assert result["z"] == pytest.approx(z, rel=1e-10)
+    assert result["p_value"] == pytest.approx(p, rel=1e-10)
+    assert result["z"] != 0
+
+
+def test_delong_identical_and_swapped(scores):
+    y, a, b = scores
+    same = delong_test(y, a, a.copy())
+    assert same["z"] == 0.0 and same["p_value"] == 1.0
+    forward, backward = delong_test(y, a, b), delong_test(y.astype(bool), b, a)
+    assert backward["z"] == -forward["z"]
+    assert backward["p_value"] == forward["p_value"]
+
+
+def test_delong_single_class_is_nan():
+    result = delong_test([1, 1, 1, 0], [0.1, 0.2, 0.3, 0.4], [0.3, 0.2, 0.1, 0.0])
+    assert math.isnan(result["p_value"]) and math.isnan(result["z"])
+
+
+def test_wilcoxon_paired():
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert wilcoxon_paired(a, np.zeros(5)) == pytest.approx(0.0625)  # exact: 2 / 2^5
+    assert wilcoxon_paired(np.zeros(5), a) == pytest.approx(0.0625)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert wilcoxon_paired(a, a.copy()) == 1.0
+
+
+@pytest.mark.parametrize("p, expected", [(0.0001, "***"), (0.001, "***"), (0.0011, "**"), (0.01, "**"), (0.02, "*"),
+                                         (0.05, "*"), (0.0500001, ""), (0.5, ""), (float("nan"), "")])
+def test_stars(p, expected):
+    assert stars(p) == expected
