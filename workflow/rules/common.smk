@@ -36,7 +36,10 @@ def config_record():
     return path.resolve()
 
 
-shell.prefix(f"set -euo pipefail; {job_environment()}; export TASKALIGN_CONFIG='{config_record()}'; ")
+shell.prefix(
+    f"set -euo pipefail; {job_environment()}; export TASKALIGN_CONFIG='{config_record()}'; "
+    f"export TASKALIGN_DETERMINISTIC={int(config['deterministic'])}; "
+)
 
 COHORTS = config["data"]["cohorts"]
 IMPORTERS = ("picai", "dicom", "nifti", "prostate158", "msd")
@@ -356,7 +359,7 @@ def cka_pairs(task):
     if ANALYSED in CONTINUAL["variants"]:
         pairs.append({"pair": "pretrained-continual", "protocol": "", "seed": "",
                       "a": base_features(task, pre), "b": base_features(task, cont)})
-    for t, init, protocol, seed in FEATURE_RUNS:
+    for t, init, protocol, seed in sorted(FEATURE_RUNS):
         start = slug(init)
         if t == task and start in (pre, cont):
             pairs.append({"pair": f"{start.split('-')[0]}-finetuned", "protocol": protocol, "seed": seed,
@@ -505,7 +508,7 @@ def report_settings(figure=False):
     figures alone."""
     settings = {
         "tasks": {t: task_spec(t) for t in TASKS},
-        "runs": [list(r) for r in RUNS],
+        "runs": [list(r) for r in sorted(RUNS)],  # sorted: the order of tasks in the config is no setting
         "variant": ANALYSED,
         "objective_sets": {v: spec["objectives"] for v, spec in VARIANTS.items() if spec["source"] == "train"},
         "other_cohorts": [c for c in COHORTS if c not in {spec["cohort"] for spec in TASKS.values()}],

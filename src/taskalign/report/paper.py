@@ -63,8 +63,14 @@ def cohorts(settings: dict) -> Table:
     return cohort_table(manifests, settings["tasks"])
 
 
+def read_cka() -> pd.DataFrame:
+    """cka.csv with the pretrained-continual pair's empty protocol and seed as "" (not NaN)."""
+    frame = pd.read_csv(RESULTS / "analysis/cka.csv", dtype={"protocol": str, "seed": str})
+    return frame.fillna({"protocol": "", "seed": ""})
+
+
 def cka(settings: dict) -> Table:
-    frame = pd.read_csv(RESULTS / "analysis/cka.csv", keep_default_na=False)
+    frame = read_cka()
     diagonal = frame[(frame["layer_a"] == frame["layer_b"]) & frame["layer_a"].str.startswith("block")
                      & frame["protocol"].isin(["", "full"])]
     return cka_table(diagonal.assign(layer=diagonal["layer_a"].str.removeprefix("block").astype(int)))
@@ -171,7 +177,7 @@ def fig_learning_curves(stem: Path, settings: dict) -> int:
 
 
 def fig_cka(stem: Path, settings: dict) -> int:
-    frame = pd.read_csv(RESULTS / "analysis/cka.csv", keep_default_na=False)
+    frame = read_cka()
     frame = frame[frame["protocol"].isin(["", "full"])]
     matrices = {}
     for (task, pair), group in frame.groupby(["task", "pair"], sort=False):

@@ -72,8 +72,8 @@ class TaskDataset(Dataset):
         self.train = train
         self.seed = seed
         self.norm = norm or {}
-        transform = augmentation(task, augment, task.type.masks) if train and augment else None
-        self.cache = CacheDataset(rows, masks=task.type.masks, transform=transform)
+        self.transform = augmentation(task, augment, task.type.masks) if train and augment else None
+        self.cache = CacheDataset(rows, masks=task.type.masks, transform=self.transform)
         self.index = self.cache.index
         self.input_mask = torch.tensor([c in task.inputs for c in self.channels], dtype=torch.float32)
 
@@ -81,6 +81,8 @@ class TaskDataset(Dataset):
         return len(self.cache)
 
     def __getitem__(self, i: int) -> dict:
+        if self.transform is not None:  # MONAI's random transforms keep their own RNG: seed it from torch's
+            self.transform.set_random_state(seed=int(torch.randint(2**31, (1,))))
         item = self.cache[i]
         image = torch.as_tensor(item["image"]).float()
         # training draws from torch's RNG (saved with the resume state, seeded per DataLoader worker)

@@ -82,7 +82,7 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
         model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
         train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, loss_fn),
         validate=lambda: validation_dice(model, val_loader, device, target),
-        monitor="val_dice", mode="max", resume=resume, stage=f"continual[{variant}]",
+        monitor="val_dice", mode="max", resume=resume, stage=f"continual[{variant}]", seed=params["seed"],
     )
     resume.load_best(model)
     model = model.cpu()

@@ -23,8 +23,12 @@ def holdout_patients(index: pd.DataFrame, fraction: float, seed: int) -> tuple[p
 
 def make_loader(dataset: CacheDataset, batch_size: int, *, shuffle: bool, seed: int, device: torch.device,
                 drop_last: bool = False) -> DataLoader:
-    """Cache reads are memory-mapped and cheap, so CPU runs load in the main process; GPU runs use workers."""
+    """Cache reads are memory-mapped and cheap, so CPU runs load in the main process; GPU runs use workers.
+
+    A shuffling loader draws its order (and its workers' seeds) from torch's global RNG, which `fit` reseeds from
+    (seed, epoch) at every epoch: a run resumed at epoch k sees exactly the batches an uninterrupted run saw.
+    Workers are started per epoch for the same reason. Non-shuffling loaders keep a fixed generator."""
     workers = 4 if device.type == "cuda" else 0
-    generator = torch.Generator().manual_seed(seed)
+    generator = None if shuffle else torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
-                      generator=generator, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                      generator=generator, pin_memory=device.type == "cuda")

@@ -154,7 +154,7 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
         train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, loss_fn),
         validate=lambda: score_loader(model, val_loader, task, device, norm)[1],
         monitor=f"val_{metric}", mode="max" if task.type.higher_is_better else "min", resume=resume,
-        stage=f"finetune[{task.name}/{init}/{protocol}/seed{seed}]",
+        stage=f"finetune[{task.name}/{init}/{protocol}/seed{seed}]", seed=seed,
     )
     resume.load_best(model)
     meta = {"task": task.name, "init": init, "protocol": protocol, "seed": seed, "norm": norm,

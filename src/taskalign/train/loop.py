@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from monai.optimizers import WarmupCosineSchedule
@@ -66,6 +68,14 @@ def evaluate_losses(model, loader, device, loss_fn: LossFn, seed: int = 0) -> di
     return {name: total / max(n, 1) for name, total in sums.items()}
 
 
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and random from (seed, epoch)."""
+    value = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+
+
 def fit(
     *,
     model: torch.nn.Module,
@@ -78,16 +88,20 @@ def fit(
     mode: str,
     resume: ResumeFile,
     stage: str,
+    seed: int = 0,
 ) -> tuple[list[dict], dict]:
     """Run epochs (resuming after the last completed one), checkpoint each, keep the best model's weights.
 
     `monitor` names a history column (e.g. "val_total", "val_dice"); `mode` is "min" or "max". Returns the history
-    (one dict per epoch) and the best record {"epoch", "score"}; the best weights are in `resume.best_path`."""
+    (one dict per epoch) and the best record {"epoch", "score"}; the best weights are in `resume.best_path`.
+    Every epoch's randomness (batch order, augmentation, dropout, masking) comes from RNGs reseeded from
+    (seed, epoch), so a resumed run matches an uninterrupted one bit for bit on CPU."""
     history, best, start = [], {"epoch": None, "score": None}, 0
     restored = resume.load(model=model, optimizer=optimizer, scheduler=scheduler)
     if restored is not None:
         history, best, start = restored["history"], restored["best"], restored["epoch"] + 1
     for epoch in range(start, epochs):
+        seed_epoch(seed, epoch)
         started = time.time()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v for k, v in train_epoch(epoch).items()})
