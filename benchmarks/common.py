@@ -43,6 +43,14 @@ def seconds(fn: Callable[[], object], sync: Callable[[], None] | None = None) ->
     return time.perf_counter() - start
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its reaped children (pool workers, subprocesses)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def best_of(fn: Callable[[], object], repeats: int, sync: Callable[[], None] | None = None) -> float:
     """Smallest wall time over `repeats` calls: on a shared machine the minimum is the least disturbed run."""
     return min(seconds(fn, sync) for _ in range(max(1, repeats)))

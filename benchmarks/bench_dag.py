@@ -1,0 +1,161 @@
+"""Section 5: pipeline. Wall time of `snakemake -n` (DAG planning) for the paper config and the test config, each
+in a fresh empty working directory, and of `snakemake --version` (process start-up, no workflow), so that
+planning cost and start-up cost can be told apart. Past runs are summarised from the files they left
+(results/benchmarks/**/*.tsv, .snakemake/log/*.log) without rerunning anything; `--pipeline` runs the whole test
+config (`snakemake --cores 2 --configfile config/test.yaml`) in a temporary directory and times it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.common import REPO, cores, cpu_seconds, fmt_time, row
+
+SECTION = "5 pipeline"
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+GOAL_S = 5.0
+
+
+CPU = {}  # last CPU seconds (user + system) of each kind of call
+
+
+def _snakemake(*args: str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cpu = cpu_seconds()
+    start = time.perf_counter()
+    proc = subprocess.run([SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    CPU[args[-1] if args[0] == "--version" else next(a for a in args if a.endswith(".yaml"))] = cpu_seconds() - cpu
+    return wall, proc
+
+
+def dry_run(config: str, repeats: int) -> tuple[float, int]:
+    """Best wall time of a dry run of the real Snakefile in a fresh empty directory, and its job count."""
+    best, jobs = float("inf"), -1
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="taskalign-dag-") as work:
+            wall, proc = _snakemake("--snakefile", str(REPO / "Snakefile"), "-n", "--configfile",
+                                    str(REPO / "config" / config), "-d", work, "--cores", "1", cwd=Path(work))
+        if proc.returncode != 0:
+            raise RuntimeError(f"snakemake -n --configfile config/{config} failed:\n{proc.stderr[-3000:]}")
+        best = min(best, wall)
+        found = re.findall(r"^total\s+(\d+)", proc.stdout + proc.stderr, flags=re.M)
+        jobs = int(found[-1]) if found else -1
+    return best, jobs
+
+
+def startup(repeats: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="taskalign-dag-") as work:
+        return min(_snakemake("--version", cwd=Path(work))[0] for _ in range(repeats))
+
+
+def slurm_probe() -> float | None:
+    """Wall time of `scontrol show config`, which the SLURM executor plugin runs (10 s timeout) when snakemake
+    loads its plugins; None when scontrol is not installed."""
+    try:
+        start = time.perf_counter()
+        subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=15)
+        return time.perf_counter() - start
+    except FileNotFoundError:
+        return None
+    except subprocess.TimeoutExpired:
+        return 15.0
+
+
+def past_runs() -> list[dict]:
+    rows = []
+    tsvs = sorted((REPO / "results" / "benchmarks").rglob("*.tsv"))
+    if tsvs:
+        seconds = {}
+        for path in tsvs:
+            try:
+                seconds[path] = float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
+            except Exception:  # noqa: BLE001 - a malformed file is skipped, not fatal
+                continue
+        by_rule: dict[str, float] = {}
+        for path, s in seconds.items():
+            rule = path.relative_to(REPO / "results" / "benchmarks").parts[0]
+            by_rule[rule] = by_rule.get(rule, 0.0) + s
+        detail = ", ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(by_rule.items(), key=lambda kv: -kv[1]))
+        rows.append(row(SECTION, f"default DAG, past run (not rerun): summed job time of the {len(seconds)} jobs with "
+                                 f"a Snakemake `benchmark:` file in results/benchmarks ({detail}); rules without one "
+                                 "(evaluate, features, analyses, report) are not included",
+                        "-", f"{sum(seconds.values()) / 60:.1f} min of job time", None))
+    logs = sorted((REPO / ".snakemake" / "log").glob("*.snakemake.log"))
+    elapsed = []
+    for path in logs:
+        text = path.read_text(errors="replace")
+        match = re.search(r"Elapsed time: (\d+):(\d+):([\d.]+)", text)
+        if match and re.search(r"steps \(100%\) done", text):
+            h, m, s = match.groups()
+            targets = re.findall(r"Finished jobid: 0 \(Rule: ([\w-]+)\)", text)
+            elapsed.append((targets[-1] if targets else "?", int(h) * 3600 + int(m) * 60 + float(s)))
+    if elapsed:
+        detail = ", ".join(f"{t} {s / 60:.1f} min" for t, s in elapsed)
+        rows.append(row(SECTION, f"default DAG, past runs (not rerun): summed `Elapsed time` of the {len(elapsed)} "
+                                 f"complete Snakemake runs in .snakemake/log, by target ({detail}); the DAG was built "
+                                 "in stages, failed and partial runs are excluded, so this is not one end-to-end run",
+                        "-", f"{sum(s for _, s in elapsed) / 60:.1f} min wall", None))
+    if not rows:
+        rows.append(row(SECTION, "default DAG, past runs", "-", "skipped: no results/benchmarks or .snakemake/log",
+                        None))
+    rows.append(row(SECTION, "test config, past runs", "-", "skipped: the test suite runs it in temporary "
+                                                                  "directories that keep no logs; use --pipeline", None))
+    return rows
+
+
+def full_pipeline() -> dict:
+    n = min(2, cores())
+    with tempfile.TemporaryDirectory(prefix="taskalign-pipeline-") as work:
+        wall, proc = _snakemake("--snakefile", str(REPO / "Snakefile"), "--cores", str(n), "--configfile",
+                                str(REPO / "config" / "test.yaml"), "-d", work, cwd=Path(work))
+    ok = proc.returncode == 0
+    return row(SECTION, f"test config, full run now (--pipeline): snakemake --cores {n} --configfile config/test.yaml"
+                        f"{'' if ok else ' (FAILED: ' + proc.stderr.strip().splitlines()[-1][:120] + ')'}",
+               "-", f"{wall / 60:.1f} min wall", None)
+
+
+def run(quick: bool = False, pipeline: bool = False) -> list[dict]:
+    repeats = 1 if quick else 2
+    t_paper, jobs_paper = dry_run("paper.yaml", repeats)
+    t_test, jobs_test = dry_run("test.yaml", repeats)
+    rows = [
+        row(SECTION, f"DAG planning: snakemake -n, paper config ({jobs_paper} jobs) / test config ({jobs_test} jobs), "
+                     "fresh empty working directory each; goal on the paper wall time (CPU: paper "
+                     f"{CPU.get(str(REPO / 'config' / 'paper.yaml'), float('nan')):.1f} s, test "
+                     f"{CPU.get(str(REPO / 'config' / 'test.yaml'), float('nan')):.1f} s)",
+            f"test {fmt_time(t_test)}", f"paper {fmt_time(t_paper)}", t_paper / t_test, f"<= {GOAL_S:g} s",
+            t_paper <= GOAL_S),
+    ]
+    if quick:
+        rows.append(row(SECTION, "start-up vs planning split (snakemake --version, scontrol probe)", "-",
+                        "skipped in --quick (each costs ~10 s here)", None))
+    else:
+        t_start = startup(repeats)
+        rows += [
+            row(SECTION, "start-up: snakemake --version (no workflow) / paper dry run: the share of the dry run that "
+                         f"is not planning (--version CPU {CPU.get('--version', float('nan')):.1f} s)", f"paper {fmt_time(t_paper)}", f"--version {fmt_time(t_start)}",
+                t_start / t_paper, "-", None, "{:.0%}"),
+            row(SECTION, "DAG planning proper: paper dry run - start-up (test config: "
+                         f"{fmt_time(max(t_test - t_start, 0))})", "-", f"{fmt_time(max(t_paper - t_start, 0))}",
+                None, f"<= {GOAL_S:g} s", (t_paper - t_start) <= GOAL_S),
+        ]
+        probe = slurm_probe()
+        if probe is not None:
+            state = ("no SLURM controller reachable: it waits for its timeout" if probe > 2.0
+                     else "a SLURM controller answered: no wait")
+            rows.append(row(SECTION, "of which: `scontrol show config`, run by snakemake-executor-plugin-slurm when "
+                                     f"snakemake loads its plugins ({state})",
+                            f"--version {fmt_time(t_start)}", f"scontrol {fmt_time(probe)}", probe / t_start, "-",
+                            None, "{:.0%}"))
+    rows += past_runs()
+    if pipeline:
+        rows.append(full_pipeline())
+    return rows

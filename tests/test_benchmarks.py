@@ -1,0 +1,86 @@
+"""The benchmarks' correctness checks, nothing timed: the plain numpy baselines (benchmarks/baselines.py) agree with
+the library's CKA and MMD, and the FLOP counter used for the training-step efficiency counts a known case."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import baselines  # noqa: E402
+from benchmarks.bench_train import count_flops, patchify_linear  # noqa: E402
+from taskalign.analysis.cka import debiased_cka, linear_cka  # noqa: E402
+from taskalign.analysis.mmd import median_sigma, mmd2, normalise  # noqa: E402
+
+TOL = 1e-8
+
+
+@pytest.fixture(scope="module")
+def features():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 20))
+    y = 0.7 * x @ rng.standard_normal((20, 20)) + rng.standard_normal((60, 20)) + 0.3
+    return x, y
+
+
+@pytest.mark.parametrize("space", ["gram", "feature"])
+def test_plain_linear_cka_matches_library(features, space):
+    x, y = features
+    plain = baselines.plain_linear_cka(x, y)
+    assert 0.05 < plain < 0.99  # a non-trivial value, so the comparison means something
+    assert abs(linear_cka(x, y, space=space) - plain) < TOL
+
+
+@pytest.mark.parametrize("space", ["gram", "feature"])
+def test_plain_debiased_cka_matches_library(features, space):
+    x, y = features
+    plain = baselines.plain_debiased_cka(x, y)
+    assert abs(plain - baselines.plain_linear_cka(x, y)) > 1e-3  # the debiased estimator is a different number
+    assert abs(debiased_cka(x, y, space=space) - plain) < TOL
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_plain_mmd_matches_library(features, estimator):
+    x, y = features
+    x, y = normalise(x, "l2"), normalise(y[:50], "l2")  # unequal sizes exercise n != m
+    sigma = median_sigma(x, y)
+    plain = baselines.plain_mmd2(x, y, sigma, estimator)
+    assert abs(plain) > 1e-4
+    assert abs(mmd2(x, y, sigma, estimator) - plain) < TOL
+
+
+def test_plain_mmd_of_identical_sets_is_zero_when_biased(features):
+    x, _ = features
+    assert abs(baselines.plain_mmd2(x, x, 2.0, "biased")) < TOL
+
+
+def test_flop_counter_counts_a_linear_layer():
+    batch, n_in, n_out = 8, 32, 16
+    layer = torch.nn.Linear(n_in, n_out)
+    x = torch.randn(batch, n_in)
+    flops, per_op = count_flops(lambda: layer(x))
+    assert flops == 2 * n_in * n_out * batch
+    assert sum(per_op.values()) == flops
+
+
+def test_flop_counter_counts_cpu_fused_attention():
+    q = torch.randn(1, 2, 10, 8)
+    flops, _ = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q))
+    assert flops == 2 * (2 * 2 * 10 * 10 * 8)  # QK^T and (softmax) V, 2 FLOPs per multiply-add
+
+
+def test_patchify_matmul_equals_the_patch_convolution():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(3, 5, kernel_size=(2, 4, 4), stride=(2, 4, 4))
+    x = torch.randn(2, 3, 4, 8, 8)
+    with torch.no_grad():
+        ref = conv(x).flatten(2).transpose(1, 2)
+        alt = patchify_linear(x, conv.weight, conv.bias, (2, 4, 4))
+    torch.testing.assert_close(alt, ref, rtol=1e-5, atol=1e-5)
