@@ -23,17 +23,21 @@ def job_environment():
 
 
 
-def config_record():
-    """The whole config as JSON under results/provenance/, named by its hash: the tables and figures cite it.
-    Its path reaches jobs through the shell prefix, which (unlike params) is no rerun trigger."""
+def config_record() -> Path:
+    """Where the whole config goes as JSON, named by its hash: the tables and figures cite it. Its path reaches jobs
+    through the shell prefix, which (unlike params) is no rerun trigger; `onstart` writes it, so dry runs write
+    nothing."""
     import hashlib
 
-    text = json.dumps(config, sort_keys=True, default=str)
-    path = Path("results/provenance") / f"config-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return path.resolve()
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return (Path("results/provenance") / f"config-{digest}.json").resolve()
+
+
+onstart:
+    record = config_record()
+    if not record.exists():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(config, sort_keys=True, default=str))
 
 
 shell.prefix(

@@ -40,7 +40,12 @@ def run_dir(stage: str, task: str, init: str, protocol: str, seed: int) -> Path:
 def run_config() -> dict:
     """The whole workflow config (for its hash): Snakemake's shell prefix names the file in TASKALIGN_CONFIG."""
     path = os.environ.get("TASKALIGN_CONFIG")
-    return json.loads(Path(path).read_text()) if path else {}
+    if not path:
+        return {}
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: the config record Snakemake writes when a run starts is missing "
+                                "(was the run started with --no-hooks?)")
+    return json.loads(Path(path).read_text())
 
 
 def tasks_of_kind(settings: dict, kind: str) -> list[str]:
