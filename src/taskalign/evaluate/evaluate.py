@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from taskalign.data.dataset import read_index
-from taskalign.evaluate.metrics import bootstrap_ci
+from taskalign.evaluate.metrics import bootstrap_cis
 from taskalign.evaluate.scoring import case_scores, predict, split_metrics
 from taskalign.runtime import atomic_path
 from taskalign.tasks.samples import TaskDataset, usable_rows
@@ -51,10 +51,11 @@ def run_evaluation(*, task: Task, model_path: Path, indexes: list[Path], params:
         raise ValueError(f"task {task.name}: no test cases with a {task.type.target} label")
 
     point = split_metrics(task, cases, meta["norm"])
+    intervals = bootstrap_cis(cases, lambda frame: split_metrics(task, frame, meta["norm"]),
+                              n_boot=params["bootstrap"], seed=params["seed"])
     summary = []
     for name, value in point.items():
-        low, high = bootstrap_ci(cases, lambda frame, n=name: split_metrics(task, frame, meta["norm"])[n],
-                                 n_boot=params["bootstrap"], seed=params["seed"])
+        low, high = intervals[name]
         summary.append({"task": task.name, "init": meta["init"], "protocol": meta["protocol"], "seed": meta["seed"],
                         "metric": name, "value": value, "ci_low": low, "ci_high": high, "n_cases": len(cases),
                         "n_patients": cases["patient_id"].nunique(), "primary": name == task.type.metric})

@@ -75,18 +75,27 @@ def ssim_3d(pred, target, data_range: float) -> float:
     return float(metric(p, t).mean())
 
 
+def bootstrap_cis(frame: pd.DataFrame, metrics_fn, group_col: str = "patient_id", n_boot: int = 1000, seed: int = 0,
+                  alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile CI of every metric metrics_fn returns (a dict) over resamples of whole patients (their cases
+    together); (nan, nan) for a metric with fewer than 10 finite resamples. Each resample is scored once for all
+    metrics, and its rows are gathered by position (one `take`, not a concat of per-patient frames)."""
+    rng = np.random.default_rng(seed)
+    codes = frame.groupby(group_col, sort=True).ngroup().to_numpy()
+    positions = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        picked = rng.integers(0, len(positions), len(positions))
+        resample = frame.take(np.concatenate([positions[i] for i in picked])).reset_index(drop=True)
+        for name, value in metrics_fn(resample).items():
+            draws.setdefault(name, [])
+            if np.isfinite(value):
+                draws[name].append(value)
+    return {name: (float(np.percentile(values, 100 * alpha / 2)), float(np.percentile(values, 100 * (1 - alpha / 2))))
+            if len(values) >= 10 else (float("nan"), float("nan")) for name, values in draws.items()}
+
+
 def bootstrap_ci(frame: pd.DataFrame, metric_fn, group_col: str = "patient_id", n_boot: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile CI of metric_fn over resamples of whole patients (their cases together); (nan, nan) when
-    fewer than 10 resamples give a finite value."""
-    rng = np.random.default_rng(seed)
-    groups = [g for _, g in frame.groupby(group_col, sort=True)]
-    draws = []
-    for _ in range(n_boot):
-        picked = rng.integers(0, len(groups), len(groups))
-        value = metric_fn(pd.concat([groups[i] for i in picked], ignore_index=True))
-        if np.isfinite(value):
-            draws.append(value)
-    if len(draws) < 10:
-        return float("nan"), float("nan")
-    return float(np.percentile(draws, 100 * alpha / 2)), float(np.percentile(draws, 100 * (1 - alpha / 2)))
+    """Percentile CI of one scalar metric_fn (see bootstrap_cis)."""
+    return bootstrap_cis(frame, lambda f: {"value": metric_fn(f)}, group_col, n_boot, seed, alpha)["value"]
