@@ -15,7 +15,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import baselines  # noqa: E402
-from benchmarks.bench_train import count_flops, patchify_linear  # noqa: E402
+from benchmarks.bench_train import count_flops  # noqa: E402
 from taskalign.analysis.cka import debiased_cka, linear_cka  # noqa: E402
 from taskalign.analysis.mmd import median_sigma, mmd2, normalise  # noqa: E402
 
@@ -76,11 +76,3 @@ def test_flop_counter_counts_cpu_fused_attention():
     assert flops == 2 * (2 * 2 * 10 * 10 * 8)  # QK^T and (softmax) V, 2 FLOPs per multiply-add
 
 
-def test_patchify_matmul_equals_the_patch_convolution():
-    torch.manual_seed(0)
-    conv = torch.nn.Conv3d(3, 5, kernel_size=(2, 4, 4), stride=(2, 4, 4))
-    x = torch.randn(2, 3, 4, 8, 8)
-    with torch.no_grad():
-        ref = conv(x).flatten(2).transpose(1, 2)
-        alt = patchify_linear(x, conv.weight, conv.bias, (2, 4, 4))
-    torch.testing.assert_close(alt, ref, rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ from monai.losses import DiceLoss
 from conftest import REPO
 from taskalign.models.checkpoint_io import (encoder_to_timm_state, load_encoder, load_external_encoder,
                                             read_metadata, save_encoder)
-from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.encoder import Encoder, EncoderGeometry, PatchConv3d
 from taskalign.models.lora import add_lora, merge_lora
 from taskalign.models.pretraining import PretrainingModel
 from taskalign.models.upernet import EncoderUperNet
@@ -224,3 +224,24 @@ def test_one_continual_step_at_paper_geometry_on_cpu():
     DiceLoss(sigmoid=True)(logits, (x[:, :1] > 1).float()).backward()
     lora_grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert len(lora_grads) == 4 * 12 and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+
+
+def test_patch_matmul_embedding_equals_the_convolution(monkeypatch):
+    """The speed-up (patchify + matmul for the kernel = stride Conv3d) keeps the initial weights bit-identical and
+    the outputs and gradients equal to float tolerance."""
+    fast = seeded_encoder(3)
+    monkeypatch.setattr(PatchConv3d, "replacing", staticmethod(lambda conv: conv))
+    plain = seeded_encoder(3)
+    assert type(fast.patch_embedding.patch_embeddings) is PatchConv3d
+    assert type(plain.patch_embedding.patch_embeddings) is torch.nn.Conv3d
+    for (name, a), (_, b) in zip(fast.state_dict().items(), plain.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.randn(2, TINY.in_channels, *TINY.img_size, generator=torch.Generator().manual_seed(0))
+    outputs = [model(x)[0] for model in (fast, plain)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for model, out in zip((fast, plain), outputs):
+        out.square().mean().backward()
+    torch.testing.assert_close(fast.patch_embedding.patch_embeddings.weight.grad,
+                               plain.patch_embedding.patch_embeddings.weight.grad, rtol=1e-4, atol=1e-6)
+    odd = torch.randn(1, 3, 9, 33, 35)  # sizes the patches do not tile: the convolution's semantics
+    torch.testing.assert_close(fast.patch_embedding.patch_embeddings(odd), plain.patch_embedding.patch_embeddings(odd))

@@ -66,7 +66,9 @@ def _centre_gram(k: np.ndarray, debiased: bool) -> np.ndarray:
     modified. Both remove additive row and column effects, so the Gram of any shift of the features works."""
     if not debiased:
         means = k.mean(axis=0)
-        return k - means[:, None] - means[None, :] + means.mean()
+        centred = k - means[:, None]
+        centred -= means[None, :] - means.mean()
+        return centred
     n = len(k)
     k = k.copy()
     np.fill_diagonal(k, 0.0)
@@ -102,14 +104,25 @@ def _ratio(sxy: float, sxx: float, syy: float) -> float:
     return float(sxy / (np.sqrt(sxx) * np.sqrt(syy)))
 
 
+def _feature_gram(xc: np.ndarray, debiased: bool) -> np.ndarray:
+    """The centred (biased) or U-centred (debiased) Gram of column-centred features. The Gram of centred features
+    is already double-centred, so the biased route skips a pass over n x n."""
+    k = xc @ xc.T  # numpy runs X X^T as a symmetric rank-k update: half a general product
+    return k if not debiased else _centre_gram(k, True)
+
+
 def _gram_cka(kx: np.ndarray, ky: np.ndarray, debiased: bool) -> float:
     gx, gy = _centre_gram(kx, debiased), _centre_gram(ky, debiased)
+    return _centred_gram_cka(gx, gy)
+
+
+def _centred_gram_cka(gx: np.ndarray, gy: np.ndarray) -> float:
     return _ratio(_inner(gx, gy), _inner(gx, gx), _inner(gy, gy))
 
 
 def _cka(xc: np.ndarray, yc: np.ndarray, debiased: bool, space: Space) -> float:
     if _resolve(space, len(xc), xc.shape[1], yc.shape[1]) == "gram":
-        return _gram_cka(xc @ xc.T, yc @ yc.T, debiased)
+        return _centred_gram_cka(_feature_gram(xc, debiased), _feature_gram(yc, debiased))
     return _ratio(_feature_similarity(xc, yc, debiased), _feature_similarity(xc, xc, debiased),
                   _feature_similarity(yc, yc, debiased))
 
@@ -147,8 +160,8 @@ def cka_matrix(feats_a: Mapping[str, np.ndarray], feats_b: Mapping[str, np.ndarr
     _check_n(n, debiased)
     route = _resolve(space, n, max(x.shape[1] for x in a.values()), max(x.shape[1] for x in b.values()))
     if route == "gram":
-        ga = np.stack([_centre_gram(x @ x.T, debiased).ravel() for x in a.values()])
-        gb = np.stack([_centre_gram(x @ x.T, debiased).ravel() for x in b.values()])
+        ga = np.stack([_feature_gram(x, debiased).ravel() for x in a.values()])
+        gb = np.stack([_feature_gram(x, debiased).ravel() for x in b.values()])
         cross = ga @ gb.T
         self_a, self_b = np.einsum("ij,ij->i", ga, ga), np.einsum("ij,ij->i", gb, gb)
     else:
@@ -167,7 +180,7 @@ def shuffled_null(x, y, estimator: Estimator, n_perm: int, seed: int) -> np.ndar
     rng = np.random.default_rng(seed)
     perms = [rng.permutation(len(xc)) for _ in range(n_perm)]
     if _resolve("auto", len(xc), xc.shape[1], yc.shape[1]) == "gram":
-        gx, gy = _centre_gram(xc @ xc.T, debiased), _centre_gram(yc @ yc.T, debiased)
+        gx, gy = _feature_gram(xc, debiased), _feature_gram(yc, debiased)
         sxx, syy = _inner(gx, gx), _inner(gy, gy)
         return np.array([_ratio(_inner(gx, gy[np.ix_(p, p)]), sxx, syy) for p in perms])
     sxx, syy = _feature_similarity(xc, xc, debiased), _feature_similarity(yc, yc, debiased)

@@ -8,6 +8,9 @@ the timm/ProFound layout so that published encoders load with a plain key map (t
 
 Forward: `x (B, C, D, H, W) -> (normed (B, 1 + N, hidden), hidden_states [num_layers x (B, 1 + N, hidden)])`,
 token 0 the class token, hidden states before the final norm (as MONAI returns them).
+
+The patch embedding's Conv3d (kernel = stride = patch) runs as patchify + one matmul (`PatchConv3d`): the same
+weights under the same keys, 1.7x faster forward + backward on CPU (benchmarks/bench_train.py).
 """
 
 from __future__ import annotations
@@ -64,6 +67,33 @@ class EncoderGeometry:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
 
 
+class PatchConv3d(nn.Conv3d):
+    """A Conv3d whose kernel equals its stride (no padding, no dilation), computed as patchify + matmul.
+
+    Returns the Conv3d's (B, out, D', H', W') as a view of (B, N, out) tokens, so MONAI's flatten + transpose that
+    follows copies nothing. The sums run in another order than the convolution's: equal to float tolerance."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        grid = [size // k for size, k in zip(x.shape[2:], self.kernel_size)]
+        if [g * k for g, k in zip(grid, self.kernel_size)] != list(x.shape[2:]):
+            return super().forward(x)  # a size the patches do not tile: the convolution's cropping semantics
+        (gd, gh, gw), (kd, kh, kw) = grid, self.kernel_size
+        patches = x.reshape(b, c, gd, kd, gh, kh, gw, kw).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, gd * gh * gw, -1)
+        tokens = nn.functional.linear(patches, self.weight.flatten(1), self.bias)
+        return tokens.transpose(1, 2).unflatten(2, grid)
+
+    @classmethod
+    def replacing(cls, conv: nn.Conv3d) -> PatchConv3d:
+        """The same parameters (not copies) in a PatchConv3d; built on the meta device, so no RNG draw moves."""
+        if conv.kernel_size != conv.stride or any(conv.padding) or conv.groups != 1 or any(d != 1 for d in conv.dilation):
+            raise ValueError(f"PatchConv3d needs kernel = stride, no padding/dilation/groups, got {conv}")
+        patch = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=conv.bias is not None,
+                    device="meta")
+        patch.weight, patch.bias = conv.weight, conv.bias
+        return patch
+
+
 class Encoder(ViT):
     """MONAI ViT with split Q/K/V, qkv bias (timm layout), fused attention and a class token."""
 
@@ -85,6 +115,7 @@ class Encoder(ViT):
             qkv_bias=True,
         )
         self.geometry = geometry
+        self.patch_embedding.patch_embeddings = PatchConv3d.replacing(self.patch_embedding.patch_embeddings)
         self.classification = False
         del self.classification_head
         self.blocks = nn.ModuleList(
