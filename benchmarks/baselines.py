@@ -6,6 +6,8 @@ They are the baselines of section 3 of benchmarks/run.py and the references of t
   H = I - 1 1^T / n and HSIC(K, L) = tr(K H L H) / (n - 1)^2, every product an n x n matrix product.
 - Debiased CKA: the unbiased HSIC of Song et al. (2012) on the Grams with zeroed diagonals,
   [tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2 / (n-2) 1^T K~ L~ 1] / (n (n-3)).
+- Patient bootstrap of the evaluation CIs: one metric at a time, each resample built by concatenating per-patient
+  frames (the first implementation of taskalign.evaluate.metrics.bootstrap_ci).
 - MMD^2 with k(u, v) = exp(-||u - v||^2 / sigma^2): kernel sums over every pair of rows by a double loop in
   Python, vectorised over the feature dimension only; biased (V-statistic) or unbiased (U-statistic) combination.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 
 def _f64(x) -> np.ndarray:
@@ -103,3 +106,19 @@ def plain_mmd2(x, y, sigma: float, estimator: str = "biased", sums: dict | None 
     """MMD^2 (biased V- or unbiased U-statistic) from the double-loop kernel sums (pass `sums` to reuse them)."""
     s = sums if sums is not None else plain_mmd_sums(x, y, sigma)
     return combine(s["sxx"], s["syy"], s["sxy"], s["tx"], s["ty"], s["n"], s["m"], estimator)
+
+
+def plain_bootstrap_ci(frame: pd.DataFrame, metric_fn, n_boot: int, seed: int,
+                       group_col: str = "patient_id") -> tuple[float, float]:
+    """95% percentile CI of one metric over resamples of whole patients, each resample a pd.concat of frames."""
+    rng = np.random.default_rng(seed)
+    groups = [g for _, g in frame.groupby(group_col, sort=True)]
+    draws = []
+    for _ in range(n_boot):
+        picked = rng.integers(0, len(groups), len(groups))
+        value = metric_fn(pd.concat([groups[i] for i in picked], ignore_index=True))
+        if np.isfinite(value):
+            draws.append(value)
+    if len(draws) < 10:
+        return float("nan"), float("nan")
+    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from taskalign.evaluate.metrics import (bootstrap_ci, bootstrap_cis, dice_per_class, multiclass_auc, pirads_metrics,
+from taskalign.evaluate.metrics import (bootstrap_ci, dice_per_class, multiclass_auc, pirads_metrics,
                                         regression_metrics, ssim_3d)
 
 
@@ -159,32 +159,3 @@ def test_bootstrap_resamples_whole_patients():
 def test_bootstrap_undefined_metric_gives_nan():
     low, high = bootstrap_ci(_patients(), lambda f: float("nan"), n_boot=50)
     assert np.isnan(low) and np.isnan(high)
-
-
-def _reference_bootstrap_ci(frame, metric_fn, n_boot, seed):
-    """The first implementation: one metric at a time, resamples built by concatenating per-patient frames."""
-    rng = np.random.default_rng(seed)
-    groups = [g for _, g in frame.groupby("patient_id", sort=True)]
-    draws = []
-    for _ in range(n_boot):
-        picked = rng.integers(0, len(groups), len(groups))
-        value = metric_fn(pd.concat([groups[i] for i in picked], ignore_index=True))
-        if np.isfinite(value):
-            draws.append(value)
-    if len(draws) < 10:
-        return float("nan"), float("nan")
-    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
-
-
-def test_all_metrics_in_one_pass_equal_one_metric_at_a_time():
-    """The speed-up (each resample scored once, rows taken by position) keeps every interval bit-identical."""
-    frame = _patients().sample(frac=1.0, random_state=0)  # patients interleaved, as in a real case table
-    frame["label"] = (frame["value"] > 0.8).astype(int)   # rare positives: some resamples leave the AUC undefined
-
-    def metrics(f: pd.DataFrame) -> dict:
-        return {"mean": float(f["value"].mean()), "auc": multiclass_auc(f["label"], np.c_[-f["value"], f["value"]], 2),
-                "first": float(f["value"].iloc[0])}
-
-    together = bootstrap_cis(frame, metrics, n_boot=200, seed=4)
-    for name in ("mean", "auc", "first"):
-        assert together[name] == _reference_bootstrap_ci(frame, lambda f: metrics(f)[name], 200, 4), name
