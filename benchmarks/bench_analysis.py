@@ -74,7 +74,6 @@ def run(quick: bool = False, n: int = 1000, d: int = 768) -> list[dict]:
         rows.append(_speed_row(f"MMD^2 {estimator} n={n}+{n} d={d}, l2 rows, median sigma {sigma:.3f} "
                                f"(value {lib_check[estimator]:.3e})", t_plain, t_lib,
                                abs(lib_check[estimator] - v_plain), note))
-    return rows
     rows.append(bootstrap_row(repeats))
     return rows
 
