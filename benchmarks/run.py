@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         "ratio: value / baseline for rates and speed-ups (higher is better), a share or % of peak where marked; "
         "goal and met refer to the ratio, except the DAG rows whose goal is a wall time (as asked).",
-        "Shared machine: other jobs ran at the same time; each side is the best of several interleaved runs.",
+        "Each side is the best of several interleaved runs; the load average at the start says how busy the machine was.",
     ]
     text = markdown(rows, info, "taskalign benchmarks", notes)
     args.output.parent.mkdir(parents=True, exist_ok=True)
