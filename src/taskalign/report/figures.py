@@ -102,8 +102,12 @@ def _draw_scratch_vs_finetuned(frame: pd.DataFrame, st: dict) -> Figure:
     fig, axes = _figure(1, 1, (4.6, 4.2))
     ax = axes[0, 0]
     for xi, yi, si, task, s in zip(x, y, sizes, frame["task"], sign):
-        ax.scatter(xi, yi, s=si, color=colours[task], alpha=0.8, edgecolors="k", linewidths=0.5)
-        ax.annotate(f"{task}{' (−)' if s < 0 else ''}", (xi, yi), xytext=(6, 4), textcoords="offset points")
+        ax.scatter(xi, yi, s=si, color=colours[task], alpha=0.8, edgecolors="k", linewidths=0.5,
+                   label=f"{task}{' (−)' if s < 0 else ''}")
+    # a legend, not labels at the points: tasks that barely move sit on top of each other near the diagonal
+    legend = ax.legend(fontsize=st["font_size"] - 2, loc="upper left", frameon=False)
+    for handle in legend.legend_handles:
+        handle.set_sizes([30])
     lo, hi = np.nanmin(np.r_[x, y]), np.nanmax(np.r_[x, y])
     pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="0.5", linewidth=0.8)
