@@ -10,7 +10,7 @@ Forward: `x (B, C, D, H, W) -> (normed (B, 1 + N, hidden), hidden_states [num_la
 token 0 the class token, hidden states before the final norm (as MONAI returns them).
 
 The patch embedding's Conv3d (kernel = stride = patch) runs as patchify + one matmul (`PatchConv3d`): the same
-weights under the same keys, 1.7x faster forward + backward on CPU (benchmarks/bench_train.py).
+weights under the same keys, about 1.5x faster forward + backward on CPU (benchmarks/bench_train.py).
 """
 
 from __future__ import annotations
