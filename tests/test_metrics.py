@@ -109,6 +109,28 @@ def test_dice_empty_conventions():
     assert dice_per_class(lesion, empty, 1).tolist() == [0.0]  # false positive on an empty truth
 
 
+def test_lesion_dice_counts_cases_with_a_lesion_and_scores_the_others_apart():
+    """Predicting nothing must not score: Dice is over cases with a lesion; lesion-free cases give empty_correct."""
+    import torch
+
+    from taskalign.evaluate.scoring import case_scores, split_metrics
+    from taskalign.tasks.spec import Task
+
+    task = Task.from_config("lesion_seg", {"cohort": "x", "inputs": ["t2w"]})
+    empty = np.zeros((3, 4, 4), dtype=np.uint8)
+    lesion = empty.copy()
+    lesion[1, 1:3, 1:3] = 1  # 4 voxels
+    half = empty.copy()
+    half[1, 1, 1:3] = 1  # 2 of them: Dice 2 * 2 / (2 + 4)
+    cases = [(lesion, lesion), (half, lesion), (empty, empty), (lesion, empty)]  # (prediction, truth)
+    rows = pd.DataFrame([case_scores(task, p, torch.as_tensor(t)[None], {}) for p, t in cases])
+    assert rows["dice"].tolist()[:2] == pytest.approx([1.0, 2 / 3]) and rows["dice"][2:].isna().all()
+    assert rows["empty_correct"][:2].isna().all() and rows["empty_correct"].tolist()[2:] == [1.0, 0.0]
+    assert split_metrics(task, rows, {}) == pytest.approx({"dice": 5 / 6, "empty_correct": 0.5})
+    nothing = pd.DataFrame([case_scores(task, empty, torch.as_tensor(t)[None], {}) for _, t in cases])
+    assert split_metrics(task, nothing, {}) == {"dice": 0.0, "empty_correct": 1.0}
+
+
 def test_ssim_identical_and_degraded():
     rng = np.random.default_rng(0)
     x = rng.random((8, 16, 16)).astype(np.float32)

@@ -39,6 +39,13 @@ def metadata_targets(row: dict) -> tuple[np.ndarray, np.ndarray]:
     return values, known
 
 
+def item_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
+    """(index, seed) of a dataset key; seed None for a plain index."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), None
+
+
 class CacheDataset(Dataset):
     """One item per cached case: a dict of tensors.
 
@@ -46,6 +53,10 @@ class CacheDataset(Dataset):
     `metadata_known` (3,) bool (TR, TE, flip angle, normalised with METADATA_SCALES); each requested mask as
     (1, D, H, W) float32 (zeros and `<mask>_present` False when the case lacks it); `index` (int, row in
     `self.index`). `transform` (e.g. MONAI dictionary transforms) is applied to the dict.
+
+    A key is an index, or (index, seed) from a shuffling loader (`taskalign.train.data.SeededShuffle`): the
+    transform's random state is set from the seed (from the index alone when there is none), so an item is a
+    function of its key whichever process loads it.
     """
 
     def __init__(self, index: pd.DataFrame, masks: tuple[str, ...] = (), transform=None):
@@ -56,7 +67,8 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, seed = item_key(key)
         row = self.index.iloc[i].to_dict()
         case = Path(row["cache_dir"])
         meta = json.loads((case / "meta.json").read_text())
@@ -75,4 +87,7 @@ class CacheDataset(Dataset):
             mask = np.load(path) if present else np.zeros(image.shape[1:], dtype=np.uint8)
             item[name] = torch.from_numpy(mask.astype(np.float32))[None]
             item[f"{name}_present"] = torch.tensor(present)
-        return self.transform(item) if self.transform is not None else item
+        if self.transform is None:
+            return item
+        self.transform.set_random_state(seed=i if seed is None else seed)
+        return self.transform(item)

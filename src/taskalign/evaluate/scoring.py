@@ -61,8 +61,10 @@ def case_scores(task: Task, prediction: np.ndarray, target: torch.Tensor, norm: 
         n = task.type.n_outputs
         true = target[0].numpy().astype(np.uint8)
         dice = dice_per_class(prediction, true, n)
-        if n == 1:
-            return {"dice": float(dice[0])}
+        if n == 1:  # Dice on cases with a lesion; a lesion-free case scores whether nothing was predicted
+            if true.any():
+                return {"dice": float(dice[0]), "empty_correct": float("nan")}
+            return {"dice": float("nan"), "empty_correct": float(not np.any(prediction))}
         row = {"dice": float(np.mean(dice))}
         row.update({f"dice_{name}": float(d) for name, d in zip(ZONE_LABELS, dice)})
         return row
@@ -86,7 +88,9 @@ def split_metrics(task: Task, cases: pd.DataFrame, norm: dict) -> dict[str, floa
         return regression_metrics(cases["true_norm"].to_numpy(), cases["pred_norm"].to_numpy(), norm["scale"],
                                   norm["offset"])
     if task.kind == "segmentation":
-        return {c: float(cases[c].mean()) for c in cases.columns if c.startswith("dice")}
+        # means skip NaN: Dice over the cases with a lesion, empty_correct over those without
+        return {c: float(cases[c].mean()) for c in cases.columns
+                if c.startswith("dice") or c == "empty_correct"}
     return {"ssim": float(cases["ssim"].mean()), "l1": float(cases["l1"].mean())}
 
 

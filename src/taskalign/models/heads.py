@@ -3,7 +3,8 @@
 Heads: a 2-layer MLP on the token mean of the encoder's final normed output (classification, regression); the
 UperNet decoder shared with continual pretraining (segmentation; restoration with an intensity output); a sub-pixel
 head on the fused UperNet features for super-resolution. Restoration models whose input already is the target
-contrast (super-resolution, distortion correction) predict a residual on the input T2W.
+contrast (super-resolution, distortion correction) predict a residual on the input T2W, from a zeroed output
+layer: they start as the identity.
 Specialists: MONAI ResNet-10 layout (one basic block per stage; widths from config, the paper's 64-512 at paper
 scale) for classification and regression, and UNet for segmentation and restoration.
 """
@@ -52,6 +53,8 @@ class EncoderRestoration(EncoderUperNet):
         super().__init__(encoder, out_channels=1, layers=layers, channels=channels)
         self.residual_channel = residual_channel
         self.subpixel = SubpixelUpsample(3, channels, out_channels=1, scale_factor=2) if subpixel else None
+        if residual_channel is not None:
+            zero_output(self.subpixel if subpixel else self.decoder.classifier)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         _, hidden = self.encoder(image)
@@ -70,12 +73,23 @@ class ResidualUNet(nn.Module):
         super().__init__()
         self.net = UNet(3, in_channels, 1, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=1)
         self.residual_channel = residual_channel
+        # MONAI's UNet ends in a residual unit (conv + skip conv): a zeroed 1x1x1 output conv starts it at zero
+        self.output = zero_output(nn.Conv3d(1, 1, kernel_size=1)) if residual_channel is not None else nn.Identity()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.net(image)
+        out = self.output(self.net(image))
         if self.residual_channel is not None:
             out = out + image[:, self.residual_channel : self.residual_channel + 1]
         return out
+
+
+def zero_output(layer: nn.Module) -> nn.Module:
+    """Zero a residual model's last layer, so that training starts from the identity (the degraded input): away
+    from the degradation the input already is the target, and a random residual would first have to unlearn
+    its noise there."""
+    for param in layer.parameters():
+        nn.init.zeros_(param)
+    return layer
 
 
 def n_model_outputs(task: Task) -> int:

@@ -230,7 +230,7 @@ def _task_metrics(metrics: pd.DataFrame, task: str) -> list[str]:
 def _case_score(metric: str, cases: pd.DataFrame) -> np.ndarray | None:
     """The per-case quantity a paired test compares for `metric`; None when the metric has none
     (spec_at_sens90 is an operating point of the whole ROC curve)."""
-    if metric in cases.columns:  # dice, dice_<structure>, ssim, l1
+    if metric in cases.columns:  # dice, dice_<structure>, empty_correct, ssim, l1
         return cases[metric].to_numpy(float)
     if metric == "mse":
         return ((cases["pred_norm"] - cases["true_norm"]) ** 2).to_numpy(float)
@@ -274,7 +274,8 @@ def _paired_p(metric: str, a: pd.DataFrame, b: pd.DataFrame) -> float:
     ge = _AUC_GE.match(metric)
     if ge:
         return float(delong_test(a["true"].to_numpy() >= int(ge[1]), score_a, score_b)["p_value"])
-    return float(wilcoxon_paired(score_a, score_b))
+    scored = np.isfinite(score_a) & np.isfinite(score_b)  # lesion Dice: cases with a lesion only
+    return float(wilcoxon_paired(score_a[scored], score_b[scored])) if scored.sum() >= 2 else float("nan")
 
 
 # --- builders -----------------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Augmentation (MONAI dictionary transforms) runs on the clean cached arrays first; restoration inputs are then
 degraded from the augmented image, so a distortion or a thick-slice acquisition is never itself rotated or zoomed.
-Training draws degradations from torch's seeded RNG; val/test draw them from (seed, case), so every encoder is
-scored on the same degraded inputs.
+Training draws augmentation and degradations from the item seed its loader drew for the epoch
+(`taskalign.train.data.SeededShuffle`); val/test draw degradations from (seed, case), so every encoder is scored
+on the same degraded inputs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from monai.transforms import (Compose, RandFlipd, RandRotated, RandScaleIntensit
                               RandZoomd)
 from torch.utils.data import Dataset
 
-from taskalign.data.dataset import CacheDataset
+from taskalign.data.dataset import CacheDataset, item_key
 from taskalign.tasks.degrade import downsample_depth, rectal_air_field, upsample_depth, warp
 from taskalign.tasks.spec import PIRADS_CLASSES, Task
 
@@ -80,13 +81,13 @@ class TaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, i: int) -> dict:
-        if self.transform is not None:  # MONAI's random transforms keep their own RNG: seed it from torch's
-            self.transform.set_random_state(seed=int(torch.randint(2**31, (1,))))
-        item = self.cache[i]
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, item_seed = item_key(key)
+        item = self.cache[key]  # the augmentation's random state comes from the key
         image = torch.as_tensor(item["image"]).float()
-        # training draws from torch's RNG (saved with the resume state, seeded per DataLoader worker)
-        rng = np.random.default_rng(int(torch.randint(2**31, (1,))) if self.train else [self.seed, i])
+        # training degradations follow the item seed a shuffling loader drew for this epoch; val/test are fixed
+        per_epoch = self.train and item_seed is not None
+        rng = np.random.default_rng([self.seed, i, item_seed] if per_epoch else [self.seed, i])
         row = self.index.iloc[i]
         sample = {"index": i}
         kind, name = self.task.kind, self.task.name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from taskalign.data.dataset import CacheDataset
 
@@ -21,14 +21,41 @@ def holdout_patients(index: pd.DataFrame, fraction: float, seed: int) -> tuple[p
     return index[~mask].reset_index(drop=True), index[mask].reset_index(drop=True)
 
 
-def make_loader(dataset: CacheDataset, batch_size: int, *, shuffle: bool, seed: int, device: torch.device,
-                drop_last: bool = False) -> DataLoader:
-    """Cache reads are memory-mapped and cheap, so CPU runs load in the main process; GPU runs use workers.
+class SeededShuffle(Sampler):
+    """A shuffled order with one seed per item, both drawn from torch's global RNG when an epoch starts.
 
-    A shuffling loader draws its order (and its workers' seeds) from torch's global RNG, which `fit` reseeds from
-    (seed, epoch) at every epoch: a run resumed at epoch k sees exactly the batches an uninterrupted run saw.
-    Workers are started per epoch for the same reason. Non-shuffling loaders keep a fixed generator."""
-    workers = 4 if device.type == "cuda" else 0
-    generator = None if shuffle else torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
-                      generator=generator, pin_memory=device.type == "cuda")
+    `fit` reseeds that RNG from (seed, epoch), so a resumed run sees the items an uninterrupted one saw, and the
+    items themselves (augmentation, degradation) depend only on their seed: the same batches come out whether the
+    main process or worker processes load them. Yields (index, seed) keys (see `CacheDataset`)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n).tolist()
+        seeds = torch.randint(2**31, (self.n,)).tolist()
+        return iter(list(zip(order, seeds)))  # drawn now, not lazily between training steps
+
+
+def loader_workers(device: torch.device, shuffle: bool) -> int:
+    """Worker processes: 4 on a GPU; on CPU one for training loaders, so that reading and augmenting the next
+    batch overlaps the current step (evaluation loaders read un-augmented arrays and stay in the main process)."""
+    if device.type == "cuda":
+        return 4
+    return 1 if shuffle else 0
+
+
+def make_loader(dataset: CacheDataset, batch_size: int, *, shuffle: bool, seed: int, device: torch.device,
+                drop_last: bool = False, workers: int | None = None) -> DataLoader:
+    """A loader whose batches do not depend on `workers` (default: `loader_workers`).
+
+    Shuffling loaders take their order and item seeds from `SeededShuffle`; the loader's own generator (the
+    workers' base seed) is a fixed one, so neither starting workers nor keeping them across epochs
+    (persistent) draws from the global RNG that dropout and masking use."""
+    workers = loader_workers(device, shuffle) if workers is None else workers
+    return DataLoader(dataset, batch_size=batch_size, sampler=SeededShuffle(len(dataset)) if shuffle else None,
+                      drop_last=drop_last, num_workers=workers, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda")

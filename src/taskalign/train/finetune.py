@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from monai.losses import DiceCELoss, DiceLoss, SSIMLoss
+from monai.losses import DiceCELoss, SSIMLoss
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -79,7 +79,8 @@ def class_weights(task: Task, rows) -> torch.Tensor | None:
 
 
 def task_loss(task: Task, weights: torch.Tensor | None, device):
-    """The SPEC's loss per task: (weighted) CE, MSE, Dice / Dice+CE, L1, L1 + SSIM (translation)."""
+    """The SPEC's loss per task: (weighted) CE, MSE, Dice + CE (batch Dice + BCE for binary masks), L1,
+    L1 + SSIM (translation)."""
     if task.kind == "classification":
         ce = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
         return lambda out, target: ce(out.float(), target)
@@ -88,7 +89,9 @@ def task_loss(task: Task, weights: torch.Tensor | None, device):
     if task.kind == "segmentation":
         if task.type.n_outputs > 1:
             return DiceCELoss(softmax=True, to_onehot_y=True)
-        return DiceLoss(sigmoid=True)
+        # lesions are ~0.1% of the crop and absent from some cases: a per-case Dice alone stalls at "predict
+        # nothing", so Dice over the whole batch plus BCE (a Dice of 0.02 against 0.17 after 30 epochs here)
+        return DiceCELoss(sigmoid=True, batch=True)
     if task.name == "translation":
         ssim = SSIMLoss(spatial_dims=3, data_range=1.0, win_size=3)  # 3^3 window: a third of the cost of 5^3
 
