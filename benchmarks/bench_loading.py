@@ -14,8 +14,9 @@ Fine-tuning share: taskalign.train.finetune.run_finetune on the real cache, with
 `train_one_epoch` wrapped (monkeypatched for this process only): loader time = time in iter()/next() of the
 training loader, step time = the whole training epoch (loading + forward + backward + optimiser); validation,
 checkpointing and plotting are outside both. Measured twice on the same batches: loading in the main process
-(workers=0, the plain baseline) and with the library's loader (`taskalign.train.data.make_loader`'s default: one
-persistent worker on CPU, which prepares the next batch while the current step runs).
+(workers=0) and in one persistent worker process that prepares the next batch while the current step runs; the
+library (`taskalign.train.data.loader_workers`) uses the worker on CPU only with a core to spare beyond torch's
+threads. Augmentation runs with MONAI's metadata tracking off (`taskalign.data.dataset.untracked`).
 """
 
 from __future__ import annotations
@@ -232,8 +233,9 @@ def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp
     return clock
 
 
-def augmentation_row(index_csv: Path, task_name: str, passes: int) -> dict:
-    """Per-sample time of the training TaskDataset with the config's augmentation against without it."""
+def augmentation_rows(index_csv: Path, task_name: str, passes: int) -> tuple[dict, dict]:
+    """Per-sample time of the training TaskDataset with the config's augmentation against without it, and of the
+    augmentation with MONAI's metadata tracking on against the library's (off)."""
     import yaml
 
     from taskalign.data.dataset import read_index
@@ -251,17 +253,32 @@ def augmentation_row(index_csv: Path, task_name: str, passes: int) -> dict:
     augmented = TaskDataset(rows, task, channels, train=True, seed=0, augment=augment)
     t_plain = 1.0 / _rate(lambda i: plain[i], list(range(len(plain))), passes)
     t_aug = 1.0 / _rate(lambda i: augmented[i], list(range(len(augmented))), passes)
+    # the same augmentation with MONAI's metadata tracking on (MONAI's default; the library turns it off)
+    raw = augmented.cache.__class__(augmented.cache.index, masks=augmented.cache.masks)
+
+    def tracked(i):
+        augmented.transform.set_random_state(seed=i)  # the seed CacheDataset gives a plain index
+        return augmented.transform(raw[i])
+
+    items = list(range(len(augmented)))
+    same = all(torch.equal(tracked(i)["image"].as_tensor(), augmented.cache[i]["image"]) for i in items)
+    t_tracked = 1.0 / _rate(tracked, items, passes)
+    t_untracked = 1.0 / _rate(lambda i: augmented.cache[i], items, passes)
+    tracking = row(SECTION, f"augmentation per sample ({task_name}, the config's augmentation): MONAI metadata "
+                            f"tracking on / off (taskalign.data.dataset.untracked); identical arrays: {same}",
+                   f"tracked {fmt_time(t_tracked)}", f"untracked {fmt_time(t_untracked)}", t_tracked / t_untracked)
     # each transform alone at probability 1 on one cached item (best of 5)
-    item = augmented.cache.__class__(augmented.cache.index, masks=augmented.cache.masks)[0]
+    item = raw[0]
     parts = []
     for transform in augmented.transform.transforms:
         if hasattr(transform, "prob"):
             transform.prob = 1.0
         best = min(_seconds(lambda: transform(dict(item))) for _ in range(5))
         parts.append(f"{type(transform).__name__} {fmt_time(best)}")
-    return row(SECTION, f"loader per sample ({task_name} train TaskDataset, {len(rows)} cases): with the config's "
-                        f"augmentation {augment} / without; each transform at prob 1: {', '.join(parts)}",
-               f"no augmentation {fmt_time(t_plain)}", f"augmented {fmt_time(t_aug)}", t_aug / t_plain, "-", None)
+    per_sample = row(SECTION, f"loader per sample ({task_name} train TaskDataset, {len(rows)} cases): with the "
+                              f"config's augmentation {augment} / without; each transform at prob 1: {', '.join(parts)}",
+                     f"no augmentation {fmt_time(t_plain)}", f"augmented {fmt_time(t_aug)}", t_aug / t_plain, "-", None)
+    return per_sample, tracking
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -281,28 +298,29 @@ def run(quick: bool = False) -> list[dict]:
         if tiny:
             tasks = ["zone_seg"]
         if not quick:
-            rows.append(augmentation_row(index_csv, tasks[0], passes=3))
+            rows += augmentation_rows(index_csv, tasks[0], passes=3)
+        chosen = loader_workers(torch.device("cpu"), shuffle=True)
         for name in tasks:
             clocks = {workers: finetune_share(index_csv, name, tiny, epochs=2 if quick else 4,
-                                              tmp=tmp / f"{name}-{workers}", workers=workers)
-                      for workers in (0, None)}
+                                              tmp=tmp / f"{name}-{workers}", workers=workers) for workers in (0, 1)}
             for workers, clock in clocks.items():
                 share = clock["load"] / clock["epoch"]
                 median_share = float(np.median(clock["step_load"]) / np.median(clock["step_total"]))
                 n = max(clock["batches"], 1)
                 g = clock["geometry"]
-                where = ("in the main process (workers=0, the plain baseline)" if workers == 0 else
-                         f"the library's loader ({loader_workers(torch.device('cpu'), True)} worker on CPU, "
-                         "persistent, seeded items)")
+                where = "in the main process (workers=0)" if workers == 0 else "in 1 persistent worker process"
+                default = workers == chosen
                 rows.append(row(SECTION, f"fine-tuning loader share: {name} scratch/full, batch {clock['batch']}, "
                                          f"encoder hidden {g.hidden_size} x {g.num_layers} blocks, augmentation on, "
-                                         f"{where}, {clock['batches']} steps: loader time / whole training time "
+                                         f"loading {where}{' (the library default here)' if default else ''}, "
+                                         f"{clock['batches']} steps: loader time / whole training time "
                                          f"(median step: {median_share:.1%})",
                                 f"step {fmt_time(clock['epoch'] / n)}", f"loader {fmt_time(clock['load'] / n)}",
-                                share, "< 5%" if workers is None else "-", share < 0.05 if workers is None else None,
-                                "{:.1%}"))
-            plain, library = (clocks[w]["epoch"] / max(clocks[w]["batches"], 1) for w in (0, None))
+                                share, "< 5%" if default else "-", share < 0.05 if default else None, "{:.1%}"))
+            plain, worker = (clocks[w]["epoch"] / max(clocks[w]["batches"], 1) for w in (0, 1))
             rows.append(row(SECTION, f"fine-tuning step time incl. waiting for data: {name}, main-process loading / "
-                                     "the library's loader (same batches)", f"workers=0 {fmt_time(plain)}",
-                            f"library {fmt_time(library)}", plain / library, "-", None, "{:.2f}x"))
+                                     f"1 worker (same batches; the library uses the worker only with a core to spare "
+                                     f"beyond torch's {torch.get_num_threads()} threads: here "
+                                     f"{'yes' if chosen else 'no'})", f"workers=0 {fmt_time(plain)}",
+                            f"1 worker {fmt_time(worker)}", plain / worker, "-", None, "{:.2f}x"))
     return rows

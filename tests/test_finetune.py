@@ -174,3 +174,21 @@ def test_residual_restoration_models_start_as_the_identity(name):
     translation = encoder_model(Task.from_config("translation", {"cohort": "anatomy", "inputs": ["t2w"]}),
                                 Encoder(GEOMETRY), CHANNELS, HEAD)
     assert not torch.equal(translation(image), image[:, :1])  # no residual where input and target differ
+
+
+def test_augmentation_without_metadata_tracking_gives_the_same_arrays(tiny_cache):
+    """CacheDataset augments with MONAI's metadata tracking off (faster): same arrays as MONAI's default."""
+    from taskalign.data.dataset import CacheDataset
+
+    rows = usable_rows(read_index([tiny_cache["anatomy"]], splits=["train"]), task("zone_seg"))
+    augmented = TaskDataset(rows, task("zone_seg"), CHANNELS, train=True, seed=0,
+                            augment={**params()["augment"], "prob": 1.0})
+    raw = CacheDataset(rows, masks=("zones",))
+    for i in range(len(rows)):
+        augmented.transform.set_random_state(seed=100 + i)
+        tracked = augmented.transform(raw[i])
+        untracked = augmented.cache[(i, 100 + i)]
+        assert type(tracked["image"]).__name__ == "MetaTensor" and type(untracked["image"]) is torch.Tensor
+        for key in ("image", "zones"):
+            assert torch.equal(tracked[key].as_tensor(), untracked[key])
+    assert not torch.equal(untracked["image"], raw[len(rows) - 1]["image"]), "the augmentation ran"

@@ -39,6 +39,19 @@ def metadata_targets(row: dict) -> tuple[np.ndarray, np.ndarray]:
     return values, known
 
 
+def untracked(transform, item: dict) -> dict:
+    """`transform(item)` with MONAI's metadata tracking off: the arrays come out identical (tested) as plain tensors,
+    and a training sample with the default augmentation takes ~10 ms instead of ~17 ms (benchmarks/)."""
+    from monai.data import get_track_meta, set_track_meta
+
+    tracking = get_track_meta()
+    set_track_meta(False)
+    try:
+        return transform(item)
+    finally:
+        set_track_meta(tracking)
+
+
 def item_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
     """(index, seed) of a dataset key; seed None for a plain index."""
     if isinstance(key, tuple):
@@ -90,4 +103,4 @@ class CacheDataset(Dataset):
         if self.transform is None:
             return item
         self.transform.set_random_state(seed=i if seed is None else seed)
-        return self.transform(item)
+        return untracked(self.transform, item)
