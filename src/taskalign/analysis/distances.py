@@ -79,6 +79,10 @@ def rpg_tables(summary: pd.DataFrame, distances: pd.DataFrame, variant: str) -> 
             p_ref = primary_mean(summary, task, init, protocol)
             if np.isnan(p_ft) or np.isnan(p_ref):
                 continue
+            if p_ref == 0:  # e.g. a lesion Dice of 0: no relative gain exists, so the task is left out
+                log.warning("%s: the %s reference scores %s = 0, RPG is undefined; left out of the RPG table "
+                            "and its correlations", task, reference, TASK_TYPES[task].metric)
+                continue
             row = {"task": task, "metric": TASK_TYPES[task].metric, "reference": reference, "p_finetuned": p_ft,
                    "p_reference": p_ref, "rpg": rpg(p_ft, p_ref, TASK_TYPES[task].higher_is_better)}
             for distance in DISTANCES:
