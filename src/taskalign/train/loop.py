@@ -145,8 +145,8 @@ def write_history(history: list[dict], csv_path: Path, png_path: Path, title: st
     val_columns = [c for c in frame.columns if c.startswith("val_")]
     if val_columns:
         ax2 = ax.twinx()
-        for column in val_columns:
-            ax2.plot(frame["epoch"], frame[column], ls="--", marker="s", ms=3, label=column, color="black")
+        for k, column in enumerate(val_columns):  # dashed, in colours after the training losses'
+            ax2.plot(frame["epoch"], frame[column], ls="--", marker="s", ms=3, label=column, color=f"C{k + 5}")
         ax2.set_ylabel("validation")
         ax2.legend(loc="upper right", fontsize=7)
     ax.legend(loc="upper left", fontsize=7)
