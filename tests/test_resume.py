@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -16,7 +17,8 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 from test_finetune import GEOMETRY, TASKS, params
-from taskalign.models.checkpoint_io import save_encoder
+from taskalign.data.dataset import read_index
+from taskalign.models.checkpoint_io import load_encoder, save_encoder
 from taskalign.models.encoder import Encoder
 
 EPOCHS = 6
@@ -82,3 +84,37 @@ def test_killed_run_resumes_and_ends_identical_to_an_uninterrupted_run(tiny_cach
             montage_png=run / "montage.png"))
     pd.testing.assert_frame_equal(*tables)
     assert (plain / "cases.csv").read_text() == (interrupted / "cases.csv").read_text()
+
+
+def test_resume_files_belong_to_the_inputs_content_not_their_paths(tiny_cache, tmp_path, caplog):
+    """Snakemake reruns a job with the same paths when an upstream rule reran: a resume file written with the old
+    encoder or cache must then be ignored, while the same content resumes."""
+    from taskalign.train.checkpoint import index_digest
+    from taskalign.train.finetune import run_finetune
+    from test_finetune import task
+
+    encoder, resume = tmp_path / "encoder.safetensors", tmp_path / "resume"
+    run_params = {**params(epochs=2), "task": TASKS["volume_reg"]}
+
+    def run(out):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="taskalign.train.checkpoint"):
+            run_finetune(task=task("volume_reg"), init="pretrained:mae", protocol="full", encoder_path=encoder,
+                         indexes=[tiny_cache["anatomy"]], params=run_params, model_out=out / "model.safetensors",
+                         history_csv=out / "history.csv", curve_png=out / "curve.png",
+                         timing_json=out / "timing.json", resume_dir=resume)
+        return "resuming from" in caplog.text
+
+    torch.manual_seed(0)
+    save_encoder(Encoder(GEOMETRY), encoder)
+    assert not run(tmp_path / "first")
+    save_encoder(load_encoder(encoder), encoder)  # the same weights, written again
+    assert run(tmp_path / "same_encoder"), "the same content resumes"
+    torch.manual_seed(1)
+    save_encoder(Encoder(GEOMETRY), encoder)
+    assert not run(tmp_path / "new_encoder"), "another encoder at the same path trains afresh"
+
+    before = index_digest(tiny_cache["anatomy"])
+    array = next(Path(read_index([tiny_cache["anatomy"]])["cache_dir"].iloc[0]).glob("*.npy"))
+    os.utime(array, ns=(array.stat().st_atime_ns, array.stat().st_mtime_ns + 1_000_000))
+    assert index_digest(tiny_cache["anatomy"]) != before, "a rewritten cached array changes the index digest"

@@ -1,7 +1,8 @@
 """Resumable training state, kept outside Snakemake's declared outputs (which are deleted before a rerun).
 
-A resume file is only used when its fingerprint (a hash of the run's parameters and inputs) matches the current
-run, so a config change starts training afresh instead of continuing a run of other settings.
+A resume file is only used when its fingerprint (a hash of the run's parameters and of its inputs' content) matches
+the current run, so a config change or an upstream rerun (new encoder, regenerated cache) starts training afresh
+instead of continuing a run on other inputs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from taskalign.runtime import atomic_path
@@ -21,8 +23,28 @@ log = logging.getLogger(__name__)
 
 
 def fingerprint(*parts) -> str:
-    """Stable hash of JSON-serialisable parts (parameters, input paths)."""
+    """Stable hash of JSON-serialisable parts (parameters, input digests)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (an encoder checkpoint): a rerun upstream that changes it invalidates resume files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def index_digest(index: Path) -> str:
+    """An index CSV's bytes plus the name, size and mtime of every cached array it lists: rerunning preprocessing
+    rewrites the arrays even when the index reads the same (hashing their bytes would cost a pass over the cache)."""
+    digest = hashlib.sha256(Path(index).read_bytes())
+    for case_dir in pd.read_csv(index, usecols=["cache_dir"])["cache_dir"]:
+        for array in sorted(Path(case_dir).iterdir()):
+            stat = array.stat()
+            digest.update(f"{array.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 def rng_state() -> dict:

@@ -17,7 +17,7 @@ from taskalign.models.checkpoint_io import load_encoder, save_encoder
 from taskalign.models.lora import add_lora, lora_state_dict, merge_lora
 from taskalign.models.upernet import EncoderUperNet
 from taskalign.runtime import atomic_path
-from taskalign.train.checkpoint import ResumeFile, fingerprint
+from taskalign.train.checkpoint import ResumeFile, file_digest, fingerprint, index_digest
 from taskalign.train.data import make_loader
 from taskalign.train.device import autocast, select_device, to_device
 from taskalign.train.loop import adamw_warmup_cosine, fit, train_one_epoch, write_history
@@ -77,7 +77,7 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
         trainable, lr=params["lr"], weight_decay=params["weight_decay"],
         warmup_steps=params["warmup_epochs"] * steps, total_steps=params["epochs"] * steps,
     )
-    resume = ResumeFile(resume_dir, fingerprint(params, str(pretrained), str(index)))
+    resume = ResumeFile(resume_dir, fingerprint(params, file_digest(pretrained), index_digest(index)))
     history, best = fit(
         model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
         train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, loss_fn),

@@ -27,7 +27,7 @@ from taskalign.models.heads import encoder_model, specialist_model
 from taskalign.runtime import atomic_path
 from taskalign.tasks.samples import TaskDataset, target_norm, usable_rows
 from taskalign.tasks.spec import PIRADS_CLASSES, Task, check_combination
-from taskalign.train.checkpoint import ResumeFile, fingerprint
+from taskalign.train.checkpoint import ResumeFile, file_digest, fingerprint, index_digest
 from taskalign.train.data import make_loader
 from taskalign.train.device import select_device
 from taskalign.train.loop import adamw_warmup_cosine, fit, train_one_epoch, write_history
@@ -149,8 +149,9 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
         warmup_steps=params["warmup_epochs"] * steps, total_steps=params["epochs"] * steps,
     )
     metric = task.type.metric
-    resume = ResumeFile(resume_dir, fingerprint(params, task.name, init, protocol, str(encoder_path),
-                                                [str(p) for p in indexes]))
+    resume = ResumeFile(resume_dir, fingerprint(
+        params, task.name, init, protocol, file_digest(encoder_path) if encoder_path else None,
+        [index_digest(p) for p in indexes]))
     started, cpu_started = time.time(), time.process_time()
     history, best = fit(
         model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],

@@ -12,7 +12,7 @@ from taskalign.data.dataset import CacheDataset, read_index
 from taskalign.models.checkpoint_io import save_encoder
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.pretraining import PretrainingModel
-from taskalign.train.checkpoint import ResumeFile, fingerprint
+from taskalign.train.checkpoint import ResumeFile, fingerprint, index_digest
 from taskalign.train.data import holdout_patients, make_loader
 from taskalign.train.device import select_device
 from taskalign.train.loop import adamw_warmup_cosine, evaluate_losses, fit, train_one_epoch, write_history
@@ -58,7 +58,7 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
         model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"],
         warmup_steps=params["warmup_epochs"] * steps, total_steps=params["epochs"] * steps,
     )
-    resume = ResumeFile(resume_dir, fingerprint(params, [str(p) for p in indexes]))
+    resume = ResumeFile(resume_dir, fingerprint(params, [index_digest(p) for p in indexes]))
     history, best = fit(
         model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
         train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, pretraining_loss),
