@@ -113,7 +113,8 @@ def task_datasets(task: Task, indexes: list[Path], params: dict) -> tuple[TaskDa
                          f"{task.type.target} label in {', '.join(map(str, indexes))}; need 2+ and 1+")
     norm = target_norm(train_rows, task)
     seed = params["seed"]
-    train = TaskDataset(train_rows, task, params["channels"], train=True, seed=seed, augment=params["augment"], norm=norm)
+    train = TaskDataset(train_rows, task, params["channels"], train=True, seed=seed, augment=params["augment"],
+                        norm=norm)
     val = TaskDataset(val_rows, task, params["channels"], train=False, seed=seed, norm=norm)
     return train, val, norm
 
