@@ -29,11 +29,8 @@ def fingerprint(*parts) -> str:
 
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (an encoder checkpoint): a rerun upstream that changes it invalidates resume files."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def index_digest(index: Path) -> str:
