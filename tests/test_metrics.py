@@ -181,3 +181,46 @@ def test_bootstrap_resamples_whole_patients():
 def test_bootstrap_undefined_metric_gives_nan():
     low, high = bootstrap_ci(_patients(), lambda f: float("nan"), n_boot=50)
     assert np.isnan(low) and np.isnan(high)
+
+
+@pytest.mark.parametrize("name", ["pirads_cls", "sector_cls", "volume_reg", "lesion_seg", "zone_seg", "super_res"])
+def test_every_metric_written_has_the_direction_the_tables_bold(name):
+    """A perfect prediction beats a poor one on every metric the evaluation writes, in the direction of
+    spec.LOWER_IS_BETTER (the tables bold the lowest of those, the highest of the rest)."""
+    import torch
+
+    from taskalign.evaluate.scoring import case_scores, split_metrics
+    from taskalign.tasks.spec import LOWER_IS_BETTER, Task
+
+    task = Task.from_config(name, {"cohort": "x", "inputs": ["t2w"]})
+    rng = np.random.default_rng(0)
+    n, norm = 12, {"scale": 10.0, "offset": 40.0}
+    if task.kind == "classification":
+        k = task.type.n_outputs
+        labels = np.arange(n) % k
+        truths = [torch.tensor(y) for y in labels]
+        perfect = [np.eye(k)[y] * 0.9 + 0.1 / k for y in labels]
+        poor = [np.eye(k)[(y + 1) % k] * 0.9 + 0.1 / k for y in labels]
+    elif task.kind == "regression":
+        truths = [torch.tensor([v]) for v in rng.normal(size=n)]
+        perfect = [t.numpy() for t in truths]
+        poor = [t.numpy() + rng.normal(size=1) for t in truths]
+    else:
+        shape = (8, 16, 16)
+        if task.kind == "segmentation":
+            classes = task.type.n_outputs + (task.type.n_outputs == 1)  # a binary mask has 2 labels
+            truths = [torch.as_tensor(rng.integers(0, classes, shape) * (i % 2 or classes > 2))[None]
+                      for i in range(n)]  # binary: every other case lesion-free
+            perfect = [t[0].numpy() for t in truths]
+            poor = [(classes - 1 - t[0].numpy()) for t in truths]  # labels flipped: empty cases get a mask
+        else:
+            truths = [torch.as_tensor(rng.random(shape), dtype=torch.float32)[None] for _ in range(n)]
+            perfect = [t[0].numpy() for t in truths]
+            poor = [p + rng.normal(0, 0.3, shape) for p in perfect]
+    scores = {label: split_metrics(task, pd.DataFrame([case_scores(task, p, t, norm) for p, t in zip(preds, truths)]),
+                                   norm) for label, preds in (("perfect", perfect), ("poor", poor))}
+    for metric, best in scores["perfect"].items():
+        if metric == "spec_at_sens90" or metric.startswith("dice_"):
+            continue  # an operating point / classes a random volume may lack: covered by their own tests
+        worse = scores["poor"][metric]
+        assert (best < worse) if metric in LOWER_IS_BETTER else (best > worse), (metric, best, worse)

@@ -21,11 +21,10 @@ from taskalign.report.names import FIGURES, PERFORMANCE_TABLES
 from taskalign.report.tables import (Table, ablation_table, cka_table, cohort_table, compute_table,
                                      lens_table, performance_table, provenance, write_table)
 from taskalign.runtime import atomic_path
-from taskalign.tasks.spec import TASK_TYPES
+from taskalign.tasks.spec import LOWER_IS_BETTER, TASK_TYPES
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = {"mse", "mae_ml"}
 RESULTS = Path("results")
 
 

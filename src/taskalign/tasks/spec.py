@@ -25,6 +25,9 @@ class TaskType:
     masks: tuple[str, ...] = ()  # cache masks the task loads (targets and degradation inputs)
 
 
+# Metrics the evaluation writes where lower is better (tables bold the lowest); all others are higher-better
+LOWER_IS_BETTER = frozenset({"mse", "mae_ml", "l1"})
+
 TASK_TYPES: dict[str, TaskType] = {
     "pirads_cls": TaskType("classification", "pirads", len(PIRADS_CLASSES), "auc"),
     "sector_cls": TaskType("classification", "sector", N_SECTORS, "auc"),
