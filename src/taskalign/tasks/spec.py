@@ -15,23 +15,27 @@ PIRADS_CLASSES = (2, 3, 4, 5)
 N_SECTORS = 20
 
 
+# Metrics the evaluation writes where lower is better (tables bold the lowest); all others are higher-better
+LOWER_IS_BETTER = frozenset({"mse", "mae_ml", "l1"})
+
+
 @dataclass(frozen=True)
 class TaskType:
     kind: str                 # classification | regression | segmentation | restoration
     target: str               # manifest column, cache mask or image channel the target comes from
     n_outputs: int            # classes; 1 for regression, binary masks and images
     metric: str               # the primary metric: model selection on val, the tables' headline
-    higher_is_better: bool = True
     masks: tuple[str, ...] = ()  # cache masks the task loads (targets and degradation inputs)
 
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric not in LOWER_IS_BETTER
 
-# Metrics the evaluation writes where lower is better (tables bold the lowest); all others are higher-better
-LOWER_IS_BETTER = frozenset({"mse", "mae_ml", "l1"})
 
 TASK_TYPES: dict[str, TaskType] = {
     "pirads_cls": TaskType("classification", "pirads", len(PIRADS_CLASSES), "auc"),
     "sector_cls": TaskType("classification", "sector", N_SECTORS, "auc"),
-    "volume_reg": TaskType("regression", "volume_ml", 1, "mse", higher_is_better=False),
+    "volume_reg": TaskType("regression", "volume_ml", 1, "mse"),
     "lesion_seg": TaskType("segmentation", "lesion", 1, "dice", masks=("lesion",)),
     "zone_seg": TaskType("segmentation", "zones", len(ZONE_LABELS), "dice", masks=("zones",)),
     "super_res": TaskType("restoration", "t2w", 1, "ssim"),
