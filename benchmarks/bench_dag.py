@@ -124,7 +124,7 @@ def past_runs() -> list[dict]:
         rows.append(row(SECTION, "default DAG, past runs", "-", "skipped: no results/benchmarks or .snakemake/log",
                         None))
     rows.append(row(SECTION, "test config, past runs", "-", "skipped: the test suite runs it in temporary "
-                                                                  "directories that keep no logs; use --pipeline", None))
+                                                            "directories that keep no logs; use --pipeline", None))
     return rows
 
 
@@ -158,7 +158,8 @@ def run(quick: bool = False, pipeline: bool = False) -> list[dict]:
         t_start = startup(repeats)
         rows += [
             row(SECTION, "start-up: snakemake --version (no workflow) / paper dry run: the share of the dry run that "
-                         f"is not planning (--version CPU {CPU.get('--version', float('nan')):.1f} s)", f"paper {fmt_time(t_paper)}", f"--version {fmt_time(t_start)}",
+                         f"is not planning (--version CPU {CPU.get('--version', float('nan')):.1f} s)",
+                f"paper {fmt_time(t_paper)}", f"--version {fmt_time(t_start)}",
                 t_start / t_paper, "-", None, "{:.0%}"),
             row(SECTION, "DAG planning proper: paper dry run - start-up (test config: "
                          f"{fmt_time(max(t_test - t_start, 0))})", "-", f"{fmt_time(max(t_paper - t_start, 0))}",

@@ -276,7 +276,8 @@ def augmentation_rows(index_csv: Path, task_name: str, passes: int) -> tuple[dic
         best = min(_seconds(lambda: transform(dict(item))) for _ in range(5))
         parts.append(f"{type(transform).__name__} {fmt_time(best)}")
     per_sample = row(SECTION, f"loader per sample ({task_name} train TaskDataset, {len(rows)} cases): with the "
-                              f"config's augmentation {augment} / without; each transform at prob 1: {', '.join(parts)}",
+                              f"config's augmentation {augment} / without; each transform at prob 1: "
+                              f"{', '.join(parts)}",
                      f"no augmentation {fmt_time(t_plain)}", f"augmented {fmt_time(t_aug)}", t_aug / t_plain, "-", None)
     return per_sample, tracking
 

@@ -118,7 +118,8 @@ def efficiency_rows(model, x, device, amp, label: str, peak_fn, repeats: int, pe
     f_rate = f_flops / t_fwd
     return [
         row(SECTION, f"{label} train step (fwd+bwd, batch 1): achieved FLOP/s / {peak_label} peak "
-                     f"[{fmt_flops(flops)} per step, attention {100 * attention / flops:.1f}% of it; step {fmt_time(t_step)}]",
+                     f"[{fmt_flops(flops)} per step, attention {100 * attention / flops:.1f}% of it; "
+                     f"step {fmt_time(t_step)}]",
             f"peak {fmt_rate(peak)}", f"step {fmt_rate(rate)}", rate / peak,
             "-" if goal is None else f">= {goal:.0%}", None if goal is None else rate / peak >= goal, "{:.1%}"),
         row(SECTION, f"{label} forward only (no_grad, batch 1): achieved FLOP/s / {peak_label} peak "

@@ -25,7 +25,7 @@ for path in (REPO, REPO / "src"):
 
 from benchmarks.common import machine, markdown, plain_table, row  # noqa: E402
 
-SECTIONS = ("train", "loading", "analysis", "radiomics", "dag")
+SECTIONS = ("train", "loading", "analysis", "radiomics", "dag", "packing")
 
 
 def _section(name: str, quick: bool, pipeline: bool) -> list[dict]:
@@ -49,6 +49,10 @@ def _section(name: str, quick: bool, pipeline: bool) -> list[dict]:
         from benchmarks import bench_dag
 
         return bench_dag.run(quick=quick, pipeline=pipeline)
+    if name == "packing":
+        from benchmarks import bench_packing
+
+        return bench_packing.run(quick=quick)
     raise ValueError(name)
 
 
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         "ratio: value / baseline for rates and speed-ups (higher is better), a share or % of peak where marked; "
         "goal and met refer to the ratio, except the DAG rows whose goal is a wall time (as asked).",
-        "Each side is the best of several interleaved runs; the load average at the start says how busy the machine was.",
+        "Each side is the best of several interleaved runs; the load average at the start says how busy the machine "
+        "was.",
     ]
     text = markdown(rows, info, "taskalign benchmarks", notes)
     args.output.parent.mkdir(parents=True, exist_ok=True)
