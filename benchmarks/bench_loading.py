@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from benchmarks.common import REPO, fmt_time, row
 from benchmarks.common import seconds as _seconds
 from taskalign.data.preprocess import DEFAULTS
+from taskalign.runtime import available_cores
 from taskalign.train.data import loader_workers
 
 SECTION = "2 loading"
@@ -144,11 +146,10 @@ def loading_rows(index_csv: Path, n_cases: int, passes: int, note: str) -> list[
 
 
 def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp: Path,
-                   workers: int | None = None) -> dict:
+                   workers: int | None = None, threads: int | None = None) -> dict:
     """Loader seconds and training-epoch seconds of a real run_finetune (scratch init, full protocol); `workers`
-    for the training loader (None: the library's default, `taskalign.train.data.loader_workers`)."""
-    import yaml
-
+    for the training loader (None: the library's default, `taskalign.train.data.loader_workers`), `threads` the
+    job's torch threads (the rule's `threads`)."""
     from taskalign.models.checkpoint_io import save_encoder
     from taskalign.models.encoder import Encoder, EncoderGeometry
     from taskalign.tasks.spec import Task
@@ -185,6 +186,11 @@ def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp
 
         def __len__(self):
             return len(self.loader)
+
+        def start_epoch(self):  # the next epoch's iterator, made during validation: its cost is loader time
+            start = time.perf_counter()
+            self.loader.start_epoch()
+            clock["load"] += time.perf_counter() - start
 
         def __iter__(self):
             start = time.perf_counter()
@@ -225,7 +231,7 @@ def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp
         finetune.run_finetune(task=task, init="scratch", protocol="full", encoder_path=encoder_path,
                               indexes=[index_csv], params=params, model_out=out / "model.safetensors",
                               history_csv=out / "history.csv", curve_png=out / "curve.png",
-                              timing_json=out / "timing.json", resume_dir=tmp / "resume")
+                              timing_json=out / "timing.json", resume_dir=tmp / "resume", threads=threads)
     finally:
         finetune.make_loader, finetune.train_one_epoch = original_loader, original_epoch
     clock["geometry"] = geometry
@@ -236,8 +242,6 @@ def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp
 def augmentation_rows(index_csv: Path, task_name: str, passes: int) -> tuple[dict, dict]:
     """Per-sample time of the training TaskDataset with the config's augmentation against without it, and of the
     augmentation with MONAI's metadata tracking on against the library's (off)."""
-    import yaml
-
     from taskalign.data.dataset import read_index
     from taskalign.tasks.samples import TaskDataset, usable_rows
     from taskalign.tasks.spec import Task
@@ -300,9 +304,15 @@ def run(quick: bool = False) -> list[dict]:
             tasks = ["zone_seg"]
         if not quick:
             rows += augmentation_rows(index_csv, tasks[0], passes=3)
+        # threads as the default config's fine-tuning jobs get them (rule `threads`, bounded by the cores)
+        config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+        threads = available_cores(config["finetune"]["threads"])
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
         chosen = loader_workers(torch.device("cpu"), shuffle=True)
+        torch.set_num_threads(previous)
         for name in tasks:
-            clocks = {workers: finetune_share(index_csv, name, tiny, epochs=2 if quick else 4,
+            clocks = {workers: finetune_share(index_csv, name, tiny, epochs=2 if quick else 4, threads=threads,
                                               tmp=tmp / f"{name}-{workers}", workers=workers) for workers in (0, 1)}
             for workers, clock in clocks.items():
                 share = clock["load"] / clock["epoch"]
@@ -321,7 +331,7 @@ def run(quick: bool = False) -> list[dict]:
             plain, worker = (clocks[w]["epoch"] / max(clocks[w]["batches"], 1) for w in (0, 1))
             rows.append(row(SECTION, f"fine-tuning step time incl. waiting for data: {name}, main-process loading / "
                                      f"1 worker (same batches; the library uses the worker only with a core to spare "
-                                     f"beyond torch's {torch.get_num_threads()} threads: here "
+                                     f"beyond torch's {threads} thread(s), the default config's: here "
                                      f"{'yes' if chosen else 'no'})", f"workers=0 {fmt_time(plain)}",
                             f"1 worker {fmt_time(worker)}", plain / worker, "-", None, "{:.2f}x"))
     return rows

@@ -162,6 +162,55 @@ def test_training_batches_do_not_depend_on_loader_workers(tiny_cache):
     assert not torch.equal(epoch_0[1], epoch_1[1]), "a new epoch draws new augmentations"
 
 
+class SeededItems(torch.utils.data.Dataset):
+    """Items that depend only on the (index, seed) key the sampler draws, like augmented cache items."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, key):
+        index, seed = key
+        noise = torch.randn(4, generator=torch.Generator().manual_seed(seed))
+        return {"x": noise + index, "y": torch.tensor([float(index % 3)])}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_starting_the_next_epoch_during_validation_changes_no_batch_or_weight(tmp_path, workers):
+    """`fit(start_epoch=...)` draws epoch e+1's order before validating epoch e, so that a worker loads its first
+    batches meanwhile. The run must equal one without it bit for bit, even when validation draws from the global
+    RNG (as MAE masking does) and training uses dropout."""
+    from taskalign.train.checkpoint import ResumeFile
+    from taskalign.train.data import make_loader
+    from taskalign.train.loop import adamw_warmup_cosine, fit, train_one_epoch
+
+    def run(ahead: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+        loader = make_loader(SeededItems(), 4, shuffle=True, seed=0, device=torch.device("cpu"),
+                             workers=workers if ahead else 0)
+        optimizer, scheduler = adamw_warmup_cosine(model.parameters(), lr=1e-2, weight_decay=0.0, warmup_steps=1,
+                                                   total_steps=12)
+        seen = []
+
+        def loss_fn(net, batch):
+            seen.append(batch["x"])
+            return {"total": ((net(batch["x"]) - batch["y"]) ** 2).mean()}
+
+        history, _ = fit(model=model, optimizer=optimizer, scheduler=scheduler, epochs=4,
+                         train_epoch=lambda epoch: train_one_epoch(model, loader, optimizer, scheduler,
+                                                                   torch.device("cpu"), loss_fn),
+                         validate=lambda: {"draw": float(torch.rand(()))}, monitor="val_draw", mode="max",
+                         resume=ResumeFile(tmp_path / f"resume-{ahead}", "x"), stage="test",
+                         start_epoch=loader.start_epoch if ahead else None)
+        return seen, [row["train_total"] for row in history], model.state_dict()
+
+    plain, ahead = run(False), run(True)
+    assert len(plain[0]) == len(ahead[0]) == 12
+    assert all(torch.equal(a, b) for a, b in zip(plain[0], ahead[0]))
+    assert plain[1] == ahead[1]
+    assert all(torch.equal(plain[2][k], ahead[2][k]) for k in plain[2])
+
+
 @pytest.mark.parametrize("name", ["super_res", "distortion"])
 def test_residual_restoration_models_start_as_the_identity(name):
     from taskalign.models.heads import specialist_model

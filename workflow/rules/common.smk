@@ -21,6 +21,10 @@ def job_environment():
     return "; ".join(exports)
 
 
+# Scheduling: every fine-tuning run from a pretrained or continual encoder waits for pretraining, the longest
+# jobs of the DAG, which wait for every cohort's cache. Snakemake otherwise picks among ready jobs without
+# regard to what they hold up, so the data stage, pretraining and continual pretraining go first.
+CRITICAL_PATH = 10
 
 
 def config_record() -> Path:

@@ -14,6 +14,7 @@ rule continual:
     params:
         continual=continual_params,
         resume_dir="results/resume/continual/{variant}",
+    priority: CRITICAL_PATH
     threads: CONTINUAL["threads"]
     resources:
         mem_mb=16000,

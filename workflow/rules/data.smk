@@ -10,6 +10,7 @@ rule cohort:
         cohort=name_pattern(cohorts_from("phantom")),
     params:
         phantom=phantom_params,
+    priority: CRITICAL_PATH
     threads: 2
     resources:
         mem_mb=4000,
@@ -32,6 +33,7 @@ rule import_cohort:
         cohort=name_pattern(cohorts_from(*IMPORTERS)),
     params:
         spec=import_params,
+    priority: CRITICAL_PATH
     threads: 1
     resources:
         mem_mb=4000,
@@ -52,6 +54,7 @@ rule check_manifest:
         "results/manifests/{cohort}.csv",
     params:
         check=check_params,
+    priority: CRITICAL_PATH
     resources:
         mem_mb=4000,
         runtime=30,
@@ -73,6 +76,7 @@ rule preprocess:
         qc=directory("results/qc/{cohort}"),
     params:
         preprocess=lambda wildcards: as_json(config["preprocess"]),
+    priority: CRITICAL_PATH
     threads: 2
     resources:
         mem_mb=8000,

@@ -14,6 +14,7 @@ rule pretrain:
     params:
         pretrain=pretrain_params,
         resume_dir="results/resume/pretrain/{variant}",
+    priority: CRITICAL_PATH
     threads: PRETRAIN["threads"]
     resources:
         mem_mb=16000,
@@ -37,6 +38,7 @@ rule random_encoder:
         "results/pretrain/random/encoder.safetensors",
     params:
         spec=random_encoder_params,
+    priority: CRITICAL_PATH
     log:
         "results/logs/pretrain/random.log",
     conda:
@@ -52,6 +54,7 @@ rule import_encoder:
         variant=name_pattern(IMPORTED_VARIANTS),
     params:
         spec=import_encoder_params,
+    priority: CRITICAL_PATH
     log:
         "results/logs/pretrain/{variant}.log",
     conda:

@@ -83,6 +83,7 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
         train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, loss_fn),
         validate=lambda: validation_dice(model, val_loader, device, target),
         monitor="val_dice", mode="max", resume=resume, stage=f"continual[{variant}]", seed=params["seed"],
+        start_epoch=train_loader.start_epoch,
     )
     resume.load_best(model)
     model = model.cpu()

@@ -53,14 +53,29 @@ def loader_workers(device: torch.device, shuffle: bool) -> int:
     return 1 if shuffle and spare else 0
 
 
+class EpochAheadLoader(DataLoader):
+    """A DataLoader whose next epoch can start early: `start_epoch()` draws the epoch's order (`SeededShuffle`)
+    and lets the workers load its first batches, e.g. while the model is validated; the next `iter()` continues
+    from there. Without it, every epoch's first batch is loaded while training waits (`fit` calls it)."""
+
+    _ahead = None
+
+    def start_epoch(self) -> None:
+        self._ahead = super().__iter__()
+
+    def __iter__(self):
+        ahead, self._ahead = self._ahead, None
+        return ahead if ahead is not None else super().__iter__()
+
+
 def make_loader(dataset: CacheDataset, batch_size: int, *, shuffle: bool, seed: int, device: torch.device,
-                drop_last: bool = False, workers: int | None = None) -> DataLoader:
+                drop_last: bool = False, workers: int | None = None) -> EpochAheadLoader:
     """A loader whose batches do not depend on `workers` (default: `loader_workers`).
 
     Shuffling loaders take their order and item seeds from `SeededShuffle`; the loader's own generator (the
     workers' base seed) is a fixed one, so neither starting workers nor keeping them across epochs
     (persistent) draws from the global RNG that dropout and masking use."""
     workers = loader_workers(device, shuffle) if workers is None else workers
-    return DataLoader(dataset, batch_size=batch_size, sampler=SeededShuffle(len(dataset)) if shuffle else None,
-                      drop_last=drop_last, num_workers=workers, persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda")
+    return EpochAheadLoader(dataset, batch_size=batch_size, sampler=SeededShuffle(len(dataset)) if shuffle else None,
+                            drop_last=drop_last, num_workers=workers, persistent_workers=workers > 0,
+                            generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda")

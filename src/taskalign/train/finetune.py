@@ -160,6 +160,7 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
         validate=lambda: score_loader(model, val_loader, task, device, norm)[1],
         monitor=f"val_{metric}", mode="max" if task.type.higher_is_better else "min", resume=resume,
         stage=f"finetune[{task.name}/{init}/{protocol}/seed{seed}]", seed=seed,
+        start_epoch=train_loader.start_epoch,
     )
     resume.load_best(model)
     meta = {"task": task.name, "init": init, "protocol": protocol, "seed": seed, "norm": norm,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -68,6 +69,17 @@ def evaluate_losses(model, loader, device, loss_fn: LossFn, seed: int = 0) -> di
     return {name: total / max(n, 1) for name, total in sums.items()}
 
 
+@contextlib.contextmanager
+def preserved_rngs():
+    """Leave torch's (CPU and CUDA), numpy's and Python's global RNGs as they were before the block."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=devices):
+        yield
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+
+
 def seed_epoch(seed: int, epoch: int) -> None:
     """Seed torch (CPU and CUDA), numpy and random from (seed, epoch)."""
     value = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -89,23 +101,33 @@ def fit(
     resume: ResumeFile,
     stage: str,
     seed: int = 0,
+    start_epoch: Callable[[], None] | None = None,
 ) -> tuple[list[dict], dict]:
     """Run epochs (resuming after the last completed one), checkpoint each, keep the best model's weights.
 
     `monitor` names a history column (e.g. "val_total", "val_dice"); `mode` is "min" or "max". Returns the history
     (one dict per epoch) and the best record {"epoch", "score"}; the best weights are in `resume.best_path`.
     Every epoch's randomness (batch order, augmentation, dropout, masking) comes from RNGs reseeded from
-    (seed, epoch), so a resumed run matches an uninterrupted one bit for bit on CPU."""
+    (seed, epoch), so a resumed run matches an uninterrupted one bit for bit on CPU. `start_epoch` (the training
+    loader's `EpochAheadLoader.start_epoch`) starts the next epoch before validation, so that its first batches
+    load meanwhile; validation leaves the RNGs as it found them, so the batches and weights are the same."""
     history, best, start = [], {"epoch": None, "score": None}, 0
     restored = resume.load(model=model, optimizer=optimizer, scheduler=scheduler)
     if restored is not None:
         history, best, start = restored["history"], restored["best"], restored["epoch"] + 1
+    started_ahead = False
     for epoch in range(start, epochs):
-        seed_epoch(seed, epoch)
+        if not started_ahead:
+            seed_epoch(seed, epoch)
         started = time.time()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v for k, v in train_epoch(epoch).items()})
-        row.update({f"val_{k}": v for k, v in validate().items()})
+        started_ahead = start_epoch is not None and epoch + 1 < epochs
+        if started_ahead:
+            seed_epoch(seed, epoch + 1)
+            start_epoch()
+        with preserved_rngs():
+            row.update({f"val_{k}": v for k, v in validate().items()})
         row["seconds"] = time.time() - started
         history.append(row)
         score = row[monitor]

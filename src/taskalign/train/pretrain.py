@@ -64,6 +64,7 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
         train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, pretraining_loss),
         validate=lambda: evaluate_losses(model, holdout_loader, device, pretraining_loss, seed=seed),
         monitor="val_total", mode="min", resume=resume, stage=f"pretrain[{variant}]", seed=seed,
+        start_epoch=train_loader.start_epoch,
     )
     meta = {"variant": variant, "objectives": params["objectives"], "epochs": params["epochs"]}
     save_encoder(model.encoder.cpu(), last_out, {**meta, "epoch": len(history)})
