@@ -145,15 +145,12 @@ def loading_rows(index_csv: Path, n_cases: int, passes: int, note: str) -> list[
     ]
 
 
-def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp: Path,
-                   workers: int | None = None, threads: int | None = None) -> dict:
-    """Loader seconds and training-epoch seconds of a real run_finetune (scratch init, full protocol); `workers`
-    for the training loader (None: the library's default, `taskalign.train.data.loader_workers`), `threads` the
-    job's torch threads (the rule's `threads`)."""
+def finetune_setup(index_csv: Path, task_name: str, tiny: bool, epochs: int, encoder_path: Path):
+    """A scratch fine-tuning run of the default config on `index_csv` (the tests' geometry and head on the tiny
+    cohort): its Task and params, with a seeded random encoder written to `encoder_path`."""
     from taskalign.models.checkpoint_io import save_encoder
     from taskalign.models.encoder import Encoder, EncoderGeometry
     from taskalign.tasks.spec import Task
-    from taskalign.train import finetune
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     ft = cfg["finetune"]
@@ -167,12 +164,23 @@ def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp
     task_cfg["cohort"] = pd.read_csv(index_csv, nrows=1)["cohort"].iloc[0]
     task = Task.from_config(task_name, task_cfg)
     torch.manual_seed(0)
-    encoder_path = tmp / "encoder.safetensors"
     save_encoder(Encoder(geometry), encoder_path)
     params = {"channels": cfg["preprocess"]["channels"], "seed": 0, "epochs": epochs, "lr": ft["lr"],
               "warmup_epochs": 0, "weight_decay": ft["weight_decay"], "augment": ft["augment"],
               "batch_size": ft["batch_size"][task.kind], "head": head, "specialist": ft["specialist"],
               "task": task_cfg}
+    return task, geometry, params
+
+
+def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp: Path,
+                   workers: int | None = None, threads: int | None = None) -> dict:
+    """Loader seconds and training-epoch seconds of a real run_finetune (scratch init, full protocol); `workers`
+    for the training loader (None: the library's default, `taskalign.train.data.loader_workers`), `threads` the
+    job's torch threads (the rule's `threads`)."""
+    from taskalign.train import finetune
+
+    encoder_path = tmp / "encoder.safetensors"
+    task, geometry, params = finetune_setup(index_csv, task_name, tiny, epochs, encoder_path)
 
     clock = {"load": 0.0, "epoch": 0.0, "batches": 0, "step_load": [], "step_total": []}
 

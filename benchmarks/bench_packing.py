@@ -17,29 +17,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from benchmarks.bench_loading import finetune_setup
 from benchmarks.common import REPO, cores, fmt_time, row
 
 SECTION = "6 packing"
 CACHE = REPO / "results" / "cache"
 
 
-def _job_args(task_name: str, index_csv: Path, encoder: Path, out: Path, threads: int, epochs: int,
-              tiny: bool) -> list[str]:
-    import yaml
-
-    from taskalign.tasks.spec import TASK_TYPES
-
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    ft = cfg["finetune"]
-    task_cfg = {k: v for k, v in cfg["tasks"][task_name].items() if k != "finetune"}
-    task_cfg["cohort"] = pd.read_csv(index_csv, nrows=1)["cohort"].iloc[0]
-    kind = TASK_TYPES[task_name].kind
-    head = {"mlp_hidden": 16, "decoder_channels": 8, "layers": [0, 1, 2, 3]} if tiny else ft["head"]
-    params = {"channels": cfg["preprocess"]["channels"], "seed": 0, "epochs": epochs, "lr": ft["lr"],
-              "warmup_epochs": 0, "weight_decay": ft["weight_decay"], "augment": ft["augment"],
-              "batch_size": ft["batch_size"][kind], "head": head, "specialist": ft["specialist"], "task": task_cfg}
+def _job_args(task_name: str, index_csv: Path, out: Path, threads: int, epochs: int, tiny: bool) -> list[str]:
+    """The command of one fine-tuning job (scratch/full, the default config's settings; encoder in `out`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = out / "encoder.safetensors"
+    _, _, params = finetune_setup(index_csv, task_name, tiny, epochs, encoder)
     return [sys.executable, "-m", "taskalign.cli.finetune", "--task", task_name, "--init", "scratch",
             "--protocol", "full", "--encoder", str(encoder), "--index", str(index_csv), "--params", json.dumps(params),
             "--model", str(out / "model.safetensors"), "--history", str(out / "history.csv"),
@@ -63,15 +53,14 @@ def _run_jobs(commands: list[list[str]], concurrent: bool) -> float:
     return time.perf_counter() - start
 
 
-def packing_rows(task_name: str, index_csv: Path, encoder: Path, tmp: Path, epochs: int, repeats: int,
-                 tiny: bool) -> list[dict]:
+def packing_rows(task_name: str, index_csv: Path, tmp: Path, epochs: int, repeats: int, tiny: bool) -> list[dict]:
     layouts = {"2 threads, one after the other": (2, False), "1 thread each, side by side": (1, True)}
     best = {name: float("inf") for name in layouts}
     outs = {}
     for rep in range(repeats):
         for name, (threads, concurrent) in layouts.items():
             outs[name] = [tmp / f"{task_name}-{threads}t-{rep}-{j}" for j in range(2)]
-            commands = [_job_args(task_name, index_csv, encoder, out, threads, epochs, tiny) for out in outs[name]]
+            commands = [_job_args(task_name, index_csv, out, threads, epochs, tiny) for out in outs[name]]
             best[name] = min(best[name], _run_jobs(commands, concurrent))
     sequential, packed = best.values()
     # the same job at 1 and 2 threads: do the trained weights agree?
@@ -88,11 +77,7 @@ def packing_rows(task_name: str, index_csv: Path, encoder: Path, tmp: Path, epoc
 def run(quick: bool = False) -> list[dict]:
     import logging
 
-    import torch
-
     from benchmarks.bench_loading import phantom_cache
-    from taskalign.models.checkpoint_io import save_encoder
-    from taskalign.models.encoder import Encoder, EncoderGeometry
 
     logging.getLogger("taskalign").setLevel(logging.WARNING)
     if cores() < 2:
@@ -102,19 +87,12 @@ def run(quick: bool = False) -> list[dict]:
         tiny = not (CACHE / "promis.csv").is_file()
         if tiny:
             index = {"zone_seg": phantom_cache(tmp / "phantom")}
-            geometry = EncoderGeometry(3, (16, 32, 32), (4, 8, 8), 32, 64, 4, 2)
         else:
-            import yaml
-
             index = {"lesion_seg": CACHE / "promis.csv", "sector_cls": CACHE / "promis.csv"}
-            geometry = EncoderGeometry.from_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
-        torch.manual_seed(0)
-        encoder = tmp / "encoder.safetensors"
-        save_encoder(Encoder(geometry), encoder)
         rows = []
         for task_name, index_csv in index.items():
             if quick and rows:
                 break
-            rows += packing_rows(task_name, index_csv, encoder, tmp, epochs=2 if quick else 3,
-                                 repeats=1 if quick else 2, tiny=tiny)
+            rows += packing_rows(task_name, index_csv, tmp, epochs=2 if quick else 3, repeats=1 if quick else 2,
+                                 tiny=tiny)
     return rows

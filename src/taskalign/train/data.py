@@ -46,7 +46,8 @@ def loader_workers(device: torch.device, shuffle: bool) -> int:
     """Worker processes: 4 on a GPU. On CPU one for training loaders, so that the next batch is read and augmented
     while the current step runs, but only with a core to spare beyond torch's threads: on 2 cores running 2
     threads a worker cut the time waiting for data from 18-41% to 4-16% of the step yet made each step 10-24%
-    slower (benchmarks/README.md). Evaluation loaders read un-augmented arrays in the main process."""
+    slower, while a 1-thread job (the default config's) gets the worker and faster steps (benchmarks/README.md).
+    Evaluation loaders read un-augmented arrays in the main process."""
     if device.type == "cuda":
         return 4
     spare = len(os.sched_getaffinity(0)) > torch.get_num_threads()
