@@ -319,8 +319,11 @@ def run(quick: bool = False) -> list[dict]:
         torch.set_num_threads(threads)
         chosen = loader_workers(torch.device("cpu"), shuffle=True)
         torch.set_num_threads(previous)
+        # a whole default fine-tuning run: the first epoch's first batch, which nothing can prefetch, is
+        # one-off, so the share depends on the number of epochs
+        epochs = 2 if quick else config["finetune"]["epochs"]
         for name in tasks:
-            clocks = {workers: finetune_share(index_csv, name, tiny, epochs=2 if quick else 4, threads=threads,
+            clocks = {workers: finetune_share(index_csv, name, tiny, epochs=epochs, threads=threads,
                                               tmp=tmp / f"{name}-{workers}", workers=workers) for workers in (0, 1)}
             for workers, clock in clocks.items():
                 share = clock["load"] / clock["epoch"]

@@ -11,7 +11,7 @@ rule cohort:
     params:
         phantom=phantom_params,
     priority: CRITICAL_PATH
-    threads: 2
+    threads: config["data"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
@@ -77,7 +77,7 @@ rule preprocess:
     params:
         preprocess=lambda wildcards: as_json(config["preprocess"]),
     priority: CRITICAL_PATH
-    threads: 2
+    threads: config["data"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
