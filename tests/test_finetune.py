@@ -225,6 +225,26 @@ def test_residual_restoration_models_start_as_the_identity(name):
     assert not torch.equal(translation(image), image[:, :1])  # no residual where input and target differ
 
 
+def test_resnet_specialist_stem_stride_comes_from_the_config_and_old_files_keep_monais_default(tmp_path):
+    """The ResNet stem follows `resnet_stem_stride`; a model file saved without the key (trained before it
+    existed, with MONAI's stride 1) rebuilds with stride 1 and loads strictly."""
+    from safetensors.torch import save_file
+
+    from taskalign.models.heads import specialist_model
+    from taskalign.train.finetune import load_task_model
+
+    strided = specialist_model(task("volume_reg"), CHANNELS, {"channels": [4, 8, 16], "resnet_stem_stride": [1, 2, 2]})
+    old = specialist_model(task("volume_reg"), CHANNELS, {"channels": [4, 8, 16]})
+    assert strided.conv1.stride == (1, 2, 2) and old.conv1.stride == (1, 1, 1)
+    image = torch.randn(2, 3, 16, 32, 32)
+    assert strided(image).shape == old(image).shape == (2, 1)
+    meta = {"init": "specialist", "geometry": None, "architecture": {"specialist": {"channels": [4, 8, 16]}}}
+    save_file(old.state_dict(), str(tmp_path / "old.safetensors"), metadata={k: json.dumps(v) for k, v in meta.items()})
+    loaded, _ = load_task_model(tmp_path / "old.safetensors", task("volume_reg"), CHANNELS)
+    assert loaded.conv1.stride == (1, 1, 1)
+    assert torch.equal(loaded(image), old.eval()(image))
+
+
 def test_augmentation_without_metadata_tracking_gives_the_same_arrays(tiny_cache):
     """CacheDataset augments with MONAI's metadata tracking off (faster): same arrays as MONAI's default."""
     from taskalign.data.dataset import CacheDataset

@@ -117,12 +117,14 @@ def encoder_model(task: Task, encoder: Encoder, channels: list[str], head: dict)
 
 def specialist_model(task: Task, channels: list[str], specialist: dict) -> nn.Module:
     """A task-specific MONAI network on the same inputs. specialist: channels (UNet widths; the first four are
-    the ResNet stage widths)."""
+    the ResNet stage widths), resnet_stem_stride (the config's; a model file without it was trained with MONAI's
+    default stride 1)."""
     n_out = n_model_outputs(task)
     widths = tuple(specialist["channels"])
     if task.kind in ("classification", "regression"):
         stages = (list(widths) + [widths[-1]] * 4)[:4]
-        return ResNet("basic", [1, 1, 1, 1], stages, spatial_dims=3, n_input_channels=len(channels), num_classes=n_out)
+        return ResNet("basic", [1, 1, 1, 1], stages, spatial_dims=3, n_input_channels=len(channels), num_classes=n_out,
+                      conv1_t_stride=tuple(specialist.get("resnet_stem_stride", (1, 1, 1))))
     if task.kind == "segmentation":
         return UNet(3, len(channels), n_out, channels=widths, strides=(2,) * (len(widths) - 1), num_res_units=1)
     return ResidualUNet(len(channels), widths, residual_channel(task, channels))
