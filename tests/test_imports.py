@@ -71,3 +71,20 @@ def test_monai_is_imported_without_extras_and_outputs_are_unchanged():
                      "augment_image", "augment_mask"]
     assert all(len(line.split()[1]) >= 8 for line in guarded[1:])
     assert guarded[1:] == plain[1:]
+
+
+def imported_after(modules: list[str]) -> set[str]:
+    program = f"import sys\nimport {', '.join(modules)}\nprint(' '.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=REPO, check=True)
+    return set(done.stdout.split())
+
+
+def test_jobs_import_only_what_they_use():
+    # CKA and MMD jobs read features files: torch and MONAI would add ~3 s to each job's start-up.
+    readers = imported_after(["taskalign.cli.cka", "taskalign.cli.mmd", "taskalign.analysis.similarity",
+                              "taskalign.analysis.distances"])
+    assert not {"torch", "monai"} & readers
+    # Feature extraction runs every task's dataset, but only the distortion task's warp needs scipy.ndimage.
+    extraction = imported_after(["taskalign.analysis.features"])
+    assert {"torch", "monai"} <= extraction
+    assert "scipy.ndimage" not in extraction

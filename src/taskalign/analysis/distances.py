@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taskalign.analysis.features import load_features
+from taskalign.analysis.feature_files import load_features
 from taskalign.analysis.mmd import median_sigma, mmd_test, normalise
 from taskalign.analysis.stats import correlation, rpg
 from taskalign.tasks.spec import TASK_TYPES

@@ -1,8 +1,9 @@
 """Layer-wise features: the token-mean embedding of chosen blocks and of the final normed output, per case.
 
-Extracted once per encoder x task (rule `features`) and reused by every analysis. The encoder sees the task's own
-inputs (unused channels zeroed, degraded inputs for the restoration tasks) for every split, so CKA and MMD can use
-the test cases and the radiomic lens can fit on train and hold out val/test. Encoders run in eval mode.
+Extracted once per encoder x task (rule `features`) and reused by every analysis, which reads them through
+taskalign.analysis.feature_files. The encoder sees the task's own inputs (unused channels zeroed, degraded inputs for
+the restoration tasks) for every split, so CKA and MMD can use the test cases and the radiomic lens can fit on train
+and hold out val/test. Encoders run in eval mode.
 """
 
 from __future__ import annotations
@@ -11,26 +12,18 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
+from taskalign.analysis.feature_files import layer_names, write_features
 from taskalign.data.dataset import read_index
 from taskalign.models.checkpoint_io import load_encoder
 from taskalign.models.encoder import Encoder
-from taskalign.runtime import atomic_path
 from taskalign.tasks.samples import TaskDataset, usable_rows
 from taskalign.tasks.spec import Task
 from taskalign.train.data import make_loader
 from taskalign.train.device import autocast, select_device, to_device
 
 log = logging.getLogger(__name__)
-
-META_KEYS = ("case_id", "patient_id", "split")
-
-
-def layer_names(layers: list[int]) -> list[str]:
-    return [f"block{n}" for n in layers] + ["final"]
-
 
 def encoder_of(path: Path, source: str, task: Task, channels: list[str]) -> Encoder:
     """The encoder in an encoder file (`encoder`) or inside a fine-tuned task model (`finetuned`)."""
@@ -72,30 +65,6 @@ def extract(*, task: Task, model_path: Path, source: str, indexes: list[Path], p
                           norm={"offset": 0.0, "scale": 1.0})
     loader = make_loader(dataset, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
     features = token_means(encoder, loader, params["layers"], device)
-    meta = {key: dataset.index[key].to_numpy(dtype=str) for key in META_KEYS}
-    with atomic_path(out_npz) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **meta, **features)
+    write_features(out_npz, dataset.index, features)
     log.info("%s: %d cases x %d layers (%d features) from %s", task.name, len(rows), len(features),
              features["final"].shape[1], model_path)
-
-
-def load_features(path: Path, splits: tuple[str, ...] | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """(case table, {layer: n x d}) from a features file, optionally only some splits."""
-    with np.load(path) as data:
-        cases = pd.DataFrame({key: data[key] for key in META_KEYS})
-        layers = {key: data[key] for key in data.files if key not in META_KEYS}
-    keep = cases["split"].isin(splits).to_numpy() if splits else np.ones(len(cases), bool)
-    return cases[keep].reset_index(drop=True), {k: v[keep] for k, v in layers.items()}
-
-
-def joined(a: Path, b: Path, splits: tuple[str, ...]) -> tuple[list[str], dict, dict]:
-    """Features of two encoders on the same cases in the same order (joined by case id)."""
-    cases_a, feats_a = load_features(a, splits)
-    cases_b, feats_b = load_features(b, splits)
-    common = sorted(set(cases_a["case_id"]) & set(cases_b["case_id"]))
-    if len(common) < max(len(cases_a), len(cases_b)):
-        log.warning("%s and %s share %d of %d/%d cases", a, b, len(common), len(cases_a), len(cases_b))
-    pos_a = pd.Series(range(len(cases_a)), index=cases_a["case_id"])[common].to_numpy()
-    pos_b = pd.Series(range(len(cases_b)), index=cases_b["case_id"])[common].to_numpy()
-    return common, {k: v[pos_a] for k, v in feats_a.items()}, {k: v[pos_b] for k, v in feats_b.items()}

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from taskalign.analysis.cka import cka_matrix, debiased_cka, linear_cka, shuffled_null, subsample_ci
-from taskalign.analysis.features import joined
+from taskalign.analysis.feature_files import joined
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("taskalign.lens")
     import pandas as pd
 
-    from taskalign.analysis.features import load_features
+    from taskalign.analysis.feature_files import load_features
     from taskalign.analysis.lens import fit_lens, group_summary
 
     settings = json.loads(args.settings)
