@@ -6,6 +6,8 @@ They are the baselines of section 3 of benchmarks/run.py and the references of t
   H = I - 1 1^T / n and HSIC(K, L) = tr(K H L H) / (n - 1)^2, every product an n x n matrix product.
 - Debiased CKA: the unbiased HSIC of Song et al. (2012) on the Grams with zeroed diagonals,
   [tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2 / (n-2) 1^T K~ L~ 1] / (n (n-3)).
+- Both CKAs either with the Grams as matrix products (`gram=matrix_gram`) or built pairwise, K_ij = x_i . x_j by a
+  double loop over rows vectorised over the feature dimension (`gram=loop_gram`, like the MMD kernel sums).
 - Patient bootstrap of the evaluation CIs: one metric at a time, each resample built by concatenating per-patient
   frames (the first implementation of taskalign.evaluate.metrics.bootstrap_ci).
 - MMD^2 with k(u, v) = exp(-||u - v||^2 / sigma^2): kernel sums over every pair of rows by a double loop in
@@ -50,20 +52,39 @@ def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
     return float(value) / (n * (n - 3))
 
 
-def _cka(x, y, hsic) -> float:
-    x, y = _f64(x), _f64(y)
-    k, l = x @ x.T, y @ y.T
+def matrix_gram(x: np.ndarray) -> np.ndarray:
+    return x @ x.T
+
+
+def loop_gram(x: np.ndarray, rows: int | None = None) -> np.ndarray:
+    """K_ij = x_i . x_j by a double loop over rows, vectorised over features only. `rows` fills only the first
+    `rows` rows (for timing a subsample; the rest stays zero)."""
+    n = len(x)
+    k = np.zeros((n, n))
+    for i in range(n if rows is None else min(rows, n)):
+        xi = x[i]
+        for j in range(n):
+            k[i, j] = float(xi @ x[j])
+    return k
+
+
+def cka_from_grams(k: np.ndarray, l: np.ndarray, hsic) -> float:
     return hsic(k, l) / math.sqrt(hsic(k, k) * hsic(l, l))
 
 
-def plain_linear_cka(x, y) -> float:
+def _cka(x, y, hsic, gram) -> float:
+    x, y = _f64(x), _f64(y)
+    return cka_from_grams(gram(x), gram(y), hsic)
+
+
+def plain_linear_cka(x, y, gram=matrix_gram) -> float:
     """Biased linear CKA from explicit Grams and HKH products."""
-    return _cka(x, y, hsic_biased)
+    return _cka(x, y, hsic_biased, gram)
 
 
-def plain_debiased_cka(x, y) -> float:
+def plain_debiased_cka(x, y, gram=matrix_gram) -> float:
     """Linear CKA from the unbiased HSIC."""
-    return _cka(x, y, hsic_unbiased)
+    return _cka(x, y, hsic_unbiased, gram)
 
 
 def kernel_sums(a, b, sigma: float, rows: int | None = None) -> tuple[float, float]:

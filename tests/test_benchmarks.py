@@ -40,6 +40,15 @@ def test_plain_linear_cka_matches_library(features, space):
     assert abs(linear_cka(x, y, space=space) - plain) < TOL
 
 
+@pytest.mark.parametrize("estimator", ["linear", "debiased"])
+def test_pairwise_loop_grams_give_the_same_cka(features, estimator):
+    plain = {"linear": baselines.plain_linear_cka, "debiased": baselines.plain_debiased_cka}[estimator]
+    x, y = features
+    assert abs(plain(x, y, gram=baselines.loop_gram) - plain(x, y)) < TOL
+    partial = baselines.loop_gram(x, rows=5)
+    assert np.array_equal(partial[:5], baselines.loop_gram(x)[:5]) and not partial[5:].any()
+
+
 @pytest.mark.parametrize("space", ["gram", "feature"])
 def test_plain_debiased_cka_matches_library(features, space):
     x, y = features
