@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick     # smaller sizes, about a minute or two
     python benchmarks/run.py --pipeline  # also run the whole test-config pipeline (~10 minutes)
     python benchmarks/run.py --only train analysis
+    python benchmarks/run.py --only dag --run-dir ../fresh   # stage shares of the default run made there
 
 Every ratio compares two measurements taken side by side in this run (best of N each), so a shared, busy machine
 moves both sides; absolute times are shown for context only. See benchmarks/README.md.
@@ -28,7 +29,7 @@ from benchmarks.common import machine, markdown, plain_table, row  # noqa: E402
 SECTIONS = ("train", "loading", "analysis", "radiomics", "dag", "packing")
 
 
-def _section(name: str, quick: bool, pipeline: bool) -> list[dict]:
+def _section(name: str, quick: bool, pipeline: bool, run_dir: Path) -> list[dict]:
     if name == "train":
         from benchmarks import bench_train
 
@@ -48,7 +49,7 @@ def _section(name: str, quick: bool, pipeline: bool) -> list[dict]:
     if name == "dag":
         from benchmarks import bench_dag
 
-        return bench_dag.run(quick=quick, pipeline=pipeline)
+        return bench_dag.run(quick=quick, pipeline=pipeline, run_dir=run_dir)
     if name == "packing":
         from benchmarks import bench_packing
 
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", action="store_true",
                         help="also run `snakemake --cores 2 --configfile config/test.yaml` in a temp dir (~10 min)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    parser.add_argument("--run-dir", type=Path, default=REPO,
+                        help="working directory of a default run whose .snakemake/log the dag section reads")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results.md")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         print(f"[{name}] running ...", file=sys.stderr, flush=True)
         try:
-            rows += _section(name, args.quick, args.pipeline)
+            rows += _section(name, args.quick, args.pipeline, args.run_dir.resolve())
         except Exception as err:  # noqa: BLE001 - one failing section must not hide the others
             traceback.print_exc()
             rows.append(row(name, "section failed", "-", f"{type(err).__name__}: {err}"[:200], None))

@@ -1,5 +1,6 @@
 """The benchmarks' correctness checks, nothing timed: the plain numpy baselines (benchmarks/baselines.py) agree with
-the library's CKA, MMD and bootstrap CIs, and the FLOP counter used for the training-step efficiency counts a known case."""
+the library's CKA, MMD and bootstrap CIs, the FLOP counter used for the training-step efficiency counts a known case,
+and the default-run stage shares are read correctly from a Snakemake log."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import baselines  # noqa: E402
+from benchmarks.bench_dag import job_times, past_run, rule_stages  # noqa: E402
 from benchmarks.bench_train import count_flops  # noqa: E402
 from taskalign.analysis.cka import debiased_cka, linear_cka  # noqa: E402
 from taskalign.analysis.mmd import median_sigma, mmd2, normalise  # noqa: E402
@@ -101,3 +103,40 @@ def test_all_metrics_in_one_pass_equal_one_metric_at_a_time():
     together = bootstrap_cis(frame, metrics, n_boot=200, seed=4)
     for name in ("mean", "auc", "first"):
         assert together[name] == baselines.plain_bootstrap_ci(frame, lambda f: metrics(f)[name], 200, 4), name
+
+
+SNAKEMAKE_LOG = """Building DAG of jobs...
+[Mon Nov 23 23:31:05 2026]
+localrule cohort:
+    output: results/cohorts/risk/manifest.csv
+    jobid: 7
+    reason: Missing output files
+[Mon Nov 23 23:31:05 2026]
+localrule cka:
+    input: results/features/zone_seg/random.npz
+    jobid: 3
+[Mon Nov 23 23:31:20 2026]
+Finished jobid: 7 (Rule: cohort)
+1 of 3 steps (33%) done
+[Mon Nov 23 23:32:05 2026]
+Finished jobid: 3 (Rule: cka)
+2 of 3 steps (67%) done
+[Mon Nov 23 23:32:05 2026]
+localrule all:
+    jobid: 0
+[Mon Nov 23 23:32:05 2026]
+Finished jobid: 0 (Rule: all)
+3 of 3 steps (100%) done
+"""
+
+
+def test_stage_shares_come_from_the_snakemake_log(tmp_path):
+    log = tmp_path / ".snakemake" / "log" / "2026-11-23T233104.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(SNAKEMAKE_LOG)
+    assert job_times(log) == ([("cohort", 15.0), ("cka", 60.0), ("all", 0.0)], 60.0)
+    stages = rule_stages()
+    assert stages["cohort"] == "data" and stages["cka"] == "analysis" and stages["finetuned_features"] == "features"
+    wall, analysis, _ = past_run(tmp_path)
+    assert wall["value"] == "1.0 min wall" and wall["met"] == "yes"
+    assert analysis["ratio_value"] == pytest.approx(60 / 75) and analysis["met"] == "NO"
