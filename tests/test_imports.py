@@ -88,3 +88,6 @@ def test_jobs_import_only_what_they_use():
     extraction = imported_after(["taskalign.analysis.features"])
     assert {"torch", "monai"} <= extraction
     assert "scipy.ndimage" not in extraction
+    # Only the classification and regression metrics need scikit-learn (and with it scipy.stats).
+    training = imported_after(["taskalign.train.finetune", "taskalign.evaluate.evaluate"])
+    assert not {"sklearn", "scipy.stats"} & training
