@@ -261,7 +261,8 @@ def _draw_cka_heatmaps(matrices: Mapping[str, pd.DataFrame], st: dict) -> Figure
         ax.set_title(str(title))
     for ax in axes.flat[n:]:
         ax.remove()
-    fig.colorbar(image, ax=list(axes.flat[:n]), label="CKA", shrink=0.8)
+    # Below the panels: on the right the long "task: pair" titles of the last column ran under it.
+    fig.colorbar(image, ax=list(axes.flat[:n]), label="CKA", location="bottom", shrink=0.6, aspect=40)
     return fig
 
 
