@@ -1,7 +1,7 @@
 """Features files (`results/features/**.npz`): case ids, patient ids and splits beside one n x d array per layer.
 
-numpy and pandas only: the analysis jobs that read features (CKA, MMD, the radiomic lens) must not pay for
-importing torch and MONAI, which only extracting them needs (taskalign.analysis.features)."""
+numpy and pandas only: the jobs that only read features (CKA, MMD) must not pay for importing torch and MONAI,
+which extracting them needs (taskalign.analysis.features)."""
 
 from __future__ import annotations
 

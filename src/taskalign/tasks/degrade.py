@@ -6,7 +6,7 @@ direction (anterior-posterior) by an amount that is largest at the rectum and de
 the average of consecutive thin slices.
 
 scipy.ndimage is imported inside the distortion functions: every features, fine-tuning and evaluation job imports
-this module, and only the distortion task's need the 0.3 s it adds to start-up.
+this module, and only the distortion task's jobs need scipy (0.3 s of start-up).
 """
 
 from __future__ import annotations
