@@ -366,3 +366,19 @@ def test_picai_adc_is_aligned_with_t2w_and_volume_is_kept(tmp_path):
 
     montage_case(tmp_path / "cache" / "10795_1000811", tmp_path / "qc.png")
     assert (tmp_path / "qc.png").stat().st_size > 10_000
+
+
+def test_qc_outlines_draw_shared_borders_visibly():
+    # The TZ's border is the PZ's inner border: drawn before the PZ it is hidden and its legend colour never shows.
+    # The gland, dashed, goes on top of everything.
+    from taskalign.data.labels import ZONE_LABELS
+    from taskalign.data.qc import _outlines
+
+    zones = np.zeros((4, 8, 8), np.uint8)
+    zones[:, 2:6, 2:6] = ZONE_LABELS["pz"]
+    zones[:, 3:5, 3:5] = ZONE_LABELS["tz"]
+    zones[:, 0, :] = ZONE_LABELS["rectum"]
+    order = [label for label, _, _ in _outlines({"prostate": (zones == 1) | (zones == 2), "zones": zones})]
+    assert order.index("zone tz") > order.index("zone pz")
+    assert order[-1] == "prostate"
+    assert set(order) == {"prostate", "zone tz", "zone pz", "zone rectum"}

@@ -29,10 +29,13 @@ ZONE_COLOURS = {
     "nvb": "#d2691e",
 }
 DASHED = {"prostate"}
+# Outlines drawn later lie on top. The TZ's border is the PZ's inner border, so the TZ goes after the PZ (else its
+# blue never shows), and the dashed gland goes last.
+DRAW_LAST = ("zone tz", "prostate")
 
 
 def _outlines(masks: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
-    """(legend label, colour, binary (D, H, W) mask) for every structure to outline, the gland last (on top)."""
+    """(legend label, colour, binary (D, H, W) mask) for every structure to outline, in drawing order."""
     out = []
     zones = masks.get("zones")
     for name, mask in masks.items():
@@ -44,7 +47,7 @@ def _outlines(masks: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]
             continue  # the same structure as zone rectum
         elif mask.any():
             out.append((name, MASK_COLOURS.get(name, "#ffffff"), mask > 0))
-    return sorted(out, key=lambda item: item[0] in DASHED)
+    return sorted(out, key=lambda item: DRAW_LAST.index(item[0]) + 1 if item[0] in DRAW_LAST else 0)
 
 
 def _gland(masks: dict[str, np.ndarray]) -> np.ndarray | None:
