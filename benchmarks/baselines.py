@@ -10,6 +10,7 @@ They are the baselines of section 3 of benchmarks/run.py and the references of t
   double loop over rows vectorised over the feature dimension (`gram=loop_gram`, like the MMD kernel sums).
 - Patient bootstrap of the evaluation CIs: one metric at a time, each resample built by concatenating per-patient
   frames (the first implementation of taskalign.evaluate.metrics.bootstrap_ci).
+- PI-RADS metrics the first way: every AUC a roc_auc_score call, the specificity from its own roc_curve.
 - MMD^2 with k(u, v) = exp(-||u - v||^2 / sigma^2): kernel sums over every pair of rows by a double loop in
   Python, vectorised over the feature dimension only; biased (V-statistic) or unbiased (U-statistic) combination.
 """
@@ -143,3 +144,22 @@ def plain_bootstrap_ci(frame: pd.DataFrame, metric_fn, n_boot: int, seed: int,
     if len(draws) < 10:
         return float("nan"), float("nan")
     return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
+
+
+def plain_pirads_metrics(y_true, prob) -> dict[str, float]:
+    """taskalign.evaluate.metrics.pirads_metrics as first written: roc_auc_score per AUC (label checks and
+    binarisation on every call), and a second ROC curve of P(>=3) for the specificity."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    def auc(y, score):
+        return float(roc_auc_score(y, score)) if 0 < np.sum(y) < len(y) else float("nan")
+
+    y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=float)
+    ge3, ge4 = prob[:, 1:].sum(axis=1), prob[:, 2:].sum(axis=1)
+    per_class = [a for a in (auc(y_true == c, prob[:, c - 2]) for c in (2, 3, 4, 5)) if np.isfinite(a)]
+    spec = float("nan")
+    if 0 < np.sum(y_true >= 3) < len(y_true):
+        fpr, tpr, _ = roc_curve(y_true >= 3, ge3)
+        spec = float((1.0 - fpr[tpr >= 0.9 - 1e-12]).max())
+    return {"auc": float(np.mean(per_class)) if per_class else float("nan"), "auc_ge3": auc(y_true >= 3, ge3),
+            "auc_ge4": auc(y_true >= 4, ge4), "spec_at_sens90": spec}
