@@ -50,15 +50,11 @@ def multiclass_auc(y_true, prob, n_classes: int) -> float:
 
 
 def _specificity(curve: tuple[np.ndarray, np.ndarray] | None, sensitivity: float) -> float:
+    """The highest specificity on the ROC curve among operating points with sensitivity >= `sensitivity`."""
     if curve is None:
         return float("nan")
     fpr, tpr = curve
     return float((1.0 - fpr[tpr >= sensitivity - 1e-12]).max())
-
-
-def specificity_at_sensitivity(y, score, sensitivity: float = 0.9) -> float:
-    """The highest specificity on the ROC curve among operating points with sensitivity >= `sensitivity`."""
-    return _specificity(_roc(y, score), sensitivity)
 
 
 def pirads_metrics(y_true, prob) -> dict[str, float]:
