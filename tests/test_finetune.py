@@ -175,19 +175,23 @@ class SeededItems(torch.utils.data.Dataset):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_starting_the_next_epoch_during_validation_changes_no_batch_or_weight(tmp_path, workers):
-    """`fit(start_epoch=...)` draws epoch e+1's order before validating epoch e, so that a worker loads its first
-    batches meanwhile. The run must equal one without it bit for bit, even when validation draws from the global
-    RNG (as MAE masking does) and training uses dropout."""
+def test_starting_epochs_ahead_changes_no_batch_or_weight(tmp_path, workers):
+    """`fit(start_epoch=...)` draws epoch e+1's order before validating epoch e, and `start_first_epoch` draws
+    epoch 1's before the model is built, so that a worker loads their first batches meanwhile. The run must equal
+    one without either bit for bit, even when validation draws from the global RNG (as MAE masking does), training
+    uses dropout and the model's initial weights come from the RNG the first epoch's order is drawn from."""
     from taskalign.train.checkpoint import ResumeFile
     from taskalign.train.data import make_loader
-    from taskalign.train.loop import adamw_warmup_cosine, fit, train_one_epoch
+    from taskalign.train.loop import adamw_warmup_cosine, fit, start_first_epoch, train_one_epoch
 
     def run(ahead: bool):
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
         loader = make_loader(SeededItems(), 4, shuffle=True, seed=0, device=torch.device("cpu"),
                              workers=workers if ahead else 0)
+        resume = ResumeFile(tmp_path / f"resume-{ahead}", "x")
+        first_epoch = start_first_epoch(loader, resume, 0) if ahead else None
+        assert (first_epoch is not None) == ahead
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
         optimizer, scheduler = adamw_warmup_cosine(model.parameters(), lr=1e-2, weight_decay=0.0, warmup_steps=1,
                                                    total_steps=12)
         seen = []
@@ -200,12 +204,13 @@ def test_starting_the_next_epoch_during_validation_changes_no_batch_or_weight(tm
                          train_epoch=lambda epoch: train_one_epoch(model, loader, optimizer, scheduler,
                                                                    torch.device("cpu"), loss_fn),
                          validate=lambda: {"draw": float(torch.rand(()))}, monitor="val_draw", mode="max",
-                         resume=ResumeFile(tmp_path / f"resume-{ahead}", "x"), stage="test",
-                         start_epoch=loader.start_epoch if ahead else None)
+                         resume=resume, stage="test", start_epoch=loader.start_epoch if ahead else None,
+                         first_epoch=first_epoch)
         return seen, [row["train_total"] for row in history], model.state_dict()
 
     plain, ahead = run(False), run(True)
     assert len(plain[0]) == len(ahead[0]) == 12
+    assert start_first_epoch(None, ResumeFile(tmp_path / "resume-True", "x"), 0) is None  # resumes: not ahead
     assert all(torch.equal(a, b) for a, b in zip(plain[0], ahead[0]))
     assert plain[1] == ahead[1]
     assert all(torch.equal(plain[2][k], ahead[2][k]) for k in plain[2])

@@ -20,7 +20,7 @@ from taskalign.runtime import atomic_path
 from taskalign.train.checkpoint import ResumeFile, file_digest, fingerprint, index_digest
 from taskalign.train.data import make_loader
 from taskalign.train.device import autocast, select_device, to_device
-from taskalign.train.loop import adamw_warmup_cosine, fit, train_one_epoch, write_history
+from taskalign.train.loop import adamw_warmup_cosine, fit, start_first_epoch, train_one_epoch, write_history
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
     val_loader = make_loader(val_set, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
     log.info("%s: LoRA continual pretraining on %s (%d train, %d val cases), target %s", variant, index.name,
              len(train_set), len(val_set), target)
+    resume = ResumeFile(resume_dir, fingerprint(params, file_digest(pretrained), index_digest(index)))
+    first_epoch = start_first_epoch(train_loader, resume, params["seed"])
 
     model = segmentation_model(load_encoder(pretrained), params).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -77,13 +79,12 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
         trainable, lr=params["lr"], weight_decay=params["weight_decay"],
         warmup_steps=params["warmup_epochs"] * steps, total_steps=params["epochs"] * steps,
     )
-    resume = ResumeFile(resume_dir, fingerprint(params, file_digest(pretrained), index_digest(index)))
     history, best = fit(
         model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
         train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, loss_fn),
         validate=lambda: validation_dice(model, val_loader, device, target),
         monitor="val_dice", mode="max", resume=resume, stage=f"continual[{variant}]", seed=params["seed"],
-        start_epoch=train_loader.start_epoch,
+        start_epoch=train_loader.start_epoch, first_epoch=first_epoch,
     )
     resume.load_best(model)
     model = model.cpu()

@@ -30,7 +30,7 @@ from taskalign.tasks.spec import PIRADS_CLASSES, Task, check_combination
 from taskalign.train.checkpoint import ResumeFile, file_digest, fingerprint, index_digest
 from taskalign.train.data import make_loader
 from taskalign.train.device import select_device
-from taskalign.train.loop import adamw_warmup_cosine, fit, train_one_epoch, write_history
+from taskalign.train.loop import adamw_warmup_cosine, fit, start_first_epoch, train_one_epoch, write_history
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,12 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
     train_loader = make_loader(train_set, batch, shuffle=True, seed=seed, device=device,
                                drop_last=len(train_set) >= 2 * batch)
     val_loader = make_loader(val_set, batch, shuffle=False, seed=seed, device=device)
-
     check_combination(init, protocol)
+    resume = ResumeFile(resume_dir, fingerprint(
+        params, task.name, init, protocol, file_digest(encoder_path) if encoder_path else None,
+        [index_digest(p) for p in indexes]))
+    first_epoch = start_first_epoch(train_loader, resume, seed)
+
     encoder = load_encoder(encoder_path) if encoder_path is not None else None
     model = build_model(task, init, encoder, params)
     trainable = apply_protocol(model, protocol)
@@ -150,9 +154,6 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
         warmup_steps=params["warmup_epochs"] * steps, total_steps=params["epochs"] * steps,
     )
     metric = task.type.metric
-    resume = ResumeFile(resume_dir, fingerprint(
-        params, task.name, init, protocol, file_digest(encoder_path) if encoder_path else None,
-        [index_digest(p) for p in indexes]))
     started, cpu_started = time.time(), time.process_time()
     history, best = fit(
         model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
@@ -160,7 +161,7 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
         validate=lambda: score_loader(model, val_loader, task, device, norm)[1],
         monitor=f"val_{metric}", mode="max" if task.type.higher_is_better else "min", resume=resume,
         stage=f"finetune[{task.name}/{init}/{protocol}/seed{seed}]", seed=seed,
-        start_epoch=train_loader.start_epoch,
+        start_epoch=train_loader.start_epoch, first_epoch=first_epoch,
     )
     resume.load_best(model)
     meta = {"task": task.name, "init": init, "protocol": protocol, "seed": seed, "norm": norm,

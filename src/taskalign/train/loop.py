@@ -17,7 +17,7 @@ import torch
 from monai.optimizers import WarmupCosineSchedule
 
 from taskalign.runtime import atomic_path
-from taskalign.train.checkpoint import ResumeFile
+from taskalign.train.checkpoint import ResumeFile, rng_state, set_rng_state
 from taskalign.train.device import autocast, to_device
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,19 @@ def seed_epoch(seed: int, epoch: int) -> None:
     random.seed(value)
 
 
+def start_first_epoch(loader, resume: ResumeFile, seed: int) -> dict | None:
+    """Start a fresh run's first epoch before its model is built, so that the first batches load meanwhile
+    instead of while training waits. Returns the RNG states epoch 1 trains from (after its order was drawn), for
+    `fit(first_epoch=...)`; the caller's RNGs are left as found, so the model's initial weights do not change.
+    None when a resume file exists: which epoch comes next is known only once the model is restored."""
+    if resume.path.exists():
+        return None
+    with preserved_rngs():
+        seed_epoch(seed, 0)
+        loader.start_epoch()
+        return rng_state()
+
+
 def fit(
     *,
     model: torch.nn.Module,
@@ -102,6 +115,7 @@ def fit(
     stage: str,
     seed: int = 0,
     start_epoch: Callable[[], None] | None = None,
+    first_epoch: dict | None = None,
 ) -> tuple[list[dict], dict]:
     """Run epochs (resuming after the last completed one), checkpoint each, keep the best model's weights.
 
@@ -110,12 +124,17 @@ def fit(
     Every epoch's randomness (batch order, augmentation, dropout, masking) comes from RNGs reseeded from
     (seed, epoch), so a resumed run matches an uninterrupted one bit for bit on CPU. `start_epoch` (the training
     loader's `EpochAheadLoader.start_epoch`) starts the next epoch before validation, so that its first batches
-    load meanwhile; validation leaves the RNGs as it found them, so the batches and weights are the same."""
+    load meanwhile; validation leaves the RNGs as it found them, so the batches and weights are the same.
+    `first_epoch` (from `start_first_epoch`) says that epoch 1 was started before the model was built."""
     history, best, start = [], {"epoch": None, "score": None}, 0
     restored = resume.load(model=model, optimizer=optimizer, scheduler=scheduler)
     if restored is not None:
         history, best, start = restored["history"], restored["best"], restored["epoch"] + 1
-    started_ahead = False
+    started_ahead = first_epoch is not None
+    if started_ahead:
+        if start != 0:
+            raise RuntimeError(f"{stage}: epoch 1 was started ahead, but the run resumes at epoch {start + 1}")
+        set_rng_state(first_epoch)
     for epoch in range(start, epochs):
         if not started_ahead:
             seed_epoch(seed, epoch)

@@ -15,7 +15,8 @@ from taskalign.models.pretraining import PretrainingModel
 from taskalign.train.checkpoint import ResumeFile, fingerprint, index_digest
 from taskalign.train.data import holdout_patients, make_loader
 from taskalign.train.device import select_device
-from taskalign.train.loop import adamw_warmup_cosine, evaluate_losses, fit, train_one_epoch, write_history
+from taskalign.train.loop import (adamw_warmup_cosine, evaluate_losses, fit, start_first_epoch, train_one_epoch,
+                                  write_history)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
     train_loader = make_loader(CacheDataset(train_rows), batch, shuffle=True, seed=seed, device=device,
                                drop_last=len(train_rows) >= 2 * batch)
     holdout_loader = make_loader(CacheDataset(holdout_rows), batch, shuffle=False, seed=seed, device=device)
+    resume = ResumeFile(resume_dir, fingerprint(params, [index_digest(p) for p in indexes]))
+    first_epoch = start_first_epoch(train_loader, resume, seed)
 
     encoder = Encoder(EncoderGeometry(**params["geometry"]))
     model = PretrainingModel(
@@ -58,13 +61,12 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
         model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"],
         warmup_steps=params["warmup_epochs"] * steps, total_steps=params["epochs"] * steps,
     )
-    resume = ResumeFile(resume_dir, fingerprint(params, [index_digest(p) for p in indexes]))
     history, best = fit(
         model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
         train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, pretraining_loss),
         validate=lambda: evaluate_losses(model, holdout_loader, device, pretraining_loss, seed=seed),
         monitor="val_total", mode="min", resume=resume, stage=f"pretrain[{variant}]", seed=seed,
-        start_epoch=train_loader.start_epoch,
+        start_epoch=train_loader.start_epoch, first_epoch=first_epoch,
     )
     meta = {"variant": variant, "objectives": params["objectives"], "epochs": params["epochs"]}
     save_encoder(model.encoder.cpu(), last_out, {**meta, "epoch": len(history)})
