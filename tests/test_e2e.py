@@ -235,6 +235,11 @@ def test_analysis_tables_hold_values_in_valid_ranges(workdir):
     assert set(lens["group"]) <= {"intensity", "shape", "texture"}
     summary = pd.read_csv(workdir / "results/analysis/lens_summary.csv")
     assert summary["perm_p"].between(0, 1).all()
+    probe = pd.read_csv(workdir / "results/analysis/target_probe.csv")
+    variants = CONFIG["continual"]["variants"]
+    assert set(probe["encoder"]) == {f"{stage}-{v}" for stage in ("pretrained", "continual") for v in variants}
+    assert len(probe) == 2 * len(variants) * len(CONFIG["continual"]["layers"])
+    assert (probe["val_r2"] <= 1).all() and (probe["val_r2_low"] <= probe["val_r2_high"]).all()
 
 
 def test_every_paper_table_and_figure_is_written_with_provenance(workdir):

@@ -1,5 +1,6 @@
 # Analysis stage: CKA between encoder pairs (000), MMD distances and relative performance gain (001), radiomics
-# and the radiomic lens (003). Per-task jobs, then one table per analysis under results/analysis/.
+# and the radiomic lens (003), a linear probe of the continual-pretraining target in the encoders' tokens.
+# Per-task jobs, then one table per analysis under results/analysis/.
 
 
 rule cka:
@@ -39,6 +40,28 @@ rule mmd:
         "python -m taskalign.cli.mmd --task {wildcards.task} --random {input.random}"
         " --pretrained {input.pretrained} --finetuned {input.finetuned} --scratch {input.scratch}"
         " --seeds {params.seeds} --settings {params.settings:q} --out {output} 2> {log}"
+
+
+rule target_probe:
+    input:
+        encoders=list(target_probe_encoders().values()),
+        index=f"results/cache/{CONTINUAL['cohort']}.csv",
+    output:
+        table="results/analysis/target_probe.csv",
+        figure="results/analysis/target_probe.png",
+    params:
+        encoders=as_json(target_probe_encoders()),
+        settings=as_json({"target": CONTINUAL["target"], "layers": CONTINUAL["layers"],
+                          "batch_size": ANALYSIS["batch_size"], "bootstrap": config["evaluate"]["bootstrap"],
+                          "seed": config["seed"]}),
+    threads: ANALYSIS["threads"]
+    log:
+        "results/logs/analysis/target_probe.log",
+    conda:
+        "../../envs/taskalign.yaml"
+    shell:
+        "python -m taskalign.cli.target_probe --encoders {params.encoders:q} --index {input.index}"
+        " --params {params.settings:q} --out {output.table} --figure {output.figure} --threads {threads} 2> {log}"
 
 
 rule rpg:

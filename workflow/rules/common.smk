@@ -415,8 +415,19 @@ def radiomics_params_file():
 RADIOMICS_COHORTS = sorted({TASKS[task]["cohort"] for task in LENS_TASKS})
 
 
+def target_probe_encoders():
+    """Each continual variant's encoder before and after continual pretraining, by name."""
+    encoders = {}
+    for v in CONTINUAL["variants"]:
+        encoders[f"pretrained-{v}"] = f"results/pretrain/{v}/encoder.safetensors"
+        encoders[f"continual-{v}"] = f"results/continual/{v}/encoder.safetensors"
+    return encoders
+
+
 def all_analysis_outputs():
     outputs = []
+    if CONTINUAL["variants"]:
+        outputs += ["results/analysis/target_probe.csv", "results/analysis/target_probe.png"]
     if CKA_TASKS:
         outputs.append("results/analysis/cka.csv")
     if MMD_TASKS:

@@ -1,0 +1,183 @@
+"""Linear probe of the continual-pretraining target: how much of the target mask each encoder's patch tokens carry.
+
+For every encoder entering or leaving continual pretraining (pretrained and continual, each variant, the random
+init included) and each of the adapter's blocks, a ridge regression from a patch token to the fraction of its patch
+inside the target mask (prostate by default) is fitted on the training cases' tokens and scored (R^2) on the
+validation cases', with a bootstrap interval over validation cases and the paired gain over the random init of
+the same stage. The UperNet decoder of continual pretraining reaches the same validation Dice from random and
+pretrained encoders, because it infers the gland from context; the probe, which reads one token at a time, shows
+whether pretraining put the target into the tokens themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import RidgeCV
+
+from taskalign.data.dataset import CacheDataset, read_index
+from taskalign.models.checkpoint_io import load_encoder
+from taskalign.models.encoder import Encoder
+from taskalign.runtime import atomic_path
+from taskalign.train.device import autocast, select_device, to_device
+
+log = logging.getLogger(__name__)
+
+ALPHAS = np.logspace(-3, 3, 13)  # ridge penalties, chosen per fit by efficient leave-one-out on the training tokens
+
+
+def patch_occupancy(mask: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """(B, 1, D, H, W) mask -> (B, N) fraction of each patch inside it, in the encoder's token order."""
+    return F.avg_pool3d(mask.float(), kernel_size=patch, stride=patch).flatten(1)
+
+
+@torch.no_grad()
+def tokens_and_occupancy(encoder: Encoder, loader, layers: list[int], target: str,
+                         device: torch.device) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Patch tokens (class token left out) of each chosen block, (cases x N, hidden), and their patches' target
+    occupancy (cases x N,)."""
+    encoder = encoder.to(device).eval()
+    tokens: dict[int, list[np.ndarray]] = {n: [] for n in layers}
+    occupancy = []
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device):
+            _, hidden = encoder(batch["image"])
+        for n in layers:
+            tokens[n].append(hidden[n][:, 1:].float().flatten(0, 1).cpu().numpy())
+        occupancy.append(patch_occupancy(batch[target], encoder.geometry.patch_size).flatten().cpu().numpy())
+    return {n: np.concatenate(parts) for n, parts in tokens.items()}, np.concatenate(occupancy)
+
+
+def ridge_fit(x_train: np.ndarray, y_train: np.ndarray) -> RidgeCV:
+    return RidgeCV(alphas=ALPHAS).fit(x_train.astype(np.float64), y_train.astype(np.float64))
+
+
+def r2(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(1.0 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def bootstrap_r2(y: np.ndarray, preds: dict[str, np.ndarray], cases: np.ndarray, reference: dict[str, str | None],
+                 n_boot: int, seed: int) -> dict[str, np.ndarray]:
+    """Per encoder: R^2 over `n_boot` resamples of the validation cases (tokens of a case stay together), and,
+    where it has a reference encoder, the paired difference R^2 - R^2(reference) on the same resamples."""
+    ids = np.unique(cases)
+    members = [np.flatnonzero(cases == c) for c in ids]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in preds}
+    draws.update({f"{name}-gain": [] for name, ref in reference.items() if ref is not None})
+    for _ in range(n_boot):
+        rows = np.concatenate([members[i] for i in rng.integers(len(ids), size=len(ids))])
+        if np.ptp(y[rows]) == 0:  # every drawn case the same constant target: R^2 undefined
+            continue
+        scores = {name: r2(y[rows], pred[rows]) for name, pred in preds.items()}
+        for name, score in scores.items():
+            draws[name].append(score)
+            if reference.get(name) is not None:
+                draws[f"{name}-gain"].append(score - scores[reference[name]])
+    return {k: np.asarray(v) for k, v in draws.items()}
+
+
+def interval(draws: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval; NaN when no resample was defined."""
+    if len(draws) == 0:
+        return float("nan"), float("nan")
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def random_reference(name: str, names: list[str]) -> str | None:
+    """The random init of the same stage ("continual-random" for "continual-mae"), when there is one."""
+    stage = name.split("-", 1)[0]
+    ref = f"{stage}-random"
+    return ref if ref in names and ref != name else None
+
+
+def probe(*, encoders: dict[str, Path], index: Path, target: str, layers: list[int], batch_size: int,
+          n_boot: int = 1000, seed: int = 0, threads: int | None = None) -> pd.DataFrame:
+    """One row per encoder x block: validation R^2 of the token -> target-occupancy ridge probe, its 95% bootstrap
+    interval over validation cases, and the paired gain over the random init of the same stage with its interval."""
+    device = select_device(threads)
+    rows = read_index([index])
+    splits = {s: rows[rows["split"] == s].reset_index(drop=True) for s in ("train", "val")}
+    for split, part in splits.items():
+        if part.empty:
+            raise ValueError(f"{index}: the target probe needs {split} cases")
+        missing = part.loc[part[target].isna() | (part[target].astype(str) == ""), "case_id"].tolist()
+        if missing:
+            raise ValueError(f"{index}: {split} cases without a {target} mask: {', '.join(missing)}")
+    loaders = {s: torch.utils.data.DataLoader(CacheDataset(part, masks=(target,)), batch_size=batch_size)
+               for s, part in splits.items()}
+    preds: dict[int, dict[str, np.ndarray]] = {n: {} for n in layers}
+    alphas: dict[tuple[str, int], float] = {}
+    y_val = cases = None
+    for name, path in encoders.items():
+        encoder = load_encoder(path)
+        unknown = [n for n in layers if not 0 <= n < len(encoder.blocks)]
+        if unknown:
+            raise ValueError(f"{path}: blocks {unknown} out of range (the encoder has {len(encoder.blocks)})")
+        train_tokens, y_train = tokens_and_occupancy(encoder, loaders["train"], layers, target, device)
+        val_tokens, y_val = tokens_and_occupancy(encoder, loaders["val"], layers, target, device)
+        cases = np.repeat(np.arange(len(splits["val"])), len(y_val) // len(splits["val"]))
+        for n in layers:
+            model = ridge_fit(train_tokens[n], y_train)
+            preds[n][name] = model.predict(val_tokens[n].astype(np.float64))
+            alphas[name, n] = float(model.alpha_)
+        log.info("%s: validation R^2 %s", name, "  ".join(f"block{n} {r2(y_val, preds[n][name]):.3f}" for n in layers))
+    names = list(encoders)
+    reference = {name: random_reference(name, names) for name in names}
+    draws = {n: bootstrap_r2(y_val, preds[n], cases, reference, n_boot, seed) for n in layers}
+    records = []
+    for name in names:
+        for n in layers:
+            low, high = interval(draws[n][name])
+            record = {"encoder": name, "block": n, "val_r2": r2(y_val, preds[n][name]), "val_r2_low": low,
+                      "val_r2_high": high, "reference": reference[name] or "", "gain": np.nan, "gain_low": np.nan, "gain_high": np.nan,
+                      "alpha": alphas[name, n], "val_cases": len(splits["val"]), "val_tokens": len(y_val)}
+            if reference[name]:
+                low, high = interval(draws[n][f"{name}-gain"])
+                record.update(gain=record["val_r2"] - r2(y_val, preds[n][reference[name]]), gain_low=low,
+                              gain_high=high)
+            records.append(record)
+    return pd.DataFrame(records)
+
+
+def plot(table: pd.DataFrame, png: Path, target: str) -> None:
+    """Validation R^2 against block, one line per encoder (pretrained solid, continual dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    variants = sorted({name.split("-", 1)[1] for name in table["encoder"]})
+    for name, part in table.groupby("encoder", sort=False):
+        stage, variant = name.split("-", 1)
+        ax.errorbar(part["block"], part["val_r2"], yerr=[part["val_r2"] - part["val_r2_low"],
+                                                         part["val_r2_high"] - part["val_r2"]],
+                    marker="o", capsize=2, ls="--" if stage == "continual" else "-",
+                    color=f"C{variants.index(variant)}", label=name)
+    ax.set_xlabel("block")
+    ax.set_ylabel(f"validation R$^2$ ({target} fraction per patch)")
+    ax.set_xticks(sorted(table["block"].unique()))
+    ax.set_title(f"linear probe of the {target} in single patch tokens (95% CI over validation cases)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+
+
+def run(*, encoders: dict[str, Path], index: Path, target: str, layers: list[int], batch_size: int, n_boot: int,
+        seed: int, out_csv: Path, out_png: Path, threads: int | None = None) -> pd.DataFrame:
+    table = probe(encoders=encoders, index=index, target=target, layers=layers, batch_size=batch_size,
+                  n_boot=n_boot, seed=seed, threads=threads)
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    plot(table, out_png, target)
+    return table
