@@ -62,6 +62,21 @@ def test_the_probe_table_and_figure_on_a_phantom_cache(tiny_cache, tmp_path):
     assert (table["val_tokens"] == 4 * GEOMETRY.n_tokens).all()
 
 
+def test_position_alone_explains_nothing_of_the_probed_share(tiny_cache, tmp_path):
+    """The crop is centred on the gland, so a token that knows only its position predicts most of the raw share;
+    the probe takes the position's mean out, so such a token must score about 0."""
+    torch.manual_seed(0)
+    blind = Encoder(GEOMETRY)
+    with torch.no_grad():  # no image in the tokens: position embedding only
+        blind.patch_embedding.patch_embeddings.weight.zero_()
+        blind.patch_embedding.patch_embeddings.bias.zero_()
+    save_encoder(blind, tmp_path / "blind.safetensors")
+    table = run(encoders={"continual-blind": tmp_path / "blind.safetensors"}, index=tiny_cache["anatomy"],
+                target="prostate", layers=[0, 3], batch_size=4, n_boot=20, seed=0, out_csv=tmp_path / "probe.csv",
+                out_png=tmp_path / "probe.png")
+    assert (table["val_r2"] < 0.05).all(), table
+
+
 def test_a_cohort_without_validation_cases_is_refused_naming_the_index(tiny_cache, tmp_path):
     index = pd.read_csv(tiny_cache["anatomy"])
     only_train = tmp_path / "train_only.csv"
