@@ -178,7 +178,8 @@ def plot(table: pd.DataFrame, png: Path, target: str) -> None:
     for ax in (left, right):
         ax.set_xlabel("block")
         ax.set_xticks(sorted(table["block"].unique()))
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no gains without a random init to compare with
+            ax.legend(fontsize=7)
     fig.suptitle(f"linear probe: {target} share of a patch beyond its position's mean, from that patch's token",
                  fontsize=10)
     fig.tight_layout()
