@@ -266,7 +266,7 @@ def test_the_report_gathers_every_table_and_figure(workdir):
     run_snakemake("--cores", "1", "--configfile", str(REPO / "config/test.yaml"), "--report", "results/report.html",
                   cwd=workdir)
     report = (workdir / "results/report.html").read_text()
-    for name in ["000_table2_classification", "001_fig2_rpg_vs_distance", "003_lens_heatmap"]:
+    for name in ["000_table2_classification", "001_fig2_rpg_vs_distance", "003_lens_heatmap", "target_probe"]:
         assert name in report
 
 

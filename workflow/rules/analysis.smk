@@ -48,7 +48,13 @@ rule target_probe:
         index=f"results/cache/{CONTINUAL['cohort']}.csv",
     output:
         table="results/analysis/target_probe.csv",
-        figure="results/analysis/target_probe.png",
+        figure=report(
+            "results/analysis/target_probe.png",
+            caption="../report/target_probe.rst",
+            category="Encoders",
+            subcategory="Continual pretraining",
+            labels={"figure": "target_probe"},
+        ),
     params:
         encoders=as_json(target_probe_encoders()),
         settings=as_json({"target": CONTINUAL["target"], "layers": CONTINUAL["layers"],
