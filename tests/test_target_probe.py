@@ -32,6 +32,9 @@ def test_an_informative_token_beats_noise_with_a_paired_interval_above_zero():
     train, val = slice(0, 8 * tokens), slice(8 * tokens, None)
     preds = {name: ridge_fit(x[train], y[train]).predict(x[val]) for name, x in {"good": good, "noise": noise}.items()}
     assert r2(y[val], preds["good"]) > 0.95 and r2(y[val], preds["noise"]) < 0.1
+    from sklearn.metrics import r2_score
+
+    assert all(r2(y[val], p) == pytest.approx(r2_score(y[val], p), abs=1e-12) for p in preds.values())
     draws = bootstrap_r2(y[val], preds, np.repeat(np.arange(4), tokens), {"good": "noise", "noise": None}, 200, 0)
     assert len(draws["good"]) == 200 and set(draws) == {"good", "noise", "good-gain"}
     assert np.percentile(draws["good-gain"], 2.5) > 0.8
