@@ -32,6 +32,9 @@ DASHED = {"prostate"}
 # Outlines drawn later lie on top. The TZ's border is the PZ's inner border, so the TZ goes after the PZ (else its
 # blue never shows), and the dashed gland goes last.
 DRAW_LAST = ("zone tz", "prostate")
+# The zones that tile the gland share every border with each other or with the gland's dashes, so outlines alone
+# hide them (the PZ's green never showed); they are also tinted.
+FILLED = {"zone pz": 0.25, "zone tz": 0.2}
 
 
 def _outlines(masks: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
@@ -109,6 +112,11 @@ def montage(
                       interpolation="nearest")
             for label_name, colour, mask in outlines:
                 piece = cut(mask)
+                if piece.any() and label_name in FILLED:
+                    ax.contourf(piece.astype(np.float32), levels=[0.5, 1.5], colors=[colour],
+                                alpha=FILLED[label_name])
+            for label_name, colour, mask in outlines:
+                piece = cut(mask)
                 if piece.any():
                     dashed = label_name in DASHED
                     ax.contour(piece.astype(np.float32), levels=[0.5], colors=[colour],
@@ -122,7 +130,8 @@ def montage(
             if v == 0:
                 name = channel_names[c] + (" (absent)" if absent else "")
                 ax.set_ylabel(name, color="white", fontsize=10)
-    handles = [Line2D([], [], color=colour, lw=2, ls="--" if label in DASHED else "-", label=label)
+    handles = [Line2D([], [], color=colour, lw=2, ls="--" if label in DASHED else "-", label=label,
+                      marker="s" if label in FILLED else None, markersize=8, markerfacecolor=colour)
                for label, colour, _ in outlines]
     if handles:
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.08), ncol=min(len(handles), 6), frameon=False,
