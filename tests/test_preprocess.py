@@ -401,3 +401,19 @@ def test_qc_montage_tints_the_zones_that_tile_the_gland(tmp_path):
     r, g, b = np.moveaxis(mpimg.imread(tmp_path / "qc.png")[..., :3], -1, 0)
     assert ((g - r > 0.08) & (g - b > 0.08)).mean() > 0.03  # PZ green: 8.7% of the pixels here
     assert ((b - r > 0.08) & (b - g > 0.08)).mean() > 0.015  # TZ blue: 4.0%
+
+
+def test_qc_grey_window_follows_the_gland_not_the_bladder():
+    # Urine is 5-10x the gland's signal on T2W and ADC; a window over the whole crop flattened the gland (a lesion
+    # on ADC was invisible in the montages).
+    from taskalign.data.qc import _grey_window
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0.0, 0.05, (8, 32, 32))
+    gland = np.zeros(volume.shape, bool)
+    gland[2:6, 8:20, 8:20] = True
+    volume[gland] = rng.normal(1.0, 0.1, gland.sum())
+    volume[:, 22:30, 8:20] = 8.0  # bladder: 6% of the voxels
+    low, high = _grey_window(volume, gland)
+    assert 0.4 < low < 0.8 and 1.2 < high < 1.6
+    assert _grey_window(np.zeros((2, 2, 2)), None) == (0.0, 1.0)

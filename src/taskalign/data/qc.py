@@ -60,6 +60,18 @@ def _gland(masks: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
+def _grey_window(volume: np.ndarray, gland: np.ndarray | None) -> tuple[float, float]:
+    """Grey levels span the gland's own values (1st to 99th percentile, widened by a quarter each way): over the
+    whole crop the bladder's urine sets the top and the contrast inside the gland, a lesion on ADC, is lost."""
+    if not volume.any():
+        return 0.0, 1.0
+    if gland is None:
+        return tuple(np.percentile(volume, [1, 99]))
+    low, high = np.percentile(volume[gland], [1, 99])
+    margin = 0.25 * (high - low)
+    return low - margin, high + margin
+
+
 def montage(
     image: np.ndarray,
     masks: dict[str, np.ndarray],
@@ -105,7 +117,7 @@ def montage(
     for c in range(n_channels):
         volume = image[c]
         absent = not volume.any()
-        vmin, vmax = (np.percentile(volume, [1, 99]) if not absent else (0.0, 1.0))
+        vmin, vmax = _grey_window(volume, gland)
         for v, (label, cut, (rs, cs), origin) in enumerate(views):
             ax = axes[c, v]
             ax.imshow(cut(volume), cmap="gray", vmin=vmin, vmax=vmax, origin=origin, aspect=rs / cs,
