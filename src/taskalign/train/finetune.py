@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.losses import DiceCELoss, SSIMLoss
 from safetensors import safe_open
@@ -23,7 +24,7 @@ from taskalign.data.dataset import read_index
 from taskalign.evaluate.scoring import score_loader
 from taskalign.models.checkpoint_io import load_encoder
 from taskalign.models.encoder import Encoder, EncoderGeometry
-from taskalign.models.heads import encoder_model, specialist_model
+from taskalign.models.heads import encoder_model, n_model_outputs, specialist_model, start_at_prior
 from taskalign.runtime import atomic_path
 from taskalign.tasks.samples import TaskDataset, target_norm, usable_rows
 from taskalign.tasks.spec import PIRADS_CLASSES, Task, check_combination
@@ -104,6 +105,20 @@ def task_loss(task: Task, weights: torch.Tensor | None, device):
     return lambda out, target: torch.nn.functional.l1_loss(out.float(), target)
 
 
+def mask_prior(rows, task: Task) -> torch.Tensor:
+    """Class frequencies of the target masks over `rows` (their cache folders), background first: 2 values for a
+    binary mask, n_model_outputs for labels. One count is added per class, so that a class absent from these
+    cases still gets a finite log-prior."""
+    n_out = n_model_outputs(task)
+    n_classes = 2 if n_out == 1 else n_out
+    counts = np.ones(n_classes)
+    for case in rows["cache_dir"]:
+        mask = np.load(Path(case) / f"{task.type.target}.npy")
+        labels = (mask > 0) if n_out == 1 else mask
+        counts += np.bincount(labels.ravel().astype(np.int64), minlength=n_classes)[:n_classes]
+    return torch.as_tensor(counts / counts.sum())
+
+
 def task_datasets(task: Task, indexes: list[Path], params: dict) -> tuple[TaskDataset, TaskDataset, dict]:
     rows = read_index(indexes)
     rows = usable_rows(rows, task)
@@ -138,6 +153,8 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
 
     encoder = load_encoder(encoder_path) if encoder_path is not None else None
     model = build_model(task, init, encoder, params)
+    if task.kind == "segmentation":
+        start_at_prior(model, task, mask_prior(train_set.index, task))
     trainable = apply_protocol(model, protocol)
     model = model.to(device)
     log.info("%s %s %s seed %d: %d train, %d val cases; %d of %d parameters trainable", task.name, init, protocol,
