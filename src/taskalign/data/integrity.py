@@ -27,6 +27,7 @@ from taskalign.data.labels import (
     MANIFEST_COLUMNS,
     MASK_COLUMNS,
     N_SECTORS,
+    PIRADS_CLASSES,
     SPLITS,
     ZONE_LABELS,
 )
@@ -35,7 +36,7 @@ from taskalign.data.splits import assign_splits, check_patient_leakage
 REFERENCE_IMAGE = "t2w"
 REQUIRED_VALUES = ("case_id", "patient_id", "cohort", REFERENCE_IMAGE)
 CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
-PIRADS_RANGE = (2, 5)
+PIRADS_RANGE = (min(PIRADS_CLASSES), max(PIRADS_CLASSES))
 SECTOR_RANGE = (0, N_SECTORS - 1)
 ZONE_RANGE = (0, max(ZONE_LABELS.values()))
 POSITIVE_FLOAT_COLUMNS = {"volume_ml": "mL", "tr": "ms", "te": "ms", "flip_angle": "deg", "field_strength": "T"}

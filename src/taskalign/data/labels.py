@@ -30,6 +30,8 @@ SIDES = ("right", "left")
 ZONES = ("pz", "tz")
 AP = ("anterior", "posterior")
 N_SECTORS = 20
+# PI-RADS scores a case can carry (the manifest range) and the classes of the PI-RADS task, in order.
+PIRADS_CLASSES = (2, 3, 4, 5)
 
 
 def sector_index(level: str, side: str, zone: str, ap: str | None) -> int:

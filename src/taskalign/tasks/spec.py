@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from taskalign.data.labels import ZONE_LABELS
-
-PIRADS_CLASSES = (2, 3, 4, 5)
-N_SECTORS = 20
+from taskalign.data.labels import N_SECTORS, PIRADS_CLASSES, ZONE_LABELS
 
 
 # Metrics the evaluation writes where lower is better (tables bold the lowest); all others are higher-better
