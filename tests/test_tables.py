@@ -11,9 +11,14 @@ import pandas as pd
 import pytest
 
 from taskalign.analysis.stats import delong_test, wilcoxon_paired
-from taskalign.report import tables
-from taskalign.report.tables import (Table, ablation_table, cka_table, cohort_table, compute_table, lens_table,
-                                     performance_table, provenance, write_table)
+from taskalign.report.tables import model as table_model
+from taskalign.report.tables.ablation import OBJECTIVES, ablation_table
+from taskalign.report.tables.cka import cka_table
+from taskalign.report.tables.cohorts import cohort_table
+from taskalign.report.tables.compute import compute_table
+from taskalign.report.tables.lens import lens_table
+from taskalign.report.tables.model import Table, provenance, write_table
+from taskalign.report.tables.performance import performance_table
 
 BASE = ("pretrained:mae", "full")
 PROV = {"config_hash": "abc123def456", "code_version": "v0.1-3-gdeadbee", "packages": {"python": "3.11"},
@@ -204,7 +209,7 @@ def test_provenance(monkeypatch):
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(tables.subprocess, "run", no_git)
+    monkeypatch.setattr(table_model.subprocess, "run", no_git)
     config = {"seed": 0, "tasks": {"a": 1}}
     prov = provenance(config)
     assert prov["config_hash"] == hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
@@ -222,7 +227,7 @@ def test_provenance_uses_git_describe(monkeypatch):
         seen["cmd"] = cmd
         return subprocess.CompletedProcess(cmd, 0, stdout="v1.2-3-gabc-dirty\n", stderr="")
 
-    monkeypatch.setattr(tables.subprocess, "run", fake_run)
+    monkeypatch.setattr(table_model.subprocess, "run", fake_run)
     assert provenance({})["code_version"] == "v1.2-3-gabc-dirty"
     assert seen["cmd"] == ["git", "describe", "--always", "--dirty"]
 
@@ -295,7 +300,7 @@ def test_ablation_table_checks_and_bold():
                       "value": mse, "primary": True},
                      {"task": "volume_reg", "init": init, "protocol": protocol, "seed": seed, "metric": "mae_ml",
                       "value": 0.0, "primary": False}]
-    objective_sets = {"mae": ["reconstruction"], "multitask": list(tables.OBJECTIVES),
+    objective_sets = {"mae": ["reconstruction"], "multitask": list(OBJECTIVES),
                       "mt_no_contrastive": ["reconstruction", "metadata", "translation"]}
     table = ablation_table(pd.DataFrame(rows), objective_sets, lower_is_better={"mse"})
     cells = table.cells

@@ -18,8 +18,13 @@ import pandas as pd
 
 from taskalign.report import figures
 from taskalign.report.names import FIGURES, PERFORMANCE_TABLES
-from taskalign.report.tables import (Table, ablation_table, cka_table, cohort_table, compute_table,
-                                     lens_table, performance_table, provenance, write_table)
+from taskalign.report.tables.ablation import ablation_table
+from taskalign.report.tables.cka import cka_table
+from taskalign.report.tables.cohorts import cohort_table
+from taskalign.report.tables.compute import compute_table
+from taskalign.report.tables.lens import lens_table
+from taskalign.report.tables.model import Table, provenance, write_table
+from taskalign.report.tables.performance import performance_table
 from taskalign.runtime import atomic_path
 from taskalign.tasks.spec import LOWER_IS_BETTER, TASK_TYPES
 

@@ -1,0 +1,1 @@
+"""Paper tables: the table model (model.py) and one builder module per table."""
