@@ -1,5 +1,5 @@
 # taskalign: pretraining-task alignment of a prostate-MRI foundation model.
-# Stages live in workflow/rules/<stage>.smk; path patterns and config look-ups in common.smk.
+# Stages live in workflow/rules/<stage>.smk; the experiment plan (every job and path) is taskalign.plan.
 from snakemake.utils import min_version
 
 min_version("9.11")
@@ -25,12 +25,12 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        all_data_outputs(),
-        all_encoder_outputs(),
-        all_finetune_outputs(),
-        all_feature_outputs(),
-        all_analysis_outputs(),
-        paper_outputs(),
+        PLAN.data_outputs(),
+        PLAN.encoder_outputs(),
+        PLAN.finetune_outputs(),
+        PLAN.feature_outputs(),
+        PLAN.analysis_outputs(),
+        paper.paper_outputs(PLAN),
 
 
 # Stage targets: `snakemake data` stops after the cache and QC montages; `snakemake encoders` after continual
@@ -38,30 +38,30 @@ rule all:
 # features, CKA, MMD/RPG, radiomics and the radiomic lens.
 rule data:
     input:
-        all_data_outputs(),
+        PLAN.data_outputs(),
 
 
 rule encoders:
     input:
-        all_encoder_outputs(),
+        PLAN.encoder_outputs(),
 
 
 rule finetuned:
     input:
-        all_finetune_outputs(),
+        PLAN.finetune_outputs(),
 
 
 rule analyses:
     input:
-        all_feature_outputs(),
-        all_analysis_outputs(),
+        PLAN.feature_outputs(),
+        PLAN.analysis_outputs(),
 
 
 # One paper's tables and figures: `snakemake tables_001` regenerates seed 001's outputs only.
-for _paper in PAPERS:
+for _paper in paper.PAPERS:
 
     rule:
         name:
             f"tables_{_paper}"
         input:
-            paper_outputs(_paper),
+            paper.paper_outputs(PLAN, _paper),

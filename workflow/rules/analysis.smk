@@ -3,15 +3,37 @@
 # Per-task jobs, then one table per analysis under results/analysis/.
 
 
+def radiomics_params_file():
+    """A relative path is taken from the working directory, else from the repository (which ships the default)."""
+    path = Path(ANALYSIS["radiomics"]["params"])
+    return str(path if path.is_absolute() or path.exists() else Path(workflow.basedir) / path)
+
+
+def lens_inputs(wildcards):
+    task = wildcards.task
+    return {"radiomics": layout.radiomics_table(PLAN.task_cohort(task)),
+            "pretrained": layout.base_features(task, f"pretrained-{PLAN.analysed}"),
+            "finetuned": layout.run_features(PLAN.lens_run(task))}
+
+
+# Each analysis's per-task parts, collected into one table per analysis.
+ANALYSIS_PARTS = {
+    "cka": [layout.analysis_file(f"cka/{task}.csv") for task in PLAN.cka_tasks],
+    "mmd": [layout.analysis_file(f"mmd/{task}.csv") for task in PLAN.mmd_tasks],
+    "lens": [layout.analysis_file(f"lens/{task}.csv") for task in PLAN.lens_tasks],
+    "lens_summary": [layout.analysis_file(f"lens/{task}_summary.csv") for task in PLAN.lens_tasks],
+}
+
+
 rule cka:
     input:
-        lambda wildcards: sorted({pair[end] for pair in cka_pairs(wildcards.task) for end in "ab"}),
+        lambda wildcards: sorted({pair[end] for pair in PLAN.cka_pairs(wildcards.task) for end in "ab"}),
     output:
-        "results/analysis/cka/{task}.csv",
+        layout.analysis_file("cka/{task}.csv"),
     wildcard_constraints:
-        task=name_pattern(CKA_TASKS),
+        task=name_pattern(PLAN.cka_tasks),
     params:
-        pairs=lambda wildcards: as_json(cka_pairs(wildcards.task)),
+        pairs=lambda wildcards: as_json(PLAN.cka_pairs(wildcards.task)),
         settings=as_json({**ANALYSIS["cka"], "seed": config["seed"]}),
     log:
         "results/logs/analysis/cka/{task}.log",
@@ -24,13 +46,13 @@ rule cka:
 
 rule mmd:
     input:
-        unpack(mmd_inputs),
+        unpack(lambda wildcards: PLAN.mmd_inputs(wildcards.task)),
     output:
-        "results/analysis/mmd/{task}.csv",
+        layout.analysis_file("mmd/{task}.csv"),
     wildcard_constraints:
-        task=name_pattern(MMD_TASKS),
+        task=name_pattern(PLAN.mmd_tasks),
     params:
-        seeds=lambda wildcards: " ".join(map(str, mmd_seeds(wildcards.task))),
+        seeds=lambda wildcards: " ".join(map(str, PLAN.mmd_seeds(wildcards.task))),
         settings=as_json({**ANALYSIS["mmd"], "seed": config["seed"]}),
     log:
         "results/logs/analysis/mmd/{task}.log",
@@ -44,20 +66,20 @@ rule mmd:
 
 rule target_probe:
     input:
-        encoders=list(target_probe_encoders().values()),
-        index=f"results/cache/{CONTINUAL['cohort']}.csv",
+        encoders=list(PLAN.target_probe_encoders().values()),
+        index=layout.cache_index(PLAN.continual["cohort"]),
     output:
-        table="results/analysis/target_probe.csv",
+        table=layout.analysis_file("target_probe.csv"),
         figure=report(
-            "results/analysis/target_probe.png",
+            layout.analysis_file("target_probe.png"),
             caption="../report/target_probe.rst",
             category="Encoders",
             subcategory="Continual pretraining",
             labels={"figure": "target_probe"},
         ),
     params:
-        encoders=as_json(target_probe_encoders()),
-        settings=as_json({"target": CONTINUAL["target"], "layers": CONTINUAL["layers"],
+        encoders=as_json(PLAN.target_probe_encoders()),
+        settings=as_json({"target": PLAN.continual["target"], "layers": PLAN.continual["layers"],
                           "batch_size": ANALYSIS["batch_size"], "bootstrap": config["evaluate"]["bootstrap"],
                           "seed": config["seed"]}),
     threads: ANALYSIS["threads"]
@@ -72,13 +94,13 @@ rule target_probe:
 
 rule rpg:
     input:
-        summary="results/evaluate/summary.csv",
-        distances="results/analysis/mmd.csv",
+        summary=layout.metrics_summary(),
+        distances=layout.analysis_file("mmd.csv"),
     output:
-        rpg="results/analysis/rpg.csv",
-        correlations="results/analysis/rpg_correlations.csv",
+        rpg=layout.analysis_file("rpg.csv"),
+        correlations=layout.analysis_file("rpg_correlations.csv"),
     params:
-        variant=ANALYSED,
+        variant=PLAN.analysed,
     log:
         "results/logs/analysis/rpg.log",
     conda:
@@ -90,12 +112,12 @@ rule rpg:
 
 rule radiomics:
     input:
-        index="results/cache/{cohort}.csv",
+        index=layout.cache_index("{cohort}"),
         params=radiomics_params_file(),
     output:
-        "results/radiomics/{cohort}.csv",
+        layout.radiomics_table("{cohort}"),
     wildcard_constraints:
-        cohort=name_pattern(RADIOMICS_COHORTS),
+        cohort=name_pattern(PLAN.radiomics_cohorts),
     params:
         channels=" ".join(ANALYSIS["radiomics"]["channels"]),
     threads: ANALYSIS["radiomics"]["processes"]
@@ -113,14 +135,12 @@ rule radiomics:
 
 rule lens:
     input:
-        radiomics=lambda wildcards: f"results/radiomics/{TASKS[wildcards.task]['cohort']}.csv",
-        pretrained=lambda wildcards: base_features(wildcards.task, f"pretrained-{ANALYSED}"),
-        finetuned=lambda wildcards: run_features(*lens_run(wildcards.task)),
+        unpack(lens_inputs),
     output:
-        table="results/analysis/lens/{task}.csv",
-        summary="results/analysis/lens/{task}_summary.csv",
+        table=layout.analysis_file("lens/{task}.csv"),
+        summary=layout.analysis_file("lens/{task}_summary.csv"),
     wildcard_constraints:
-        task=name_pattern(LENS_TASKS),
+        task=name_pattern(PLAN.lens_tasks),
     params:
         settings=as_json(ANALYSIS["lens"]),
     log:
@@ -136,14 +156,9 @@ rule lens:
 # One table per analysis, so that a change to one analysis does not touch the others' tables.
 rule collect_analysis:
     input:
-        lambda wildcards: {
-            "cka": expand("results/analysis/cka/{task}.csv", task=CKA_TASKS),
-            "mmd": expand("results/analysis/mmd/{task}.csv", task=MMD_TASKS),
-            "lens": expand("results/analysis/lens/{task}.csv", task=LENS_TASKS),
-            "lens_summary": expand("results/analysis/lens/{task}_summary.csv", task=LENS_TASKS),
-        }[wildcards.analysis],
+        lambda wildcards: ANALYSIS_PARTS[wildcards.analysis],
     output:
-        "results/analysis/{analysis}.csv",
+        layout.analysis_file("{analysis}.csv"),
     wildcard_constraints:
         analysis="cka|mmd|lens|lens_summary",
     log:

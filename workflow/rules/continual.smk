@@ -1,19 +1,27 @@
 # Continual pretraining stage: LoRA on Q, K, V, O + ViT adapter + UperNet, trained on a segmentation target;
 # the merged encoder is the stage's product.
+CONTINUAL = config["continual"]
+
+
+def continual_params(wildcards):
+    keys = ["target", "layers", "rank", "alpha", "dropout", "decoder_channels", "epochs", "batch_size", "lr",
+            "warmup_epochs", "weight_decay"]
+    return as_json({**{k: CONTINUAL[k] for k in keys}, "seed": config["seed"]})
+
 
 
 rule continual:
     input:
-        encoder="results/pretrain/{variant}/encoder.safetensors",
-        index=f"results/cache/{CONTINUAL['cohort']}.csv",
+        encoder=layout.pretrained_encoder("{variant}"),
+        index=layout.cache_index(CONTINUAL["cohort"]),
     output:
-        encoder="results/continual/{variant}/encoder.safetensors",
-        adapter="results/continual/{variant}/adapter.safetensors",
-        history="results/continual/{variant}/history.csv",
-        curve="results/continual/{variant}/dice_curve.png",
+        encoder=layout.continual_encoder("{variant}"),
+        adapter=layout.continual_file("{variant}", "adapter.safetensors"),
+        history=layout.continual_file("{variant}", "history.csv"),
+        curve=layout.continual_file("{variant}", "dice_curve.png"),
     params:
         continual=continual_params,
-        resume_dir="results/resume/continual/{variant}",
+        resume_dir=layout.resume_dir("continual", "{variant}"),
     priority: CRITICAL_PATH
     threads: CONTINUAL["threads"]
     resources:

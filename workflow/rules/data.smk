@@ -1,13 +1,31 @@
 # Data stage: built-in phantom cohorts or imported ones -> checked manifests -> preprocessed cache + QC.
+COHORTS = config["data"]["cohorts"]
+
+
+def phantom_params(wildcards):
+    train, val, test = COHORTS[wildcards.cohort]["splits"]
+    return as_json({"phantom": config["data"]["phantom"], "splits": {"train": train, "val": val, "test": test}})
+
+
+def import_params(wildcards):
+    spec = COHORTS[wildcards.cohort]
+    return as_json({"kind": spec["source"], "source": spec["path"], "options": spec.get("options", {})})
+
+
+def check_params(wildcards):
+    split = config["data"]["split"]
+    return as_json({"split_fractions": split["fractions"], "split_seed": split["seed"],
+                    "stratify_by": split["stratify_by"], "require": config["data"]["require"]})
+
 
 
 rule cohort:
     output:
-        manifest="results/cohorts/{cohort}/manifest.csv",
-        truth="results/cohorts/{cohort}/truth.csv",
-        cases=directory("results/cohorts/{cohort}/cases"),
+        manifest=layout.cohort_manifest("{cohort}"),
+        truth=layout.phantom_truth("{cohort}"),
+        cases=directory(layout.phantom_cases("{cohort}")),
     wildcard_constraints:
-        cohort=name_pattern(cohorts_from("phantom")),
+        cohort=name_pattern(PLAN.cohorts_from("phantom")),
     params:
         phantom=phantom_params,
     priority: CRITICAL_PATH
@@ -28,9 +46,9 @@ rule cohort:
 
 rule import_cohort:
     output:
-        manifest="results/cohorts/{cohort}/manifest.csv",
+        manifest=layout.cohort_manifest("{cohort}"),
     wildcard_constraints:
-        cohort=name_pattern(cohorts_from(*IMPORTERS)),
+        cohort=name_pattern(PLAN.imported_cohorts),
     params:
         spec=import_params,
     priority: CRITICAL_PATH
@@ -49,9 +67,9 @@ rule import_cohort:
 
 rule check_manifest:
     input:
-        source_manifest,
+        lambda wildcards: PLAN.source_manifest(wildcards.cohort),
     output:
-        "results/manifests/{cohort}.csv",
+        layout.checked_manifest("{cohort}"),
     params:
         check=check_params,
     priority: CRITICAL_PATH
@@ -69,11 +87,11 @@ rule check_manifest:
 
 rule preprocess:
     input:
-        "results/manifests/{cohort}.csv",
+        layout.checked_manifest("{cohort}"),
     output:
-        cache=directory("results/cache/{cohort}"),
-        index="results/cache/{cohort}.csv",
-        qc=directory("results/qc/{cohort}"),
+        cache=directory(layout.cache_dir("{cohort}")),
+        index=layout.cache_index("{cohort}"),
+        qc=directory(layout.qc_dir("{cohort}")),
     params:
         preprocess=lambda wildcards: as_json(config["preprocess"]),
     priority: CRITICAL_PATH

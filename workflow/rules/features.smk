@@ -3,15 +3,20 @@
 # and the encoder inside each fine-tuned model (frozen runs reuse their starting encoder's features).
 
 
+def features_params(wildcards):
+    return as_json({"task": PLAN.task_spec(wildcards.task), "channels": config["preprocess"]["channels"],
+                    "layers": ANALYSIS["layers"], "batch_size": ANALYSIS["batch_size"], "seed": config["seed"]})
+
+
 rule features:
     input:
-        model=lambda wildcards: BASE_ENCODERS[wildcards.encoder],
+        model=lambda wildcards: PLAN.base_encoders[wildcards.encoder],
         index=task_index,
     output:
-        "results/features/{task}/{encoder}.npz",
+        layout.base_features("{task}", "{encoder}"),
     wildcard_constraints:
         task=name_pattern(TASKS),
-        encoder=name_pattern(BASE_ENCODERS),
+        encoder=name_pattern(PLAN.base_encoders),
     params:
         features=features_params,
     threads: ANALYSIS["threads"]
@@ -30,15 +35,12 @@ rule features:
 
 rule finetuned_features:
     input:
-        model=f"results/finetune/{RUN_PATTERN}/model.safetensors",
+        model=layout.run_file("finetune", RUN, "model.safetensors"),
         index=task_index,
     output:
-        f"results/features/{RUN_PATTERN}.npz",
+        layout.run_features(RUN),
     wildcard_constraints:
-        task=name_pattern(TASKS),
-        init=name_pattern(INITS),
-        protocol=name_pattern(PROTOCOLS),
-        seed=r"\d+",
+        **RUN_CONSTRAINTS,
     params:
         features=features_params,
     threads: ANALYSIS["threads"]
@@ -47,7 +49,7 @@ rule finetuned_features:
         runtime=60,
         gpu=ANALYSIS["gpu"],
     log:
-        f"results/logs/features/{RUN_PATTERN}.log",
+        f"results/logs/features/{layout.RUN_PATTERN}.log",
     conda:
         "../../envs/taskalign.yaml"
     shell:

@@ -1,5 +1,30 @@
 # Fine-tuning matrix: one job per task x init x protocol x seed in config `finetune.runs`, each evaluated on its
 # task's test split; `collect_metrics` gathers every run's metrics into one table.
+FINETUNE = config["finetune"]
+EVALUATE = config["evaluate"]
+# The wildcard form of a run's path components; layout fills in the real ones for the requested files.
+RUN = layout.Run("{task}", "{init}", "{protocol}", "{seed}")
+RUN_CONSTRAINTS = {"task": name_pattern(TASKS), "init": name_pattern(PLAN.inits),
+                   "protocol": name_pattern(PLAN.protocols), "seed": r"\d+"}
+
+
+def finetune_params(wildcards):
+    """Only what the run depends on: a head change does not rerun specialists and vice versa, a change to one
+    task's settings reruns that task only."""
+    architecture = "specialist" if PLAN.inits[wildcards.init] == "specialist" else "head"
+    return as_json({**PLAN.finetune_settings(wildcards.task), "augment": FINETUNE["augment"],
+                    architecture: FINETUNE[architecture], "task": PLAN.task_spec(wildcards.task),
+                    "channels": config["preprocess"]["channels"], "seed": int(wildcards.seed)})
+
+
+def evaluate_params(wildcards):
+    return as_json({"task": PLAN.task_spec(wildcards.task), "channels": config["preprocess"]["channels"],
+                    "seed": int(wildcards.seed), "batch_size": PLAN.finetune_settings(wildcards.task)["batch_size"],
+                    "bootstrap": EVALUATE["bootstrap"], "save_volumes": EVALUATE["save_volumes"]})
+
+
+def finetune_encoder(wildcards):
+    return PLAN.init_encoder(PLAN.inits[wildcards.init]) or []
 
 
 rule finetune:
@@ -7,30 +32,27 @@ rule finetune:
         encoder=finetune_encoder,
         index=task_index,
     output:
-        model=f"results/finetune/{RUN_PATTERN}/model.safetensors",
-        history=f"results/finetune/{RUN_PATTERN}/history.csv",
-        curve=f"results/finetune/{RUN_PATTERN}/curve.png",
-        timing=f"results/finetune/{RUN_PATTERN}/timing.json",
+        model=layout.run_file("finetune", RUN, "model.safetensors"),
+        history=layout.run_file("finetune", RUN, "history.csv"),
+        curve=layout.run_file("finetune", RUN, "curve.png"),
+        timing=layout.run_file("finetune", RUN, "timing.json"),
     wildcard_constraints:
-        task=name_pattern(TASKS),
-        init=name_pattern(INITS),
-        protocol=name_pattern(PROTOCOLS),
-        seed=r"\d+",
+        **RUN_CONSTRAINTS,
     params:
         finetune=finetune_params,
-        init=lambda wildcards: INITS[wildcards.init],
-        protocol=lambda wildcards: PROTOCOLS[wildcards.protocol],
+        init=lambda wildcards: PLAN.inits[wildcards.init],
+        protocol=lambda wildcards: PLAN.protocols[wildcards.protocol],
         encoder=lambda wildcards, input: f"--encoder {input.encoder}" if input.encoder else "",
-        resume_dir=f"results/resume/finetune/{RUN_PATTERN}",
+        resume_dir=layout.resume_dir("finetune", layout.RUN_PATTERN),
     threads: FINETUNE["threads"]
     resources:
         mem_mb=16000,
         runtime=12 * 60,
         gpu=FINETUNE["gpu"],
     log:
-        f"results/logs/finetune/{RUN_PATTERN}.log",
+        f"results/logs/finetune/{layout.RUN_PATTERN}.log",
     benchmark:
-        f"results/benchmarks/finetune/{RUN_PATTERN}.tsv"
+        f"results/benchmarks/finetune/{layout.RUN_PATTERN}.tsv"
     conda:
         "../../envs/taskalign.yaml"
     shell:
@@ -43,18 +65,15 @@ rule finetune:
 
 rule evaluate:
     input:
-        model=f"results/finetune/{RUN_PATTERN}/model.safetensors",
+        model=layout.run_file("finetune", RUN, "model.safetensors"),
         index=task_index,
     output:
-        metrics=f"results/evaluate/{RUN_PATTERN}/metrics.csv",
-        cases=f"results/evaluate/{RUN_PATTERN}/cases.csv",
-        predictions=f"results/evaluate/{RUN_PATTERN}/predictions.npz",
-        montage=f"results/evaluate/{RUN_PATTERN}/montage.png",
+        metrics=layout.run_file("evaluate", RUN, "metrics.csv"),
+        cases=layout.run_file("evaluate", RUN, "cases.csv"),
+        predictions=layout.run_file("evaluate", RUN, "predictions.npz"),
+        montage=layout.run_file("evaluate", RUN, "montage.png"),
     wildcard_constraints:
-        task=name_pattern(TASKS),
-        init=name_pattern(INITS),
-        protocol=name_pattern(PROTOCOLS),
-        seed=r"\d+",
+        **RUN_CONSTRAINTS,
     params:
         evaluate=evaluate_params,
     threads: EVALUATE["threads"]
@@ -63,7 +82,7 @@ rule evaluate:
         runtime=60,
         gpu=EVALUATE["gpu"],
     log:
-        f"results/logs/evaluate/{RUN_PATTERN}.log",
+        f"results/logs/evaluate/{layout.RUN_PATTERN}.log",
     conda:
         "../../envs/taskalign.yaml"
     shell:
@@ -74,10 +93,10 @@ rule evaluate:
 
 rule collect_metrics:
     input:
-        run_paths("results/evaluate", ["metrics.csv"]),
+        [layout.run_file("evaluate", run, "metrics.csv") for run in PLAN.runs],
     output:
-        metrics="results/evaluate/metrics.csv",
-        summary="results/evaluate/summary.csv",
+        metrics=layout.collected_metrics(),
+        summary=layout.metrics_summary(),
     log:
         "results/logs/evaluate/collect.log",
     conda:

@@ -1,19 +1,41 @@
 # Pretraining stage: one encoder per variant (trained here or imported), plus the seeded random-init encoder.
+PRETRAIN = config["pretrain"]
+
+
+def encoder_geometry():
+    """EncoderGeometry fields from the config (taskalign.models.encoder)."""
+    encoder = config["encoder"]
+    return {"in_channels": len(config["preprocess"]["channels"]), "img_size": config["preprocess"]["size"],
+            **{k: encoder[k] for k in ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads")}}
+
+
+def pretrain_params(wildcards):
+    keys = ["mask_ratio", "weights", "decoder_layers", "epochs", "batch_size", "lr", "warmup_epochs",
+            "weight_decay", "holdout_fraction"]
+    return as_json({**{k: PRETRAIN[k] for k in keys}, "objectives": PLAN.variants[wildcards.variant]["objectives"],
+                    "geometry": encoder_geometry(), "channels": config["preprocess"]["channels"],
+                    "seed": config["seed"]})
+
+
+def import_encoder_params(wildcards):
+    spec = PLAN.variants[wildcards.variant]
+    return as_json({"geometry": encoder_geometry(), "path": spec["path"], "layout": spec.get("layout", "timm")})
+
 
 
 rule pretrain:
     input:
-        pretrain_inputs,
+        [layout.cache_index(c) for c in PRETRAIN["cohorts"]],
     output:
-        encoder="results/pretrain/{variant}/encoder.safetensors",
-        last="results/pretrain/{variant}/encoder_last.safetensors",
-        history="results/pretrain/{variant}/history.csv",
-        curve="results/pretrain/{variant}/loss_curve.png",
+        encoder=layout.pretrained_encoder("{variant}"),
+        last=layout.pretrain_file("{variant}", "encoder_last.safetensors"),
+        history=layout.pretrain_file("{variant}", "history.csv"),
+        curve=layout.pretrain_file("{variant}", "loss_curve.png"),
     wildcard_constraints:
-        variant=name_pattern(TRAINED_VARIANTS),
+        variant=name_pattern(PLAN.trained_variants),
     params:
         pretrain=pretrain_params,
-        resume_dir="results/resume/pretrain/{variant}",
+        resume_dir=layout.resume_dir("pretrain", "{variant}"),
     priority: CRITICAL_PATH
     threads: PRETRAIN["threads"]
     resources:
@@ -35,9 +57,9 @@ rule pretrain:
 
 rule random_encoder:
     output:
-        "results/pretrain/random/encoder.safetensors",
+        layout.pretrained_encoder("random"),
     params:
-        spec=random_encoder_params,
+        spec=as_json({"geometry": encoder_geometry(), "seed": config["seed"]}),
     priority: CRITICAL_PATH
     log:
         "results/logs/pretrain/random.log",
@@ -49,9 +71,9 @@ rule random_encoder:
 
 rule import_encoder:
     output:
-        "results/pretrain/{variant}/encoder.safetensors",
+        layout.pretrained_encoder("{variant}"),
     wildcard_constraints:
-        variant=name_pattern(IMPORTED_VARIANTS),
+        variant=name_pattern(PLAN.imported_variants),
     params:
         spec=import_encoder_params,
     priority: CRITICAL_PATH

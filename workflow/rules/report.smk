@@ -1,17 +1,26 @@
 # Report stage: every paper table (CSV, Markdown, LaTeX, and HTML for the report) and figure (PNG, PDF) by
-# name, `{paper}_{what}`; `snakemake --report results/report.html` gathers them, grouped by paper.
+# name, `{paper}_{what}`; `snakemake --report results/report.html` gathers them, grouped by paper. The plan names
+# each output's input files; the builders get them by name (--inputs) and open nothing else.
+
+
+def table_inputs(wildcards):
+    return paper.table_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")
+
+
+def figure_inputs(wildcards):
+    return paper.figure_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")
 
 
 rule table:
     input:
-        table_inputs,
+        lambda wildcards: paper.input_paths(table_inputs(wildcards)),
     output:
-        csv="results/tables/{paper}_{what}.csv",
-        md="results/tables/{paper}_{what}.md",
-        tex="results/tables/{paper}_{what}.tex",
-        provenance="results/tables/{paper}_{what}.provenance.json",
+        csv=layout.table_files("{paper}_{what}")[0],
+        md=layout.table_files("{paper}_{what}")[1],
+        tex=layout.table_files("{paper}_{what}")[2],
+        provenance=layout.table_files("{paper}_{what}")[3],
         html=report(
-            "results/tables/{paper}_{what}.html",
+            layout.table_files("{paper}_{what}")[4],
             caption="../report/table.rst",
             category="Paper {paper}",
             subcategory="Tables",
@@ -21,37 +30,39 @@ rule table:
         paper=r"\d{3}",
         what=r"table\w+|lens_summary",
     params:
-        settings=report_settings(),
+        inputs=lambda wildcards: as_json(table_inputs(wildcards)),
+        settings=as_json(paper.report_settings(PLAN)),
     log:
         "results/logs/report/{paper}_{what}.log",
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.report --table {wildcards.paper}_{wildcards.what} --settings {params.settings:q}"
-        " --out-dir results/tables 2> {log}"
+        "python -m taskalign.cli.report --table {wildcards.paper}_{wildcards.what} --inputs {params.inputs:q}"
+        " --settings {params.settings:q} --out {output.csv} 2> {log}"
 
 
 rule figure:
     input:
-        figure_inputs,
+        lambda wildcards: paper.input_paths(figure_inputs(wildcards)),
     output:
         png=report(
-            "results/figures/{paper}_{what}.png",
+            layout.figure_files("{paper}_{what}")[0],
             caption="../report/figure.rst",
             category="Paper {paper}",
             subcategory="Figures",
             labels={"figure": "{paper}_{what}"},
         ),
-        pdf="results/figures/{paper}_{what}.pdf",
+        pdf=layout.figure_files("{paper}_{what}")[1],
     wildcard_constraints:
         paper=r"\d{3}",
         what=r"fig\w+|lens_\w+",
     params:
-        settings=report_settings(figure=True),
+        inputs=lambda wildcards: as_json(figure_inputs(wildcards)),
+        settings=as_json(paper.report_settings(PLAN, figure=True)),
     log:
         "results/logs/report/{paper}_{what}.log",
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.report --figure {wildcards.paper}_{wildcards.what} --settings {params.settings:q}"
-        " --out-dir results/figures 2> {log}"
+        "python -m taskalign.cli.report --figure {wildcards.paper}_{wildcards.what} --inputs {params.inputs:q}"
+        " --settings {params.settings:q} --out {output.png} 2> {log}"

@@ -15,17 +15,19 @@ def main(argv: list[str] | None = None) -> int:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--table", help="e.g. 000_table2_classification")
     what.add_argument("--figure", help="e.g. 001_fig2_rpg_vs_distance")
+    parser.add_argument("--inputs", required=True, help="JSON: the output's input files by name (taskalign.plan.outputs)")
     parser.add_argument("--settings", required=True, help="JSON: tasks, runs, variant, objective_sets, style, ...")
-    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="one of its files (stem.csv, stem.png); the rest share the stem")
     args = parser.parse_args(argv)
     setup_logging("taskalign.report")
     from taskalign.report.paper import draw_named_figure, write_named_table
 
-    settings = json.loads(args.settings)
+    inputs, settings = json.loads(args.inputs), json.loads(args.settings)
+    stem = args.out.with_name(args.out.name.split(".")[0])
     if args.table:
-        write_named_table(args.table, settings, args.out_dir)
+        write_named_table(args.table, inputs, settings, stem)
     else:
-        draw_named_figure(args.figure, settings, args.out_dir)
+        draw_named_figure(args.figure, inputs, settings, stem)
     return 0
 
 

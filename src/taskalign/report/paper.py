@@ -1,8 +1,9 @@
-"""Report stage: every paper table and figure by name, built from the pipeline's results.
+"""Report stage: every paper table and figure by name, built from the files the plan names as its inputs.
 
-Each output has a builder that reads the result files it needs (the rule declares them as inputs) and returns a
-`Table` or draws a figure. `settings` carries what the builders need from the config: the tasks, the finetune
-runs, the analysed variant, the pretraining objective sets and, for figures, the style.
+Each output has a builder that gets its input files by name (`inputs`, from taskalign.plan.outputs through the
+rule) and returns a `Table` or draws a figure; it opens nothing else. `settings` carries what the builders need
+from the config: the tasks, the fine-tuning runs, the analysed variant, the pretraining objective sets and, for
+figures, the style. Per-run inputs come as rows [task, init, protocol, seed, path].
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from taskalign.plan.outputs import FIGURES, PERFORMANCE_TABLES
 from taskalign.report import figures
-from taskalign.report.names import FIGURES, PERFORMANCE_TABLES
 from taskalign.report.tables.ablation import ablation_table
 from taskalign.report.tables.cka import cka_table
 from taskalign.report.tables.cohorts import cohort_table
@@ -29,16 +30,6 @@ from taskalign.runtime import atomic_path
 from taskalign.tasks.spec import LOWER_IS_BETTER, TASK_TYPES
 
 log = logging.getLogger(__name__)
-
-RESULTS = Path("results")
-
-
-def slug(name: str) -> str:
-    return name.replace(":", "-")
-
-
-def run_dir(stage: str, task: str, init: str, protocol: str, seed: int) -> Path:
-    return RESULTS / stage / task / slug(init) / slug(protocol) / f"seed{seed}"
 
 
 def run_config() -> dict:
@@ -52,65 +43,73 @@ def run_config() -> dict:
     return json.loads(Path(path).read_text())
 
 
+def per_run(rows: list[list]) -> dict[tuple[str, str, str, int], Path]:
+    """[[task, init, protocol, seed, path], ...] -> {(task, init, protocol, seed): path}, sorted by run (tables and
+    figures do not depend on the order of tasks in the config)."""
+    return dict(sorted(((t, i, p, int(s)), Path(path)) for t, i, p, s, path in rows))
+
+
 def tasks_of_kind(settings: dict, kind: str) -> list[str]:
     return [t for t in settings["tasks"] if TASK_TYPES[t].kind == kind and any(r[0] == t for r in settings["runs"])]
 
 
 # --- tables -------------------------------------------------------------------------------------------------------
 
-def performance(name: str, settings: dict) -> Table:
+def performance(name: str, inputs: dict, settings: dict) -> Table:
     tasks = tasks_of_kind(settings, PERFORMANCE_TABLES[name])
-    metrics = pd.read_csv(RESULTS / "evaluate/metrics.csv")
-    cases = {(t, i, p, s): pd.read_csv(run_dir("evaluate", t, i, p, s) / "cases.csv")
-             for t, i, p, s in settings["runs"] if t in tasks}
+    metrics = pd.read_csv(inputs["metrics"])
+    cases = {run: pd.read_csv(path) for run, path in per_run(inputs["cases"]).items()}
     return performance_table(metrics, cases, tasks, f"pretrained:{settings['variant']}", LOWER_IS_BETTER)
 
 
-def cohorts(settings: dict) -> Table:
+def cohorts(inputs: dict, settings: dict) -> Table:
+    """Cohorts used by tasks first (in task order), then the others, each from its checked manifest."""
+    by_name = {Path(path).stem: path for path in inputs["manifests"]}
     used = list(dict.fromkeys(spec["cohort"] for spec in settings["tasks"].values()))
-    manifests = {c: pd.read_csv(RESULTS / f"manifests/{c}.csv") for c in [*used, *settings["other_cohorts"]]}
+    manifests = {c: pd.read_csv(by_name[c]) for c in [*used, *settings["other_cohorts"]]}
     return cohort_table(manifests, settings["tasks"])
 
 
-def read_cka() -> pd.DataFrame:
+def read_cka(path: str) -> pd.DataFrame:
     """cka.csv with the pretrained-continual pair's empty protocol and seed as "" (not NaN)."""
-    frame = pd.read_csv(RESULTS / "analysis/cka.csv", dtype={"protocol": str, "seed": str})
+    frame = pd.read_csv(path, dtype={"protocol": str, "seed": str})
     return frame.fillna({"protocol": "", "seed": ""})
 
 
-def cka(settings: dict) -> Table:
-    frame = read_cka()
+def cka(inputs: dict, settings: dict) -> Table:
+    frame = read_cka(inputs["cka"])
     diagonal = frame[(frame["layer_a"] == frame["layer_b"]) & frame["layer_a"].str.startswith("block")
                      & frame["protocol"].isin(["", "full"])]
     return cka_table(diagonal.assign(layer=diagonal["layer_a"].str.removeprefix("block").astype(int)))
 
 
-def compute(settings: dict) -> Table:
+def compute(inputs: dict, settings: dict) -> Table:
     rows = []
-    for t, i, p, s in settings["runs"]:
+    for (t, i, p, s), path in per_run(inputs["timings"]).items():
         if p == "full" and i in ("scratch", f"pretrained:{settings['variant']}"):
-            timing = json.loads((run_dir("finetune", t, i, p, s) / "timing.json").read_text())
+            timing = json.loads(path.read_text())
             rows.append({"task": t, "init": i, "protocol": p, "seed": s,
                          "wall_seconds": timing["wall_seconds_this_run"], "device_hours": timing["device_hours"]})
     return compute_table(pd.DataFrame(rows))
 
 
-def ablation(settings: dict) -> Table:
-    metrics = pd.read_csv(RESULTS / "evaluate/metrics.csv")
+def ablation(inputs: dict, settings: dict) -> Table:
+    metrics = pd.read_csv(inputs["metrics"])
     return ablation_table(metrics, settings["objective_sets"], lower_is_better=LOWER_IS_BETTER)
 
 
-def lens(settings: dict) -> Table:
-    summary = pd.read_csv(RESULTS / "analysis/lens_summary.csv")
+def lens(inputs: dict, settings: dict) -> Table:
+    summary = pd.read_csv(inputs["summary"])
     fixed = ["task", "r2_pre", "r2_ft", "total_change", "perm_p", "stability_spearman", "top_features"]
     groups = {c: c.removeprefix("change_") for c in summary.columns if c.startswith("change_")}
     return lens_table(summary[fixed + list(groups)].rename(columns=groups))
 
 
-def build_table(name: str, settings: dict) -> Table:
+def build_table(name: str, inputs: dict, settings: dict) -> Table:
     builders = {"000_table1_cohorts": cohorts, "000_table6_cka": cka, "001_table1_compute": compute,
                 "002_table5_ablation": ablation, "003_lens_summary": lens}
-    table = performance(name, settings) if name in PERFORMANCE_TABLES else builders[name](settings)
+    table = (performance(name, inputs, settings) if name in PERFORMANCE_TABLES
+             else builders[name](inputs, settings))
     table.provenance = provenance(run_config())
     return table
 
@@ -129,12 +128,14 @@ def table_html(table: Table) -> str:
             f"<p style='color:#888;font-size:11px'>{html.escape(prov)}</p></body></html>")
 
 
-def write_named_table(name: str, settings: dict, out_dir: Path) -> list[Path]:
-    table = build_table(name, settings)
-    paths = write_table(table, out_dir / name)
-    with atomic_path(out_dir / f"{name}.html") as tmp:
+def write_named_table(name: str, inputs: dict, settings: dict, stem: Path) -> list[Path]:
+    """Every file of the table: stem.csv, .md, .tex, .provenance.json and .html."""
+    table = build_table(name, inputs, settings)
+    paths = write_table(table, stem)
+    html_path = stem.with_name(f"{stem.name}.html")
+    with atomic_path(html_path) as tmp:
         tmp.write_text(table_html(table))
-    paths.append(out_dir / f"{name}.html")
+    paths.append(html_path)
     log.info("%s: %s", name, ", ".join(p.name for p in paths))
     return paths
 
@@ -146,14 +147,14 @@ def footer() -> str:
     return f"config {prov['config_hash']} · code {prov['code_version']} · device {prov['device']}"
 
 
-def primary_means(settings: dict) -> pd.DataFrame:
-    summary = pd.read_csv(RESULTS / "evaluate/summary.csv")
+def primary_means(path: str) -> pd.DataFrame:
+    summary = pd.read_csv(path)
     return summary[summary["primary"].astype(str).str.lower() == "true"]
 
 
-def scratch_vs_finetuned_frame(settings: dict) -> pd.DataFrame:
-    means = primary_means(settings).set_index(["task", "init", "protocol"])["mean"]
-    distances = pd.read_csv(RESULTS / "analysis/mmd.csv")
+def scratch_vs_finetuned_frame(inputs: dict, settings: dict) -> pd.DataFrame:
+    means = primary_means(inputs["summary"]).set_index(["task", "init", "protocol"])["mean"]
+    distances = pd.read_csv(inputs["mmd"])
     d2s = distances[(distances["distance"] == "d2s") & (distances["estimator"] == "biased")]
     rows = []
     for task, group in d2s.groupby("task", sort=False):
@@ -163,30 +164,31 @@ def scratch_vs_finetuned_frame(settings: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).dropna()
 
 
-def fig_scratch_vs_finetuned(stem: Path, settings: dict) -> int:
-    return figures.scratch_vs_finetuned(scratch_vs_finetuned_frame(settings), stem, footer(), settings["style"])
+def fig_scratch_vs_finetuned(stem: Path, inputs: dict, settings: dict) -> int:
+    return figures.scratch_vs_finetuned(scratch_vs_finetuned_frame(inputs, settings), stem, footer(),
+                                        settings["style"])
 
 
-def fig_rpg(stem: Path, settings: dict) -> int:
-    correlations = pd.read_csv(RESULTS / "analysis/rpg_correlations.csv")
-    return figures.rpg_vs_distance(pd.read_csv(RESULTS / "analysis/rpg.csv"),
+def fig_rpg(stem: Path, inputs: dict, settings: dict) -> int:
+    correlations = pd.read_csv(inputs["correlations"])
+    return figures.rpg_vs_distance(pd.read_csv(inputs["rpg"]),
                                    correlations[correlations["estimator"] == "biased"], stem, footer(),
                                    settings["style"])
 
 
-def fig_learning_curves(stem: Path, settings: dict) -> int:
+def fig_learning_curves(stem: Path, inputs: dict, settings: dict) -> int:
     labels = {f"pretrained:{settings['variant']}": "fine-tuned", "scratch": "scratch"}
     histories: dict[str, dict[str, pd.DataFrame]] = {}
-    for t, i, p, s in settings["runs"]:
+    for (t, i, p, s), path in per_run(inputs["histories"]).items():
         if p == "full" and i in labels and s == min(r[3] for r in settings["runs"] if r[0] == t):
-            histories.setdefault(t, {})[labels[i]] = pd.read_csv(run_dir("finetune", t, i, p, s) / "history.csv")
+            histories.setdefault(t, {})[labels[i]] = pd.read_csv(path)
     histories = {t: h for t, h in histories.items() if len(h) == len(labels)}
     return figures.learning_curves(histories, stem, footer(), settings["style"],
                                    metrics={t: TASK_TYPES[t].metric for t in histories})
 
 
-def fig_cka(stem: Path, settings: dict) -> int:
-    frame = read_cka()
+def fig_cka(stem: Path, inputs: dict, settings: dict) -> int:
+    frame = read_cka(inputs["cka"])
     frame = frame[frame["protocol"].isin(["", "full"])]
     matrices = {}
     for (task, pair), group in frame.groupby(["task", "pair"], sort=False):
@@ -197,19 +199,19 @@ def fig_cka(stem: Path, settings: dict) -> int:
     return figures.cka_heatmaps(matrices, stem, footer(), settings["style"])
 
 
-def fig_lens_heatmap(stem: Path, settings: dict) -> int:
-    table = pd.read_csv(RESULTS / "analysis/lens.csv")
+def fig_lens_heatmap(stem: Path, inputs: dict, settings: dict) -> int:
+    table = pd.read_csv(inputs["lens"])
     return figures.lens_heatmap(table.pivot(index="feature", columns="task", values="change"), stem, footer(),
                                 settings["style"])
 
 
-def fig_lens_bars(stem: Path, settings: dict) -> int:
-    table = pd.read_csv(RESULTS / "analysis/lens.csv")
+def fig_lens_bars(stem: Path, inputs: dict, settings: dict) -> int:
+    table = pd.read_csv(inputs["lens"])
     groups = table.groupby(["task", "group"], sort=False)["change"].sum().reset_index()
     return figures.lens_class_bars(groups, stem, footer(), settings["style"])
 
 
-def overlay_cases(settings: dict) -> list[dict]:
+def overlay_cases(inputs: dict, settings: dict) -> list[dict]:
     """A few test cases per segmentation task: the slice with the most target, from the analysed variant's
     fine-tuned run (first seed)."""
     cases = []
@@ -218,9 +220,8 @@ def overlay_cases(settings: dict) -> list[dict]:
                       and r[2] == "full")
         if not runs:
             continue
-        t, i, p, s = runs[0]
-        predictions = np.load(run_dir("evaluate", t, i, p, s) / "predictions.npz")
-        index = pd.read_csv(RESULTS / f"cache/{settings['tasks'][task]['cohort']}.csv").set_index("case_id")
+        predictions = np.load(per_run(inputs["predictions"])[tuple(runs[0])])
+        index = pd.read_csv(inputs["indexes"][task]).set_index("case_id")
         target = TASK_TYPES[task].target
         for case_id in list(predictions.files)[: settings["overlay_cases"]]:
             cache = Path(index.loc[case_id, "cache_dir"])
@@ -234,8 +235,8 @@ def overlay_cases(settings: dict) -> list[dict]:
     return cases
 
 
-def fig_overlays(stem: Path, settings: dict) -> int:
-    return figures.segmentation_overlays(overlay_cases(settings), stem, footer(), settings["style"])
+def fig_overlays(stem: Path, inputs: dict, settings: dict) -> int:
+    return figures.segmentation_overlays(overlay_cases(inputs, settings), stem, footer(), settings["style"])
 
 
 DRAW = {
@@ -249,9 +250,10 @@ DRAW = {
 }
 
 
-def draw_named_figure(name: str, settings: dict, out_dir: Path) -> int:
+def draw_named_figure(name: str, inputs: dict, settings: dict, stem: Path) -> int:
+    """The figure as stem.png and stem.pdf."""
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
-    panels = DRAW[name](out_dir / name, settings)
+    panels = DRAW[name](stem, inputs, settings)
     log.info("%s: %d panels", name, panels)
     return panels

@@ -1,0 +1,258 @@
+"""The experiment plan: every job of the DAG and where it writes, made once from the validated config.
+
+`Plan(config)` knows the cohorts and their roles, the encoders (pretrained variants, the random-weight encoder,
+imported checkpoints, continual ones), the fine-tuning matrix (task x init x protocol x seed), the feature runs,
+the CKA pairs, the MMD sets, the lens runs and the paper outputs with their inputs. The Snakefile, the report and
+the tests ask it; a config whose parts do not fit together raises PlanError with every problem at once.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from taskalign.plan import layout
+from taskalign.plan.layout import Run
+from taskalign.tasks.spec import TASK_TYPES, check_combination
+
+IMPORTERS = ("picai", "dicom", "nifti", "prostate158", "msd")
+
+
+class PlanError(ValueError):
+    """A config whose parts do not fit together; `problems` lists each as `key: what is wrong`."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n  " + "\n  ".join(problems))
+
+
+class Plan:
+    def __init__(self, config: dict):
+        self.config = config
+        self.cohorts = config["data"]["cohorts"]
+        self.pretrain = config["pretrain"]
+        self.continual = config["continual"]
+        self.variants = self.pretrain["variants"]
+        self.tasks = config["tasks"]
+        self.finetune = config["finetune"]
+        self.analysis = config["analysis"]
+        self.analysed = self.analysis["variant"]  # the pretraining variant whose encoders the analyses compare
+        problems = self._reference_problems()
+        self.runs = self._finetune_runs(problems)
+        if problems:
+            raise PlanError(problems)
+
+    # --- config cross-checks ------------------------------------------------------------------------------------
+
+    def _reference_problems(self) -> list[str]:
+        """Names that must refer to something defined elsewhere in the config (the schema cannot say this)."""
+        problems = [f"pretrain.cohorts: unknown cohort '{c}'" for c in self.pretrain["cohorts"] if c not in self.cohorts]
+        if self.continual["cohort"] not in self.cohorts:
+            problems.append(f"continual.cohort: unknown cohort '{self.continual['cohort']}'")
+        problems += [f"continual.variants: unknown encoder '{v}' (pretrain.variants or random)"
+                     for v in self.continual["variants"] if v not in self.variants and v != "random"]
+        for name, spec in self.variants.items():
+            needed = "objectives" if spec["source"] == "train" else "path"
+            if needed not in spec:
+                problems.append(f"pretrain.variants.{name}: source {spec['source']} needs '{needed}'")
+        for name, spec in self.tasks.items():
+            if spec["cohort"] not in self.cohorts:
+                problems.append(f"tasks.{name}.cohort: unknown cohort '{spec['cohort']}'")
+            required = {"super_res": ["factor"], "distortion": ["amplitude_mm", "decay_mm"]}.get(name, [])
+            problems += [f"tasks.{name}: needs '{key}'" for key in required if key not in spec]
+        if self.analysed not in self.variants:
+            problems.append(f"analysis.variant: '{self.analysed}' is not in pretrain.variants")
+        return problems
+
+    def _finetune_runs(self, problems: list[str]) -> list[Run]:
+        """Every (task, init, protocol, seed) that `finetune.runs` lists, once, in config order."""
+        runs: list[Run] = []
+        for n, block in enumerate(self.finetune["runs"]):
+            tasks = list(self.tasks) if block.get("tasks", "all") == "all" else block["tasks"]
+            problems += [f"finetune.runs[{n}].tasks: unknown task '{t}' (not in tasks)" for t in tasks
+                         if t not in self.tasks]
+            for init in block["inits"]:
+                kind, _, variant = init.partition(":")
+                if kind == "pretrained" and variant not in self.variants:
+                    problems.append(f"finetune.runs[{n}]: init {init}: no pretrain variant '{variant}'")
+                if kind == "continual" and variant not in self.continual["variants"]:
+                    problems.append(f"finetune.runs[{n}]: init {init}: '{variant}' is not in continual.variants")
+                for protocol in block.get("protocols", ["full"]):
+                    try:
+                        check_combination(init, protocol)
+                    except ValueError as err:
+                        problems.append(f"finetune.runs[{n}]: {err}")
+                        continue
+                    for task in tasks:
+                        for seed in block.get("seeds", [0]):
+                            run = Run(task, init, protocol, seed)
+                            if run not in runs:
+                                runs.append(run)
+        return runs
+
+    # --- cohorts ------------------------------------------------------------------------------------------------
+
+    def cohorts_from(self, *sources: str) -> list[str]:
+        return [name for name, spec in self.cohorts.items() if spec["source"] in sources]
+
+    @cached_property
+    def imported_cohorts(self) -> list[str]:
+        return self.cohorts_from(*IMPORTERS)
+
+    def source_manifest(self, cohort: str) -> str:
+        """The manifest the integrity check reads: the user's file on the manifest route, else the generated one."""
+        spec = self.cohorts[cohort]
+        return spec["path"] if spec["source"] == "manifest" else layout.cohort_manifest(cohort)
+
+    def task_cohort(self, task: str) -> str:
+        return self.tasks[task]["cohort"]
+
+    def task_index(self, task: str) -> str:
+        return layout.cache_index(self.task_cohort(task))
+
+    # --- encoders -----------------------------------------------------------------------------------------------
+
+    @cached_property
+    def trained_variants(self) -> list[str]:
+        return [v for v, spec in self.variants.items() if spec["source"] == "train"]
+
+    @cached_property
+    def imported_variants(self) -> list[str]:
+        return [v for v, spec in self.variants.items() if spec["source"] == "checkpoint"]
+
+    @cached_property
+    def base_encoders(self) -> dict[str, str]:
+        """Encoders that exist before fine-tuning, by name: the random-weight FM, each pretrained and continual one."""
+        encoders = {"random": layout.pretrained_encoder("random")}
+        encoders.update({f"pretrained-{v}": layout.pretrained_encoder(v) for v in self.variants})
+        encoders.update({f"continual-{v}": layout.continual_encoder(v) for v in self.continual["variants"]})
+        return encoders
+
+    def init_encoder(self, init: str) -> str | None:
+        """The encoder file an init starts from (none for the specialist)."""
+        kind, _, variant = init.partition(":")
+        if kind in ("random", "scratch"):
+            return layout.pretrained_encoder("random")
+        if kind == "pretrained":
+            return layout.pretrained_encoder(variant)
+        if kind == "continual":
+            return layout.continual_encoder(variant)
+        return None
+
+    def target_probe_encoders(self) -> dict[str, str]:
+        """Each continual variant's encoder before and after continual pretraining, by name."""
+        encoders = {}
+        for v in self.continual["variants"]:
+            encoders[f"pretrained-{v}"] = layout.pretrained_encoder(v)
+            encoders[f"continual-{v}"] = layout.continual_encoder(v)
+        return encoders
+
+    # --- fine-tuning --------------------------------------------------------------------------------------------
+
+    @cached_property
+    def inits(self) -> dict[str, str]:
+        """{path component: init} of every configured run."""
+        return {layout.slug(r.init): r.init for r in self.runs}
+
+    @cached_property
+    def protocols(self) -> dict[str, str]:
+        return {layout.slug(r.protocol): r.protocol for r in self.runs}
+
+    def runs_of(self, tasks=None, inits=None, protocol=None) -> list[Run]:
+        return [r for r in self.runs if (tasks is None or r.task in tasks) and (inits is None or r.init in inits)
+                and (protocol is None or r.protocol == protocol)]
+
+    def task_spec(self, task: str) -> dict:
+        """The task's config entry without its fine-tuning overrides (those are merged into the settings)."""
+        return {k: v for k, v in self.tasks[task].items() if k != "finetune"}
+
+    def finetune_settings(self, task: str) -> dict:
+        """`finetune` with the task's own overrides; batch_size ends up as this task's integer."""
+        settings = {k: self.finetune[k] for k in ("epochs", "lr", "warmup_epochs", "weight_decay")}
+        settings["batch_size"] = self.finetune["batch_size"][TASK_TYPES[task].kind]
+        settings.update(self.tasks[task].get("finetune", {}))
+        return settings
+
+    # --- features and analyses ----------------------------------------------------------------------------------
+
+    @cached_property
+    def feature_runs(self) -> list[Run]:
+        """Runs with features of their own: a frozen run's encoder is its starting encoder, a specialist has none."""
+        return [r for r in self.runs if r.init != "specialist" and r.protocol != "frozen"]
+
+    def cka_pairs(self, task: str) -> list[dict]:
+        """000 Table 6's encoder pairs on this task's images: pretrained-continual, and each of them against the
+        encoders fine-tuned from it (every unfrozen protocol and seed)."""
+        pre, cont = f"pretrained-{self.analysed}", f"continual-{self.analysed}"
+        pairs = []
+        if self.analysed in self.continual["variants"]:
+            pairs.append({"pair": "pretrained-continual", "protocol": "", "seed": "",
+                          "a": layout.base_features(task, pre), "b": layout.base_features(task, cont)})
+        for run in sorted(self.feature_runs):
+            start = layout.slug(run.init)
+            if run.task == task and start in (pre, cont):
+                pairs.append({"pair": f"{start.split('-')[0]}-finetuned", "protocol": run.protocol, "seed": run.seed,
+                              "a": layout.base_features(task, start), "b": layout.run_features(run)})
+        return pairs
+
+    @cached_property
+    def cka_tasks(self) -> list[str]:
+        return [task for task in self.tasks if self.cka_pairs(task)]
+
+    def mmd_seeds(self, task: str) -> list[int]:
+        """Seeds with both the fine-tuned (pretrained, full) and the scratch run of the task: D2S needs both."""
+        runs = {(r.init, r.seed) for r in self.runs if r.task == task and r.protocol == "full"}
+        return sorted(s for init, s in runs if init == f"pretrained:{self.analysed}" and ("scratch", s) in runs)
+
+    @cached_property
+    def mmd_tasks(self) -> list[str]:
+        return [task for task in self.tasks if self.mmd_seeds(task)]
+
+    def mmd_inputs(self, task: str) -> dict:
+        seeds = self.mmd_seeds(task)
+        return {
+            "random": layout.base_features(task, "random"),
+            "pretrained": layout.base_features(task, f"pretrained-{self.analysed}"),
+            "finetuned": [layout.run_features(Run(task, f"pretrained:{self.analysed}", "full", s)) for s in seeds],
+            "scratch": [layout.run_features(Run(task, "scratch", "full", s)) for s in seeds],
+        }
+
+    def lens_run(self, task: str) -> Run | None:
+        """The fine-tuned run the lens compares with its pretrained encoder: the first seed of the full protocol."""
+        seeds = sorted(r.seed for r in self.runs_of([task], [f"pretrained:{self.analysed}"], "full"))
+        return Run(task, f"pretrained:{self.analysed}", "full", seeds[0]) if seeds else None
+
+    @cached_property
+    def lens_tasks(self) -> list[str]:
+        return [task for task in self.tasks if self.lens_run(task)]
+
+    @cached_property
+    def radiomics_cohorts(self) -> list[str]:
+        return sorted({self.task_cohort(task) for task in self.lens_tasks})
+
+    # --- what `rule all` and the stage targets ask for ----------------------------------------------------------
+
+    def data_outputs(self) -> list[str]:
+        return [path for c in self.cohorts for path in (layout.cache_index(c), layout.qc_dir(c))]
+
+    def encoder_outputs(self) -> list[str]:
+        return ([layout.pretrained_encoder(v) for v in [*self.variants, "random"]]
+                + [layout.continual_encoder(v) for v in self.continual["variants"]])
+
+    def finetune_outputs(self) -> list[str]:
+        return [layout.collected_metrics()] if self.runs else []
+
+    def feature_outputs(self) -> list[str]:
+        return ([layout.base_features(t, e) for t in self.tasks for e in self.base_encoders]
+                + [layout.run_features(r) for r in self.feature_runs])
+
+    def analysis_outputs(self) -> list[str]:
+        names = []
+        if self.continual["variants"]:
+            names += ["target_probe.csv", "target_probe.png"]
+        if self.cka_tasks:
+            names.append("cka.csv")
+        if self.mmd_tasks:
+            names += ["mmd.csv", "rpg.csv", "rpg_correlations.csv"]
+        if self.lens_tasks:
+            names += ["lens.csv", "lens_summary.csv"]
+        return [layout.analysis_file(n) for n in names]

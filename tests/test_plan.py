@@ -1,0 +1,116 @@
+"""The experiment plan: jobs and paths from the config, and the config cross-checks as plan errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from conftest import REPO
+from taskalign.plan import Plan, PlanError, layout
+from taskalign.plan import outputs as paper
+
+SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+TEST_CONFIG = yaml.safe_load((REPO / "config/test.yaml").read_text())
+
+
+def plan_of(config: dict) -> Plan:
+    config = copy.deepcopy(config)
+    validate(config, SCHEMA)  # fills the schema's defaults, as the Snakefile does
+    return Plan(config)
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return plan_of(TEST_CONFIG)
+
+
+def test_runs_are_the_matrix_in_config_order_without_repeats(plan):
+    assert len(plan.runs) == len(set(plan.runs)) == 19
+    assert plan.runs[0] == layout.Run("pirads_cls", "random", "frozen", 0)
+    assert layout.Run("zone_seg", "pretrained:mae", "partial:2", 0) in plan.runs
+    assert plan.inits["pretrained-mae"] == "pretrained:mae" and plan.protocols["partial-2"] == "partial:2"
+
+
+def test_feature_runs_leave_out_frozen_runs_and_specialists(plan):
+    assert all(r.protocol != "frozen" and r.init != "specialist" for r in plan.feature_runs)
+    assert len(plan.feature_runs) == 9
+
+
+def test_paths_come_from_one_layout(plan):
+    run = layout.Run("zone_seg", "pretrained:mae", "partial:2", 0)
+    assert layout.run_file("finetune", run, "model.safetensors") == \
+        "results/finetune/zone_seg/pretrained-mae/partial-2/seed0/model.safetensors"
+    assert layout.run_features(run) == "results/features/zone_seg/pretrained-mae/partial-2/seed0.npz"
+    assert plan.init_encoder("scratch") == layout.pretrained_encoder("random")
+    assert plan.init_encoder("continual:mae") == "results/continual/mae/encoder.safetensors"
+    assert plan.init_encoder("specialist") is None
+    # the wildcard form the rules use is the same function
+    wild = layout.Run("{task}", "{init}", "{protocol}", "{seed}")
+    assert layout.run_file("evaluate", wild, "x") == f"results/evaluate/{layout.RUN_PATTERN}/x"
+
+
+def test_config_digest_is_stable_and_names_the_record():
+    a, b = {"x": 1, "y": [1, 2]}, {"y": [1, 2], "x": 1}
+    assert layout.config_digest(a) == layout.config_digest(b) and len(layout.config_digest(a)) == 12
+    assert layout.config_digest(a) != layout.config_digest({"x": 2, "y": [1, 2]})
+    assert layout.config_record(a).endswith(f"config-{layout.config_digest(a)}.json")
+
+
+def test_cka_pairs_and_analysis_tasks(plan):
+    pairs = plan.cka_pairs("zone_seg")
+    assert pairs[0]["pair"] == "pretrained-continual"
+    assert {p["pair"] for p in pairs} == {"pretrained-continual", "pretrained-finetuned", "continual-finetuned"}
+    assert plan.mmd_tasks == ["volume_reg", "zone_seg", "super_res"]
+    assert plan.lens_run("zone_seg") == layout.Run("zone_seg", "pretrained:mae", "full", 0)
+    assert plan.radiomics_cohorts == ["anatomy", "promis", "ucl"]
+
+
+def test_paper_outputs_and_their_inputs(plan):
+    tables = paper.paper_tables(plan)
+    assert tables[0] == "000_table1_cohorts" and "000_table6_cka" in tables and "001_table1_compute" in tables
+    inputs = paper.table_inputs(plan, "000_table4_segmentation")
+    assert inputs["metrics"] == layout.collected_metrics()
+    assert all(row[-1].endswith("/cases.csv") and row[0] in ("zone_seg", "lesion_seg") for row in inputs["cases"])
+    assert set(paper.input_paths(inputs)) == {inputs["metrics"], *(row[-1] for row in inputs["cases"])}
+    files = paper.paper_outputs(plan, "003")
+    assert "results/tables/003_lens_summary.csv" in files and all("/003_" in f for f in files)
+
+
+def broken(edit) -> PlanError:
+    config = copy.deepcopy(TEST_CONFIG)
+    edit(config)
+    with pytest.raises(PlanError) as err:
+        plan_of(config)
+    return err.value
+
+
+def test_unknown_references_are_all_reported_at_once():
+    def edit(c):
+        c["pretrain"]["cohorts"] = ["nowhere"]
+        c["continual"]["cohort"] = "elsewhere"
+        c["tasks"]["zone_seg"]["cohort"] = "missing"
+        c["analysis"]["variant"] = "nope"
+    err = broken(edit)
+    assert len(err.problems) == 4
+    text = str(err)
+    for expected in ("pretrain.cohorts: unknown cohort 'nowhere'", "continual.cohort: unknown cohort 'elsewhere'",
+                     "tasks.zone_seg.cohort: unknown cohort 'missing'", "analysis.variant: 'nope'"):
+        assert expected in text
+
+
+def test_bad_runs_name_their_block():
+    def edit(c):
+        c["finetune"]["runs"] = [{"tasks": ["zone_seg", "nosuch"], "inits": ["pretrained:gone", "scratch"],
+                                  "protocols": ["frozen"]}]
+    text = str(broken(edit))
+    assert "finetune.runs[0].tasks: unknown task 'nosuch'" in text
+    assert "finetune.runs[0]: init pretrained:gone: no pretrain variant 'gone'" in text
+    assert "init scratch runs with protocol full only, not frozen" in text
+
+
+def test_task_knobs_are_required():
+    err = broken(lambda c: c["tasks"]["super_res"].pop("factor"))
+    assert err.problems == ["tasks.super_res: needs 'factor'"]
