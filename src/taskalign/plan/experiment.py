@@ -37,6 +37,8 @@ class Plan:
         self.analysis = config["analysis"]
         self.analysed = self.analysis["variant"]  # the pretraining variant whose encoders the analyses compare
         problems = self._reference_problems()
+        if not problems:  # the cohort checks follow references that must exist
+            problems += self._cohort_problems()
         self.runs = self._finetune_runs(problems)
         if problems:
             raise PlanError(problems)
@@ -61,6 +63,47 @@ class Plan:
             problems += [f"tasks.{name}: needs '{key}'" for key in required if key not in spec]
         if self.analysed not in self.variants:
             problems.append(f"analysis.variant: '{self.analysed}' is not in pretrain.variants")
+        return problems
+
+    def split_sizes(self, cohort: str) -> dict[str, int] | None:
+        """Cases per split where the config fixes them (phantom cohorts); None where the data decides."""
+        spec = self.cohorts[cohort]
+        return dict(zip(("train", "val", "test"), spec["splits"])) if spec["source"] == "phantom" else None
+
+    def _has_split(self, cohort: str, split: str) -> bool:
+        sizes = self.split_sizes(cohort)
+        return sizes[split] > 0 if sizes is not None else self.config["data"]["split"]["fractions"][split] > 0
+
+    def _cohort_problems(self) -> list[str]:
+        """Cohorts that cannot serve what uses them, found before any job runs (issue: a cohort without val
+        cases used to fail when fine-tuning started, after pretraining had run)."""
+        problems = []
+        fractions = self.config["data"]["split"]["fractions"]
+        total = sum(fractions.values())
+        if abs(total - 1) > 1e-6:
+            problems.append(f"data.split.fractions: train + val + test = {total:g}, must be 1")
+        for name, spec in self.cohorts.items():
+            if spec["source"] == "phantom" and "splits" not in spec:
+                problems.append(f"data.cohorts.{name}: source phantom needs 'splits' [train, val, test]")
+            elif spec["source"] != "phantom" and "path" not in spec:
+                problems.append(f"data.cohorts.{name}: source {spec['source']} needs 'path'")
+        if problems:
+            return problems
+        users = {c: [f"tasks.{t}" for t, spec in self.tasks.items() if spec["cohort"] == c] for c in self.cohorts}
+        users[self.continual["cohort"]].append("continual")
+        for cohort, used_by in users.items():
+            if used_by and not self.cohorts[cohort].get("labelled", True):
+                problems.append(f"{', '.join(used_by)}: cohort '{cohort}' has no labels (labelled: false)")
+            for split, why in (("train", "to train on"), ("val", "to pick the best epoch"), ("test", "to score")):
+                needing = [u for u in used_by if split != "test" or u != "continual"]  # continual has no test step
+                if needing and not self._has_split(cohort, split):
+                    problems.append(f"{', '.join(needing)}: cohort '{cohort}' has no {split} cases ({why})")
+        sizes = [self.split_sizes(c) for c in self.pretrain["cohorts"]]
+        if self.pretrain["holdout_fraction"] > 0 and all(s is not None for s in sizes):
+            n_train = sum(s["train"] for s in sizes)
+            if n_train < 2:
+                problems.append(f"pretrain.cohorts: {n_train} train case(s) in {', '.join(self.pretrain['cohorts'])}; "
+                                "pretraining holds out holdout_fraction of them and needs at least 2")
         return problems
 
     def _finetune_runs(self, problems: list[str]) -> list[Run]:
