@@ -157,3 +157,19 @@ def test_a_one_case_pretraining_pool_is_refused():
     err = broken(edit)
     assert err.problems == ["pretrain.cohorts: 1 train case(s) in tiny; pretraining holds out holdout_fraction of "
                             "them and needs at least 2"]
+
+
+def test_retarget_points_every_reference_at_one_cohort():
+    from taskalign.plan.retarget import retarget
+
+    config = retarget(TEST_CONFIG, "mine", {"source": "manifest", "path": "/data/m.csv"},
+                      tasks=["zone_seg", "volume_reg"])
+    assert list(config["data"]["cohorts"]) == ["mine"]
+    assert config["pretrain"]["cohorts"] == ["mine"] and config["continual"]["cohort"] == "mine"
+    assert set(config["tasks"]) == {"zone_seg", "volume_reg"}
+    assert all(spec["cohort"] == "mine" for spec in config["tasks"].values())
+    plan = plan_of(config)  # the result is a config the plan accepts in one go
+    assert {r.task for r in plan.runs} == {"zone_seg", "volume_reg"}
+    assert TEST_CONFIG["continual"]["cohort"] == "promis"  # the input is left alone
+    with pytest.raises(ValueError, match="unknown task"):
+        retarget(TEST_CONFIG, "mine", {"source": "manifest", "path": "x"}, tasks=["nosuch"])
