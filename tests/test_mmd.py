@@ -218,3 +218,24 @@ def test_rpg_per_model_with_bootstrap(distances_inputs):
     assert row["pearson_r"] < -0.9 and row["pearson_ci_low"] <= row["pearson_ci_high"]
     frozen = corr[(corr["model"] == "pretrained:mae/frozen") & (corr["distance"] == "d2p")]
     assert frozen["pearson_r"].isna().all()  # D2P is 0 for every task of a frozen encoder
+
+
+def test_mmd_and_rpg_cli(distances_inputs, tmp_path):
+    import json
+
+    from taskalign.cli import mmd as mmd_cli
+    from taskalign.cli import rpg as rpg_cli
+
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps(distances_inputs))
+    out = tmp_path / "mmd.csv"
+    assert mmd_cli.main(["--inputs", str(inputs), "--settings", json.dumps(SETTINGS), "--out", str(out)]) == 0
+    distances = pd.read_csv(out)
+    assert list(distances.columns[:8]) == ["model", "task", "seed", "distance", "reference", "estimator", "value", "se"]
+    metrics = tmp_path / "metrics.csv"
+    _metrics(list(distances_inputs)).to_csv(metrics, index=False)
+    args = ["--metrics", str(metrics), "--distances", str(out), "--models", *distances_inputs, "--bootstrap", "20",
+            "--rpg", str(tmp_path / "rpg.csv"), "--correlations", str(tmp_path / "corr.csv")]
+    assert rpg_cli.main(args) == 0
+    assert list(pd.read_csv(tmp_path / "corr.csv").columns) == CORRELATION_COLUMNS
+    assert set(pd.read_csv(tmp_path / "rpg.csv")["model"]) == set(distances_inputs)
