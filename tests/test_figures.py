@@ -235,3 +235,24 @@ def test_failed_pdf_replaces_neither_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         F.lens_class_bars(_groups(), tmp_path / "bars", FOOTER)
     assert list(tmp_path.iterdir()) == []
+
+
+def _two_models(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([frame.assign(model="pretrained:mae/frozen"), frame.assign(model="pretrained:mt/partial:2")],
+                     ignore_index=True)
+
+
+def test_fig1b_one_panel_per_model():
+    fig = F._draw_scratch_vs_finetuned(_two_models(_scores()), F._style(None))
+    axes = F._data_axes(fig)
+    assert len(axes) == 2 and axes[1].get_title().startswith("pretrained:mt/partial:2")
+
+
+def test_fig2_one_row_per_model_and_reference_with_interval():
+    frame, corr = _rpg(["random", "specialist"])
+    corr = corr.assign(pearson_ci_low=-0.95, pearson_ci_high=-0.1)
+    fig = F._draw_rpg_vs_distance(_two_models(frame), _two_models(corr), F._style(None))
+    titles = [ax.get_title() for ax in F._data_axes(fig)]
+    assert len(titles) == 12
+    assert titles[0].startswith("pretrained:mae/frozen: random: RPG vs D2R") and "[-0.95, -0.10]" in titles[0]
+    assert titles[9].startswith("pretrained:mt/partial:2: specialist: RPG vs D2R")

@@ -12,7 +12,7 @@ import pytest
 
 from taskalign.analysis.stats import delong_test, wilcoxon_paired
 from taskalign.report.tables import model as table_model
-from taskalign.report.tables.ablation import OBJECTIVES, ablation_table
+from taskalign.report.tables.ablation import OBJECTIVES, ablation_steps, ablation_table
 from taskalign.report.tables.cka import cka_table
 from taskalign.report.tables.cohorts import cohort_table
 from taskalign.report.tables.compute import compute_table
@@ -256,21 +256,26 @@ def test_cohort_table():
 
 
 def test_compute_table_ratio_and_basis():
-    rows = [("lesion_seg", "pretrained:mae", "full", 0, 3600, 0.0),
-            ("lesion_seg", "pretrained:mae", "full", 1, 5400, 0.0),
+    rows = [("lesion_seg", "pretrained:mae", "frozen", 0, 3600, 0.0),
+            ("lesion_seg", "pretrained:mae", "frozen", 1, 5400, 0.0),
+            ("lesion_seg", "pretrained:mae", "full", 0, 99999, 0.0),  # another protocol: not this model's FT
             ("lesion_seg", "scratch", "full", 0, 7200, 0.0), ("lesion_seg", "scratch", "full", 1, 9000, 0.0),
             ("lesion_seg", "random", "frozen", 0, 60, 0.0),
-            ("volume_reg", "pretrained:mae", "full", 0, 100, 0.5), ("volume_reg", "scratch", "full", 0, 100, 2.0)]
+            ("volume_reg", "pretrained:mae", "frozen", 0, 100, 0.5), ("volume_reg", "scratch", "full", 0, 100, 2.0),
+            ("volume_reg", "pretrained:multitask", "partial:2", 0, 100, 1.0)]
     timings = pd.DataFrame(rows, columns=["task", "init", "protocol", "seed", "wall_seconds", "device_hours"])
-    table = compute_table(timings)
+    table = compute_table(timings, ["pretrained:mae/frozen", "pretrained:multitask/partial:2"])
     cells = table.cells
-    assert cells.loc["lesion_seg", ("pretrained:mae", "FT h")] == "1.25"
-    assert cells.loc["lesion_seg", ("pretrained:mae", "scratch h")] == "2.25"
-    assert cells.loc["lesion_seg", ("pretrained:mae", "scratch/FT")] == "1.80×"
+    assert list(cells.columns[1:4]) == [("pretrained:mae/frozen", q) for q in ("FT", "Scratch", "FT/Scratch")]
+    assert cells.loc["lesion_seg", ("pretrained:mae/frozen", "FT")] == "1.25"
+    assert cells.loc["lesion_seg", ("pretrained:mae/frozen", "Scratch")] == "2.25"
+    assert cells.loc["lesion_seg", ("pretrained:mae/frozen", "FT/Scratch")] == "0.56"
     assert cells.loc["lesion_seg", ("", "basis")] == "wall-clock hours"
-    assert cells.loc["volume_reg", ("pretrained:mae", "scratch/FT")] == "4.00×"
-    assert cells.loc["volume_reg", ("", "basis")] == "device hours"
-    assert table.raw.set_index("task").loc["volume_reg", "pretrained:mae/ratio"] == pytest.approx(4.0)
+    assert cells.loc["lesion_seg", ("pretrained:multitask/partial:2", "FT")] == "–"
+    assert cells.loc["volume_reg", ("pretrained:mae/frozen", "FT/Scratch")] == "0.25"
+    assert cells.loc["volume_reg", ("pretrained:multitask/partial:2", "FT/Scratch")] == "0.50"
+    assert cells.loc["volume_reg", ("", "basis")] == "GPU hours"
+    assert table.raw.set_index("task").loc["volume_reg", "pretrained:mae/frozen/ft_over_scratch"] == pytest.approx(0.25)
 
 
 def test_cka_table():
@@ -286,11 +291,15 @@ def test_cka_table():
     assert table.cells.loc["L5", ("lesion_seg", cf)] == "0.910 (d 0.200, null 0.600)"
 
 
-def test_ablation_table_checks_and_bold():
-    runs = {("scratch", "full"): (0.40, [0.30]), ("pretrained:mae", "full"): (0.60, [0.05]),
-            ("pretrained:mae", "frozen"): (0.90, [0.01]),  # another protocol: must not enter the mae row
-            ("pretrained:mt_no_contrastive", "full"): (0.62, [0.08]),
-            ("pretrained:multitask", "full"): (0.65, [0.07, 0.09])}
+def test_ablation_steps_and_table():
+    objective_sets = {"multitask": list(OBJECTIVES), "mae": ["reconstruction"],
+                      "mt_meta": ["metadata", "reconstruction"], "odd": ["contrastive"]}
+    steps = ablation_steps(objective_sets)
+    assert [s[1] for s in steps] == ["pretrained:mae", "pretrained:mt_meta", "pretrained:multitask"]
+    runs = {("scratch", "full"): (0.40, [0.30]), ("pretrained:mae", "frozen"): (0.60, [0.05]),
+            ("pretrained:mae", "full"): (0.95, [0.01]),  # another protocol: must not enter the mae row
+            ("pretrained:mt_meta", "frozen"): (0.62, [0.08]),
+            ("pretrained:multitask", "frozen"): (0.65, [0.07, 0.09])}
     rows = []
     for (init, protocol), (dice, mses) in runs.items():
         for seed, mse in enumerate(mses):
@@ -300,26 +309,27 @@ def test_ablation_table_checks_and_bold():
                       "value": mse, "primary": True},
                      {"task": "volume_reg", "init": init, "protocol": protocol, "seed": seed, "metric": "mae_ml",
                       "value": 0.0, "primary": False}]
-    objective_sets = {"mae": ["reconstruction"], "multitask": list(OBJECTIVES),
-                      "mt_no_contrastive": ["reconstruction", "metadata", "translation"]}
-    table = ablation_table(pd.DataFrame(rows), objective_sets, lower_is_better={"mse"})
+    table = ablation_table(pd.DataFrame(rows), steps, protocol="frozen", lower_is_better={"mse"},
+                           baseline=("scratch", "scratch", "full"))
     cells = table.cells
-    assert list(cells.index) == ["scratch", "mae", "multitask", "mt_no_contrastive"]
-    checks = cells["objectives"]
-    assert checks.loc["mae"].tolist() == ["✓", "", "", ""]
-    assert checks.loc["mt_no_contrastive"].tolist() == ["✓", "✓", "✓", ""]
-    assert checks.loc["multitask"].tolist() == ["✓"] * 4
-    assert checks.loc["scratch"].tolist() == [""] * 4
-    assert list(cells.columns[4:]) == [("lesion_seg", "dice"), ("volume_reg", "mse")]
-    assert cells.loc["mae", ("lesion_seg", "dice")] == "0.600"
-    assert cells.loc["multitask", ("lesion_seg", "dice")] == "0.660 ± 0.014"
-    assert table.bold[("lesion_seg", "dice")][lambda s: s].index.tolist() == ["multitask"]
-    assert table.bold[("volume_reg", "mse")][lambda s: s].index.tolist() == ["mae"]
+    assert list(cells.index) == ["scratch", "reconstruction (mae)", "+metadata (mt_meta)", "+contrastive (multitask)"]
+    assert cells["objectives"].loc["+metadata (mt_meta)"].tolist() == ["✓", "✓", "", ""]
+    assert list(cells.columns[4:]) == [("lesion_seg (dice)", "mean ± std"), ("lesion_seg (dice)", "Δ prev."),
+                                       ("volume_reg (mse)", "mean ± std"), ("volume_reg (mse)", "Δ prev.")]
+    dice = cells["lesion_seg (dice)"]
+    assert dice["mean ± std"].tolist() == ["0.400", "0.600", "0.620", "0.660 ± 0.014"]
+    assert dice["Δ prev."].tolist() == ["–", "↑0.200", "↑0.020", "↑0.040"]
+    assert cells.loc["+metadata (mt_meta)", ("volume_reg (mse)", "Δ prev.")] == "↑0.030"
+    assert table.bold[("lesion_seg (dice)", "mean ± std")][lambda s: s].index.tolist() == ["+contrastive (multitask)"]
+    assert table.bold[("volume_reg (mse)", "mean ± std")][lambda s: s].index.tolist() == ["reconstruction (mae)"]
+    raw = table.raw.set_index("row")
+    assert raw.loc["+metadata (mt_meta)", "lesion_seg/dice/change"] == pytest.approx(0.02)
 
 
 def test_lens_table():
     summary = pd.DataFrame({"task": ["lesion_seg", "pirads_cls"], "r2_pre": [0.5, 0.4], "r2_ft": [0.7, 0.41],
-                            "total_change": [1.25, 0.1], "perm_p": [0.0004, 0.2], "stability_spearman": [0.9, 0.3],
+                            "total_change": [1.25, 0.1], "perm_p": [0.0004, 0.2], "n_significant": [3, 0],
+                            "stability_spearman": [0.9, 0.3], "finetune_stability_spearman": [0.8, float("nan")],
                             "top_features": ["glcm_contrast; shape_volume", "firstorder_mean"],
                             "intensity": [0.2, 0.05], "shape": [0.6, 0.01], "texture": [0.45, 0.04]})
     table = lens_table(summary)
@@ -331,3 +341,6 @@ def test_lens_table():
     assert table.cells.loc["lesion_seg", "shape"] == "0.600"
     assert table.cells.loc["lesion_seg", "top features"] == "glcm_contrast; shape_volume"
     assert list(table.cells.columns).index("texture") < list(table.cells.columns).index("top features")
+    assert table.cells.loc["lesion_seg", "features p_FWER ≤ 0.05"] == "3"
+    assert table.cells.loc["pirads_cls", "stability ρ (FT seeds)"] == "–"
+    assert "n_significant" not in [c for c in table.cells.columns]

@@ -4,16 +4,20 @@ A 2-layer MLP maps preprocessed radiomic features (training split) to standardis
 embeddings. Its first layer is then frozen and the last layer re-estimated in closed form (ridge) on the pretrained
 and on the fine-tuned embeddings, both in the pretrained PCA basis. Per radiomic feature j the sensitivity is the
 column norm of S = W2 diag(a) W1 (the mean Jacobian of the ReLU network, a_k = share of training cases where hidden
-unit k is active); fine-tuning's effect on feature j is ||S_ft[:, j] - S_pre[:, j]||. Held-out R^2 says whether the
-fits are worth reading, a permutation null (fine-tuning shifts shuffled over cases) calibrates the change, and
-repeating the MLP over seeds gives the stability of the ranking. The seed paper has only an abstract; the choices
-here follow the design notes of the analysis research (anchors-analysis.md, section 5).
+unit k is active). What an encoder emphasises is the profile of these sensitivities: feature j's share
+||S[:, j]|| / sum_i ||S[:, i]||, which a rescaling (or rotation) of the embeddings leaves unchanged; fine-tuning's
+effect on feature j is the change of its share. Held-out R^2 says whether the fits are worth reading; a
+permutation null (fine-tuning shifts shuffled over cases) calibrates the change, with a family-wise p from the
+maximum over features of each permuted change; repeating the MLP over seeds and the lens over fine-tuning seeds
+gives the stability of the ranking. The seed paper has only an abstract; the choices here follow the design notes
+of the analysis research (anchors-analysis.md, section 5).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -39,8 +43,9 @@ MIN_JOINED = 0.8
 LOG_SKEW = 2.0
 # Near-constant: (almost) no spread, or one value shared by this share of the training cases.
 MODE_SHARE = 0.95
-TABLE_COLUMNS = ["feature", "image", "filter", "class", "group", "sens_pre", "sens_ft", "gain", "change", "rank",
-                 "p_value"]
+TABLE_COLUMNS = ["feature", "image", "filter", "class", "group", "sens_pre", "sens_ft", "change", "rank", "p_value",
+                 "p_fwer", "rank_min", "rank_max"]
+FWER_ALPHA = 0.05
 
 
 def lens_settings(settings: dict) -> dict:
@@ -149,8 +154,10 @@ def ridge_coefficients(h: np.ndarray, z: np.ndarray, alpha: float) -> np.ndarray
     return np.swapaxes(np.linalg.solve(gram, hc.T) @ zc, -1, -2)
 
 
-def _join(radiomics: pd.DataFrame, pre: pd.DataFrame, ft: pd.DataFrame) -> pd.DataFrame:
-    for name, frame in {"radiomics": radiomics, "pretrained": pre, "fine-tuned": ft}.items():
+def _join(radiomics: pd.DataFrame, pre: pd.DataFrame, finetuned: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """Radiomics joined with the pretrained (suffix @pre) and every fine-tuned embedding (suffix @ft<seed>)."""
+    frames = {"radiomics": radiomics, "pretrained": pre, **{f"fine-tuned seed {s}": f for s, f in finetuned.items()}}
+    for name, frame in frames.items():
         if "case_id" not in frame.columns:
             raise ValueError(f"lens: {name} table has no case_id column")
         dup = frame["case_id"][frame["case_id"].duplicated()]
@@ -159,27 +166,26 @@ def _join(radiomics: pd.DataFrame, pre: pd.DataFrame, ft: pd.DataFrame) -> pd.Da
     if "split" not in radiomics.columns:
         raise ValueError("lens: radiomics table has no split column")
     emb_cols = [c for c in pre.columns if c != "case_id"]
-    if sorted(emb_cols) != sorted(c for c in ft.columns if c != "case_id"):
+    if any(sorted(emb_cols) != sorted(c for c in ft.columns if c != "case_id") for ft in finetuned.values()):
         raise ValueError("lens: pretrained and fine-tuned embeddings have different columns")
-    ids = {name: set(frame["case_id"].astype(str)) for name, frame in
-           {"radiomics": radiomics, "pretrained": pre, "fine-tuned": ft}.items()}
-    wanted = ids["pretrained"] | ids["fine-tuned"]
-    joined = ids["radiomics"] & ids["pretrained"] & ids["fine-tuned"]
+    ids = {name: set(frame["case_id"].astype(str)) for name, frame in frames.items()}
+    wanted = set().union(*(v for k, v in ids.items() if k != "radiomics"))
+    joined = set.intersection(*ids.values())
     # The embedded cases are the subject; radiomics of extra cohort cases are harmless.
     if len(joined) < MIN_JOINED * len(wanted):
         missing = sorted(wanted - joined)
-        raise ValueError(f"lens: only {len(joined)} of {len(wanted)} embedded cases join radiomics and both "
+        raise ValueError(f"lens: only {len(joined)} of {len(wanted)} embedded cases join radiomics and all "
                          f"embeddings (need {MIN_JOINED:.0%}); {len(missing)} missing, e.g. {missing[:10]}")
     if len(joined) < len(wanted):
         log.warning("lens: %d of %d embedded cases not joined: %s", len(wanted) - len(joined), len(wanted),
                     sorted(wanted - joined)[:10])
 
     def keyed(frame: pd.DataFrame, suffix: str) -> pd.DataFrame:
-        return frame.assign(case_id=frame["case_id"].astype(str)).set_index("case_id").add_suffix(suffix)
+        return frame.assign(case_id=frame["case_id"].astype(str)).set_index("case_id")[emb_cols].add_suffix(suffix)
 
-    rad = radiomics.assign(case_id=radiomics["case_id"].astype(str)).set_index("case_id")
-    out = rad.join(keyed(pre[["case_id", *emb_cols]], "@pre"), how="inner")
-    out = out.join(keyed(ft[["case_id", *emb_cols]], "@ft"), how="inner")
+    out = radiomics.assign(case_id=radiomics["case_id"].astype(str)).set_index("case_id")
+    for suffix, frame in {"@pre": pre, **{f"@ft{s}": f for s, f in finetuned.items()}}.items():
+        out = out.join(keyed(frame, suffix), how="inner")
     return out.sort_index()
 
 
@@ -188,27 +194,63 @@ def _sensitivity(w2: np.ndarray, active: np.ndarray, w1: np.ndarray) -> np.ndarr
     return (w2 * active) @ w1
 
 
+def sensitivity_profile(s: np.ndarray) -> np.ndarray:
+    """Each feature's share of the total sensitivity, ||S[:, j]|| / sum_i ||S[:, i]||, over the last two axes
+    (..., k, features) -> (..., features); all 0 when S is 0. Scaling S (a rescaled embedding) leaves it unchanged."""
+    norms = np.linalg.norm(s, axis=-2)
+    total = norms.sum(axis=-1, keepdims=True)
+    return np.divide(norms, total, out=np.zeros_like(norms), where=total > 0)
+
+
 def _mean_pairwise_spearman(vectors: list[np.ndarray]) -> float:
-    """Mean Spearman correlation over pairs of vectors; NaN with fewer than two seeds or a constant vector."""
+    """Mean Spearman correlation over pairs of vectors; NaN with fewer than two or a constant vector."""
     if len(vectors) < 2 or any(np.ptp(v) == 0 for v in vectors):
         return float("nan")
     return float(np.mean([spearmanr(a, b)[0] for a, b in itertools.combinations(vectors, 2)]))
 
 
-def fit_lens(radiomics: pd.DataFrame, pre: pd.DataFrame, ft: pd.DataFrame, settings: dict) -> tuple[pd.DataFrame, dict]:
-    """Per-feature change table (sorted by rank, 1 = largest change) and a summary dict.
+def _ranks(change: np.ndarray) -> np.ndarray:
+    """Rank 1 = largest |change|, ties by position (the features' sorted-name order)."""
+    order = np.argsort(-np.abs(change), kind="mergesort")
+    ranks = np.empty(len(change), int)
+    ranks[order] = np.arange(1, len(change) + 1)
+    return ranks
 
-    radiomics: case_id, split and feature columns (patient_id and cohort are ignored); pre, ft: case_id plus the same
-    numeric embedding columns. Cases are joined on case_id; at least MIN_JOINED of the embedded cases must join.
-    Fitting uses the training split; R^2 (uniform over the k targets, mean over seeds) uses val and test.
 
-    Table columns TABLE_COLUMNS: sensitivities, gain = sens_ft - sens_pre and change (means over seeds), rank by
-    change, and p_value = (1 + #{null change_j >= change_j}) / (B + 1). Summary: n_train, n_heldout, n_features_in,
-    n_features_kept, r2_pre, r2_ft, total_change (sum of the per-feature changes), perm_p (of ||S_ft - S_pre||_F under
-    the same null), stability_spearman (mean pairwise Spearman of the seeds' change vectors), seeds ("0;1;2").
+def permutation_p(observed: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature p of |observed_j| (B, F null of signed changes): raw, (1 + #{|null_bj| >= |obs_j|}) / (B + 1),
+    and family-wise, the same count of the maximum over features max_i |null_bi| (single-step max-statistic,
+    which holds the chance of any false positive among all features at the level)."""
+    stat = np.abs(observed)
+    tol = 1e-12 * max(1.0, float(stat.max(initial=0.0)))
+    null = np.abs(null)
+    raw = (1 + (null >= stat - tol).sum(axis=0)) / (len(null) + 1)
+    fwer = (1 + (null.max(axis=1)[:, None] >= stat - tol).sum(axis=0)) / (len(null) + 1)
+    return raw, fwer
+
+
+def fit_lens(radiomics: pd.DataFrame, pre: pd.DataFrame, finetuned: Mapping[int, pd.DataFrame] | pd.DataFrame,
+             settings: dict) -> tuple[pd.DataFrame, dict]:
+    """Per-feature change table (sorted by rank, 1 = largest |change|) and a summary dict.
+
+    radiomics: case_id, split and feature columns (patient_id and cohort are ignored); pre and each fine-tuned
+    frame: case_id plus the same numeric embedding columns; finetuned: {fine-tuning seed: frame} (a single frame
+    counts as seed 0). Cases are joined on case_id; at least MIN_JOINED of the embedded cases must join. Fitting
+    uses the training split; R^2 (uniform over the k targets) uses val and test.
+
+    Table columns TABLE_COLUMNS: sensitivity shares sens_pre, sens_ft and change = sens_ft - sens_pre (means over
+    MLP and fine-tuning seeds), rank by |change|, p_value (per feature) and p_fwer (max-statistic over features)
+    under the permutation null, and rank_min / rank_max over the fine-tuning seeds. Summary: n_train, n_heldout,
+    n_features_in, n_features_kept, r2_pre, r2_ft, total_change (sum |change|), perm_p (of ||change||_2 under the
+    same null), n_significant (p_fwer <= FWER_ALPHA), stability_spearman (MLP seeds) and
+    finetune_stability_spearman (fine-tuning seeds): mean pairwise Spearman of |change|; seeds, finetune_seeds.
     """
     st = lens_settings(settings)
-    data = _join(radiomics, pre, ft)
+    if isinstance(finetuned, pd.DataFrame):
+        finetuned = {0: finetuned}
+    if not finetuned:
+        raise ValueError("lens: no fine-tuned embeddings")
+    data = _join(radiomics, pre, finetuned)
     feature_cols = [c for c in radiomics.columns if c not in META_COLUMNS]
     bad = [c for c in feature_cols if not pd.api.types.is_numeric_dtype(radiomics[c])]
     if bad:
@@ -224,59 +266,66 @@ def fit_lens(radiomics: pd.DataFrame, pre: pd.DataFrame, ft: pd.DataFrame, setti
         raise ValueError("lens: no radiomic feature left after dropping non-finite and near-constant ones")
     emb_cols = [c for c in pre.columns if c != "case_id"]
     e_pre = data[[f"{c}@pre" for c in emb_cols]].to_numpy(dtype=np.float64)
-    e_ft = data[[f"{c}@ft" for c in emb_cols]].to_numpy(dtype=np.float64)
     k = min(st["pca_components"], n_train - 1, len(emb_cols))
-    z_pre, z_ft = embedding_targets(e_pre, e_ft, train, k)
+    targets = {seed: embedding_targets(e_pre, data[[f"{c}@ft{seed}" for c in emb_cols]].to_numpy(np.float64),
+                                       train, k) for seed in finetuned}
+    z_pre = next(iter(targets.values()))[0]
     alpha = float(st["ridge_alpha"])
     # Null: what fine-tuning changed in the targets (z_ft - z_pre) is unrelated to the radiomics, so its rows are
     # permuted over the training cases (fine-tuned targets z_pre + shift[perm]). Ridge is linear in the targets, so
-    # the permuted fit's change from the pre fit is the ridge fit of the permuted shift itself.
+    # the permuted fit is the pre fit plus the ridge fit of the permuted shift. One set of permutations serves every
+    # fine-tuning seed, so the seeds' nulls average like their observed changes.
     rng = np.random.default_rng(st["seeds"][0])
-    shift = (z_ft - z_pre)[train]
-    permuted = shift[np.stack([rng.permutation(n_train) for _ in range(st["permutations"])])]
-    per_seed = []
-    for w1, b1 in first_layers(x[train], z_pre[train], st):
+    perms = np.stack([rng.permutation(n_train) for _ in range(st["permutations"])])
+    per_run = []  # one entry per (MLP seed, fine-tuning seed)
+    for mlp_seed, (w1, b1) in zip(st["seeds"], first_layers(x[train], z_pre[train], st)):
         h = np.maximum(x @ w1.T + b1, 0.0)
         active = (h[train] > 0).mean(axis=0)
-        fits = {name: Ridge(alpha=alpha).fit(h[train], z[train]) for name, z in {"pre": z_pre, "ft": z_ft}.items()}
-        s_pre = _sensitivity(fits["pre"].coef_, active, w1)
-        s_ft = _sensitivity(fits["ft"].coef_, active, w1)
-        s_null = _sensitivity(ridge_coefficients(h[train], permuted, alpha), active, w1)
-        r2 = {name: (r2_score(z[heldout], fits[name].predict(h[heldout])) if heldout.sum() >= 2 else float("nan"))
-              for name, z in {"pre": z_pre, "ft": z_ft}.items()}
-        per_seed.append({"sens_pre": np.linalg.norm(s_pre, axis=0), "sens_ft": np.linalg.norm(s_ft, axis=0),
-                         "change": np.linalg.norm(s_ft - s_pre, axis=0),
-                         "null": np.linalg.norm(s_null, axis=1), **{f"r2_{n}": v for n, v in r2.items()}})
+        fit_pre = Ridge(alpha=alpha).fit(h[train], z_pre[train])
+        s_pre = _sensitivity(fit_pre.coef_, active, w1)
+        profile_pre = sensitivity_profile(s_pre)
+        r2_pre = r2_score(z_pre[heldout], fit_pre.predict(h[heldout])) if heldout.sum() >= 2 else float("nan")
+        for ft_seed, (_, z_ft) in targets.items():
+            fit_ft = Ridge(alpha=alpha).fit(h[train], z_ft[train])
+            shift = (z_ft - z_pre)[train][perms]
+            s_null = s_pre + _sensitivity(ridge_coefficients(h[train], shift, alpha), active, w1)
+            profile_ft = sensitivity_profile(_sensitivity(fit_ft.coef_, active, w1))
+            per_run.append({"mlp_seed": mlp_seed, "ft_seed": ft_seed, "sens_pre": profile_pre,
+                            "sens_ft": profile_ft, "change": profile_ft - profile_pre,
+                            "null": sensitivity_profile(s_null) - profile_pre, "r2_pre": r2_pre,
+                            "r2_ft": (r2_score(z_ft[heldout], fit_ft.predict(h[heldout])) if heldout.sum() >= 2
+                                      else float("nan"))})
 
-    def mean(key: str) -> np.ndarray:
-        return np.mean([run[key] for run in per_seed], axis=0)
+    def mean(key: str, runs=per_run) -> np.ndarray:
+        return np.mean([run[key] for run in runs], axis=0)
 
     change, null = mean("change"), mean("null")
-    table = pd.DataFrame({"feature": kept, "sens_pre": mean("sens_pre"), "sens_ft": mean("sens_ft")})
-    groups = pd.DataFrame([feature_groups(name) for name in kept])
-    table = pd.concat([table[["feature"]], groups, table[["sens_pre", "sens_ft"]]], axis=1)
-    table["gain"] = table["sens_ft"] - table["sens_pre"]
-    table["change"] = change
-    table["p_value"] = (1 + (null >= change).sum(axis=0)) / (len(permuted) + 1)
-    table = table.sort_values(["change", "feature"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
-    table["rank"] = np.arange(1, len(table) + 1)
-    # The overall test uses ||S_ft - S_pre||_F (root of the summed squared changes): the plain sum of per-feature
-    # changes also adds every feature's estimation noise and lost a planted two-feature shift among 30 (p 0.7).
-    frobenius = np.mean([np.linalg.norm(run["change"]) for run in per_seed])
-    null_frobenius = np.mean([np.linalg.norm(run["null"], axis=1) for run in per_seed], axis=0)
+    raw_p, fwer_p = permutation_p(change, null)
+    by_ft = [mean("change", [r for r in per_run if r["ft_seed"] == s]) for s in finetuned]
+    by_mlp = [mean("change", [r for r in per_run if r["mlp_seed"] == s]) for s in st["seeds"]]
+    ft_ranks = np.stack([_ranks(c) for c in by_ft])
+    table = pd.concat([pd.DataFrame({"feature": kept}), pd.DataFrame([feature_groups(name) for name in kept])],
+                      axis=1)
+    table = table.assign(sens_pre=mean("sens_pre"), sens_ft=mean("sens_ft"), change=change, rank=_ranks(change),
+                         p_value=raw_p, p_fwer=fwer_p, rank_min=ft_ranks.min(axis=0), rank_max=ft_ranks.max(axis=0))
+    table = table.sort_values("rank", kind="mergesort").reset_index(drop=True)
     summary = {
         "n_train": n_train, "n_heldout": int(heldout.sum()), "n_features_in": len(feature_cols),
         "n_features_kept": len(kept), "r2_pre": float(mean("r2_pre")), "r2_ft": float(mean("r2_ft")),
-        "total_change": float(change.sum()),
-        "perm_p": float((1 + (null_frobenius >= frobenius).sum()) / (len(permuted) + 1)),
-        "stability_spearman": _mean_pairwise_spearman([run["change"] for run in per_seed]),
-        "seeds": ";".join(map(str, st["seeds"])),
+        "total_change": float(np.abs(change).sum()),
+        "perm_p": float((1 + (np.linalg.norm(null, axis=1) >= np.linalg.norm(change) - 1e-12).sum())
+                        / (len(null) + 1)),
+        "n_significant": int((fwer_p <= FWER_ALPHA).sum()),
+        "stability_spearman": _mean_pairwise_spearman([np.abs(c) for c in by_mlp]),
+        "finetune_stability_spearman": _mean_pairwise_spearman([np.abs(c) for c in by_ft]),
+        "seeds": ";".join(map(str, st["seeds"])), "finetune_seeds": ";".join(map(str, finetuned)),
     }
     return table[TABLE_COLUMNS], summary
 
 
 def group_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Change aggregated by feature group, filter and image: columns by, level, n, sum, mean."""
+    """Change of sensitivity share aggregated by feature group, filter and image (a group's sum is the change of
+    its share; all groups together sum to 0): columns by, level, n, sum, mean."""
     parts = []
     for by in ("group", "filter", "image"):
         agg = table.groupby(by, sort=True)["change"].agg(n="size", sum="sum", mean="mean").reset_index()

@@ -1,4 +1,5 @@
-"""The radiomic lens of one task: which radiomic features fine-tuning re-weighted (rule `lens`)."""
+"""The radiomic lens of one task on every fine-tuning seed: which radiomic features fine-tuning re-weighted
+(rule `lens`)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", required=True)
     parser.add_argument("--radiomics", required=True, type=Path, help="radiomic features of the task's cohort")
     parser.add_argument("--pretrained", required=True, type=Path, help="features of the pretrained encoder")
-    parser.add_argument("--finetuned", required=True, type=Path, help="features of the fine-tuned encoder")
+    parser.add_argument("--finetuned", required=True, type=Path, nargs="+", help="features per fine-tuning seed")
+    parser.add_argument("--seeds", required=True, type=int, nargs="+", help="the fine-tuning seeds, same order")
     parser.add_argument("--settings", required=True, help="JSON: analysis.lens")
     parser.add_argument("--table", required=True, type=Path, help="per-feature change, ranked")
     parser.add_argument("--summary", required=True, type=Path, help="one row: fit quality, null, stability")
     args = parser.parse_args(argv)
+    if len(args.finetuned) != len(args.seeds):
+        parser.error("--finetuned and --seeds need one entry per fine-tuning seed")
     log = setup_logging("taskalign.lens")
     import pandas as pd
 
@@ -34,15 +38,17 @@ def main(argv: list[str] | None = None) -> int:
         return pd.concat([cases[["case_id"]], pd.DataFrame(values, columns=[f"e{i}" for i in range(values.shape[1])])],
                          axis=1)
 
-    table, summary = fit_lens(pd.read_csv(args.radiomics), embeddings(args.pretrained), embeddings(args.finetuned),
-                              settings)
+    finetuned = {seed: embeddings(path) for seed, path in zip(args.seeds, args.finetuned)}
+    table, summary = fit_lens(pd.read_csv(args.radiomics), embeddings(args.pretrained), finetuned, settings)
     groups = group_summary(table)
     summary = {"task": args.task, **summary, "top_features": ";".join(table["feature"].head(5))}
     for row in groups[groups["by"] == "group"].itertuples():
-        summary[f"change_{row.level}"] = row.sum  # per feature class: intensity, shape, texture
+        summary[f"change_{row.level}"] = row.sum  # change of each class's sensitivity share: intensity, shape, texture
     table.insert(0, "task", args.task)
-    log.info("%s: held-out R2 pre %.3f ft %.3f, total change %.3f (p %.3f), top %s", args.task, summary["r2_pre"],
-             summary["r2_ft"], summary["total_change"], summary["perm_p"], summary["top_features"])
+    log.info("%s: held-out R2 pre %.3f ft %.3f, total change %.3f (p %.3f), %d features significant (family-wise), "
+             "rank stability over fine-tuning seeds %.3f, top %s", args.task, summary["r2_pre"], summary["r2_ft"],
+             summary["total_change"], summary["perm_p"], summary["n_significant"],
+             summary["finetune_stability_spearman"], summary["top_features"])
     with atomic_path(args.table) as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(args.summary) as tmp:

@@ -89,18 +89,24 @@ def _render(stem: str | Path, footer: str, style: Mapping[str, Any] | None, draw
 # --- 001 Fig. 1b -----------------------------------------------------------------------------------------------
 
 
-def _draw_scratch_vs_finetuned(frame: pd.DataFrame, st: dict) -> Figure:
-    _require(frame, ("task", "scratch", "finetuned", "d2s", "higher_is_better"), "scratch_vs_finetuned")
+def _groups(frame: pd.DataFrame, column: str) -> list[Any]:
+    """The values of an optional grouping column in order of appearance, [None] when the column is absent."""
+    return list(pd.unique(frame[column])) if column in frame.columns else [None]
+
+
+def _part(frame: pd.DataFrame, **where: Any) -> pd.DataFrame:
+    for column, value in where.items():
+        if value is not None:
+            frame = frame[frame[column] == value]
+    return frame
+
+
+def _scatter_panel(ax: Axes, frame: pd.DataFrame, colours: dict, d2s_max: float, st: dict) -> np.ndarray:
     # Negating lower-is-better metrics puts every task's better result up/right, so above y=x means pretraining helps.
     sign = np.where(frame["higher_is_better"].astype(bool), 1.0, -1.0)
     x = frame["scratch"].to_numpy(float) * sign
     y = frame["finetuned"].to_numpy(float) * sign
-    d2s = np.nan_to_num(frame["d2s"].to_numpy(float))
-    d2s_max = float(d2s.max()) if d2s.max() > 0 else 1.0
-    sizes = 30 + 370 * d2s / d2s_max
-    colours = _colours(frame["task"])
-    fig, axes = _figure(1, 1, (4.6, 4.2))
-    ax = axes[0, 0]
+    sizes = 30 + 370 * np.nan_to_num(frame["d2s"].to_numpy(float)).clip(min=0) / d2s_max
     for xi, yi, si, task, s in zip(x, y, sizes, frame["task"], sign):
         ax.scatter(xi, yi, s=si, color=colours[task], alpha=0.8, edgecolors="k", linewidths=0.5,
                    label=f"{task}{' (−)' if s < 0 else ''}")
@@ -114,19 +120,33 @@ def _draw_scratch_vs_finetuned(frame: pd.DataFrame, st: dict) -> Figure:
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("trained from scratch")
     ax.set_ylabel("fine-tuned from pretrained")
-    note = f"marker area ∝ D2S (max {d2s.max():.3g})"
-    if (sign < 0).any():
-        note += "; (−): lower-is-better metric negated"
-    ax.set_title(note, fontsize=st["font_size"] - 1)
+    return sign
+
+
+def _draw_scratch_vs_finetuned(frame: pd.DataFrame, st: dict) -> Figure:
+    _require(frame, ("task", "scratch", "finetuned", "d2s", "higher_is_better"), "scratch_vs_finetuned")
+    models = _groups(frame, "model")
+    colours = _colours(frame["task"])
+    d2s = np.nan_to_num(frame["d2s"].to_numpy(float)).clip(min=0)
+    d2s_max = float(d2s.max()) if d2s.max() > 0 else 1.0  # one scale for every panel
+    fig, axes = _figure(1, len(models), (4.6, 4.2))
+    for ax, model in zip(axes[0], models):
+        sign = _scatter_panel(ax, _part(frame, model=model), colours, d2s_max, st)
+        note = f"marker area ∝ D2S (max {d2s.max():.3g})"
+        if (sign < 0).any():
+            note += "; (−): lower-is-better metric negated"
+        ax.set_title(note if model is None else f"{model}\n{note}", fontsize=st["font_size"] - 1)
     return fig
 
 
 def scratch_vs_finetuned(frame: pd.DataFrame, stem: str | Path, footer: str,
                          style: Mapping[str, Any] | None = None) -> int:
-    """001 Fig. 1b: fine-tuned (y) vs scratch (x) metric per task, marker area proportional to D2S, y=x line.
+    """001 Fig. 1b: fine-tuned (y) vs scratch (x) metric per task, marker area proportional to D2S, y=x line; one
+    panel per compared model.
 
-    frame columns: task, scratch, finetuned, d2s, higher_is_better. Tasks whose metric is lower-is-better are
-    drawn with both values negated and labelled "(−)", so for every task a point above the diagonal is a gain.
+    frame columns: task, scratch, finetuned, d2s (unbiased MMD², negative estimates drawn as 0),
+    higher_is_better, and optionally model. Tasks whose metric is lower-is-better are drawn with both values
+    negated and labelled "(−)", so for every task a point above the diagonal is a gain.
     """
     return _render(stem, footer, style, lambda st: _draw_scratch_vs_finetuned(frame, st))
 
@@ -134,47 +154,56 @@ def scratch_vs_finetuned(frame: pd.DataFrame, stem: str | Path, footer: str,
 # --- 001 Fig. 2 ------------------------------------------------------------------------------------------------
 
 
-def _correlation_row(correlations: pd.DataFrame, distance: str, reference: Any) -> pd.Series:
+def _correlation_row(correlations: pd.DataFrame, distance: str, reference: Any, model: Any = None) -> pd.Series:
     sel = correlations["distance"].astype(str).str.lower() == distance
-    if reference is not None and "reference" in correlations.columns:
-        sel &= correlations["reference"] == reference
+    for column, value in (("reference", reference), ("model", model)):
+        if value is not None and column in correlations.columns:
+            sel &= correlations[column] == value
     if sel.sum() != 1:
-        where = f"distance={distance}" + (f", reference={reference}" if reference is not None else "")
+        where = f"distance={distance}" + "".join(f", {c}={v}" for c, v in (("reference", reference), ("model", model))
+                                                 if v is not None)
         raise ValueError(f"rpg_vs_distance: expected one correlations row for {where}, found {int(sel.sum())}")
     return correlations[sel].iloc[0]
+
+
+def _interval(c: pd.Series, name: str) -> str:
+    low, high = c.get(f"{name}_ci_low", np.nan), c.get(f"{name}_ci_high", np.nan)
+    return f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) and np.isfinite(high) else ""
 
 
 def _draw_rpg_vs_distance(frame: pd.DataFrame, correlations: pd.DataFrame, st: dict) -> Figure:
     _require(frame, ("task", "rpg", *DISTANCES), "rpg_vs_distance")
     _require(correlations, CORRELATION_COLUMNS, "rpg_vs_distance correlations")
-    references = list(pd.unique(frame["reference"])) if "reference" in frame.columns else [None]
+    rows = [(m, r) for m in _groups(frame, "model") for r in _groups(_part(frame, model=m), "reference")]
     colours = _colours(frame["task"])
-    fig, axes = _figure(len(references), len(DISTANCES))
-    for row, reference in zip(axes, references):
-        part = frame if reference is None else frame[frame["reference"] == reference]
+    fig, axes = _figure(len(rows), len(DISTANCES))
+    for row, (model, reference) in zip(axes, rows):
+        part = _part(frame, model=model, reference=reference)
         for ax, distance in zip(row, DISTANCES):
             for _, r in part.iterrows():
                 ax.scatter(r[distance], r["rpg"], color=colours[r["task"]], edgecolors="k", linewidths=0.5)
                 ax.annotate(str(r["task"]), (r[distance], r["rpg"]), xytext=(5, 3), textcoords="offset points",
                             fontsize=st["font_size"] - 1)
-            c = _correlation_row(correlations, distance, reference)
-            prefix = f"{reference}: " if reference is not None else ""
-            ax.set_title(f"{prefix}RPG vs {distance.upper()}\n"
-                         f"r={c['pearson_r']:.2f} (p={c['pearson_p']:.2g}), "
+            c = _correlation_row(correlations, distance, reference, model)
+            prefix = ": ".join(str(v) for v in (model, reference) if v is not None)
+            ax.set_title(f"{prefix + ': ' if prefix else ''}RPG vs {distance.upper()}\n"
+                         f"r={c['pearson_r']:.2f}{_interval(c, 'pearson')} (p={c['pearson_p']:.2g}), "
                          f"ρ={c['spearman_rho']:.2f} (p={c['spearman_p']:.2g}), n={int(c['n'])}",
                          fontsize=st["font_size"] - 1)
-            ax.set_xlabel(distance.upper())
-            ax.set_ylabel("RPG")
+            ax.set_xlabel(f"{distance.upper()} (unbiased MMD²)")
+            ax.set_ylabel("RPG (%)")
     return fig
 
 
 def rpg_vs_distance(frame: pd.DataFrame, correlations: pd.DataFrame, stem: str | Path, footer: str,
                     style: Mapping[str, Any] | None = None) -> int:
-    """001 Fig. 2: RPG (y) against D2R, D2P and D2S (x), one labelled point per task, r/p/rho/n in each title.
+    """001 Fig. 2: RPG (y) against D2R, D2P and D2S (x, unbiased MMD²), one labelled point per task, r with its
+    bootstrap interval (when given), p, rho and n in each title.
 
-    frame columns: task, rpg, d2r, d2p, d2s and optionally reference (e.g. random, specialist): one row of three
-    panels per reference. correlations columns: distance (d2r/d2p/d2s), pearson_r, pearson_p, spearman_rho,
-    spearman_p, n, and reference when frame has one; exactly one row per (reference, distance) drawn.
+    frame columns: task, rpg, d2r, d2p, d2s and optionally model and reference: one row of three panels per
+    (model, reference), as 001 gives each foundation model a row. correlations columns: distance, pearson_r,
+    pearson_p, spearman_rho, spearman_p, n, optionally pearson_ci_low / pearson_ci_high, and model / reference
+    when frame has them; exactly one row per (model, reference, distance) drawn.
     """
     return _render(stem, footer, style, lambda st: _draw_rpg_vs_distance(frame, correlations, st))
 

@@ -1,60 +1,86 @@
-"""Seed 002 Table 5: the ablation over pretraining objectives."""
+"""Seed 002 Table 5: the cumulative ablation over pretraining objectives, each row with its change from the row
+before."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from taskalign.report.tables.model import CHECK, MISSING, Table, best_cells, mean_std
-from taskalign.report.tables.performance import seed_stats
+from taskalign.report.tables.model import CHECK, MISSING, Table, best_cells, finite, mean_std
 
-OBJECTIVES = ("reconstruction", "metadata", "translation", "contrastive")
+OBJECTIVES = ("reconstruction", "metadata", "translation", "contrastive")  # 002 Table 5's order
+STEP_LABELS = ("reconstruction", "+metadata", "+translation", "+contrastive")
+CHANGE = "Δ prev."
 
 
-def ablation_table(metrics: pd.DataFrame, objective_sets: Mapping[str, list[str]], *,
-                   lower_is_better: Collection[str] = (), reference_init: str | None = "scratch",
-                   digits: int = 3) -> Table:
-    """Seed 002 Table 5: one row per pretraining variant (its objectives as check marks), then per task the
-    primary metric of the `pretrained:<variant>` full runs, mean ± std over seeds; best per task column bold
-    (lowest for metrics in `lower_is_better`). The reference init (scratch, 002's Swin-B row) comes first
-    when present.
+def ablation_steps(objective_sets: Mapping[str, Sequence[str]]) -> list[tuple[str, str, list[str]]]:
+    """002's cumulative rows from the configured variants (name -> objectives): for each prefix of OBJECTIVES the
+    variant pretrained with exactly those objectives, as (label, init, objectives); a prefix no variant has is
+    left out (the next row's change is then from the row before it)."""
+    steps = []
+    for n, label in enumerate(STEP_LABELS, start=1):
+        wanted = set(OBJECTIVES[:n])
+        match = [v for v, objectives in objective_sets.items() if set(objectives) == wanted]
+        if match:
+            steps.append((f"{label} ({match[0]})", f"pretrained:{match[0]}", list(OBJECTIVES[:n])))
+    return steps
+
+
+def _change(value: float, previous: float, digits: int) -> str:
+    if not (finite(value) and finite(previous)):
+        return MISSING
+    delta = value - previous
+    arrow = "↑" if delta > 0 else "↓" if delta < 0 else "="
+    return f"{arrow}{abs(delta):.{digits}f}"
+
+
+def ablation_table(metrics: pd.DataFrame, steps: Sequence[tuple[str, str, Sequence[str]]], *,
+                   protocol: str = "frozen", lower_is_better: Collection[str] = (),
+                   baseline: tuple[str, str, str] | None = None, digits: int = 3) -> Table:
+    """Seed 002 Table 5: rows in the order of `steps` ((label, init, objectives), cumulative as in the paper, see
+    ablation_steps), each the pretrained variant fine-tuned with `protocol`; per task the primary metric, mean ±
+    std over seeds, and in its own column the change from the previous row (arrow = direction of the value, as
+    in 002). An optional `baseline` (label, init, protocol), e.g. ("scratch", "scratch", "full") for 002's Swin-B
+    row, comes first. Best per task bold (lowest for metrics in `lower_is_better`).
 
     metrics: columns task, init, protocol, seed, metric, value, primary (metrics.csv).
-    objective_sets: variant -> its objectives (config pretrain.variants.<v>.objectives).
     """
-    primary = metrics[metrics["primary"].astype(bool) & (metrics["protocol"] == "full")]
-    stats = seed_stats(primary)
-    rows = [(reference_init, reference_init, [])] if reference_init in set(primary["init"]) else []
-    rows += [(v, f"pretrained:{v}", objs) for v, objs in objective_sets.items()
-             if f"pretrained:{v}" in set(primary["init"])]
+    primary = metrics[metrics["primary"].astype(str).str.lower() == "true"]
+    stats = primary.groupby(["task", "metric", "init", "protocol"], sort=False)["value"].agg(["mean", "std", "count"])
+    rows = ([(baseline[0], baseline[1], baseline[2], [])] if baseline else [])
+    rows += [(label, init, protocol, list(objectives)) for label, init, objectives in steps]
     if not rows:
-        raise ValueError("none of the ablation variants has full-protocol metrics")
+        raise ValueError("ablation table: no steps")
     tasks = list(dict.fromkeys(primary["task"]))
-    task_cols = [(t, primary.loc[primary["task"] == t, "metric"].iloc[0]) for t in tasks]
-    columns = pd.MultiIndex.from_tuples([("objectives", o) for o in OBJECTIVES] + task_cols)
-    index = pd.Index([label for label, _, _ in rows], name="variant")
+    task_cols = [f"{t} ({primary.loc[primary['task'] == t, 'metric'].iloc[0]})" for t in tasks]
+    columns = pd.MultiIndex.from_tuples([("objectives", o) for o in OBJECTIVES]
+                                        + [(c, q) for c in task_cols for q in ("mean ± std", CHANGE)])
+    index = pd.Index([label for label, *_ in rows], name="pretraining")
     cells = pd.DataFrame("", index=index, columns=columns)
     bold = pd.DataFrame(False, index=index, columns=columns)
-    raw = {label: {"variant": label, "init": init, **{o: o in objectives for o in OBJECTIVES}}
-           for label, init, objectives in rows}
-    for label, _, objectives in rows:
+    raw = {label: {"row": label, "init": init, "protocol": prot, **{o: o in objs for o in OBJECTIVES}}
+           for label, init, prot, objs in rows}
+    for label, _, _, objectives in rows:
         for objective in OBJECTIVES:
             cells.loc[label, ("objectives", objective)] = CHECK if objective in objectives else ""
-    for task, metric in task_cols:
+    for task, column in zip(tasks, task_cols):
+        metric = primary.loc[primary["task"] == task, "metric"].iloc[0]
         means = pd.Series(np.nan, index=index)
-        for label, init, _ in rows:
-            key = (task, metric, init, "full")
-            if key not in stats.index:
-                cells.loc[label, (task, metric)] = MISSING
-                continue
-            s = stats.loc[key]
-            cells.loc[label, (task, metric)] = mean_std(s["mean"], s["std"], digits)
+        previous = np.nan
+        for label, init, prot, _ in rows:
+            key = (task, metric, init, prot)
+            s = stats.loc[key] if key in stats.index else pd.Series({"mean": np.nan, "std": np.nan, "count": 0})
+            cells.loc[label, (column, "mean ± std")] = mean_std(s["mean"], s["std"], digits)
+            cells.loc[label, (column, CHANGE)] = _change(s["mean"], previous, digits)
+            raw[label].update({f"{task}/{metric}/mean": s["mean"], f"{task}/{metric}/std": s["std"],
+                               f"{task}/{metric}/n_seeds": int(s["count"]),
+                               f"{task}/{metric}/change": s["mean"] - previous})
             means[label] = s["mean"]
-            raw[label].update({f"{task}/{metric}/{name}": s[name] for name in ("mean", "std", "n_seeds")})
-        bold[(task, metric)] = best_cells(means, metric in lower_is_better)
-    caption = ("Ablation over pretraining objectives: primary metric per task (mean ± std over seeds) of encoders "
-               "pretrained with the checked objectives and fine-tuned with the full protocol; best in bold.")
+            previous = s["mean"] if finite(s["mean"]) else previous
+        bold[(column, "mean ± std")] = best_cells(means, metric in lower_is_better)
+    caption = (f"Ablation over pretraining objectives (002 Table 5): cumulative rows, each variant fine-tuned with "
+               f"the {protocol} protocol; primary metric per task, mean ± std over seeds, and the change from the "
+               "previous row (↑/↓: the value rose/fell); best in bold. See docs/deviations.md.")
     return Table(cells, pd.DataFrame(list(raw.values())), caption, bold)
-

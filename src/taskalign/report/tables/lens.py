@@ -7,33 +7,43 @@ import pandas as pd
 from taskalign.analysis.stats import stars
 from taskalign.report.tables.model import MISSING, STARS_LEGEND, Table, finite
 
+FIXED = ["task", "r2_pre", "r2_ft", "total_change", "perm_p", "n_significant", "stability_spearman",
+         "finetune_stability_spearman", "top_features"]
+NAMES = {"r2_pre": "R² pre", "r2_ft": "R² FT", "total_change": "total change", "perm_p": "perm. p",
+         "n_significant": "features p_FWER ≤ 0.05", "stability_spearman": "stability ρ (MLP seeds)",
+         "finetune_stability_spearman": "stability ρ (FT seeds)"}
+
 
 def lens_table(summary: pd.DataFrame, digits: int = 3) -> Table:
-    """One row per task of the radiomic-lens analysis: probe R² before and after fine-tuning, total weight change
-    with its permutation p (starred), stability (Spearman), the change per feature group (every other numeric
-    column, e.g. intensity, shape, texture) and the top features.
+    """One row per task of the radiomic-lens analysis: probe R² before and after fine-tuning, total change of the
+    sensitivity shares (sum |change|) with its permutation p (starred), the number of features significant after
+    the family-wise (max-statistic) correction, rank stability over MLP seeds and over fine-tuning seeds
+    (Spearman), the change of share per feature group (every other numeric column, e.g. intensity, shape,
+    texture) and the top features.
 
-    summary: columns task, r2_pre, r2_ft, total_change, perm_p, stability_spearman, top_features, plus the
-    numeric group-change columns.
+    summary: columns of FIXED (n_significant and finetune_stability_spearman may be absent) plus the numeric
+    group-change columns.
     """
-    fixed = ["task", "r2_pre", "r2_ft", "total_change", "perm_p", "stability_spearman", "top_features"]
-    groups = [c for c in summary.select_dtypes("number").columns if c not in fixed]
-    names = {"r2_pre": "R² pre", "r2_ft": "R² FT", "total_change": "total change", "perm_p": "perm. p",
-             "stability_spearman": "stability ρ"}
+    groups = [c for c in summary.select_dtypes("number").columns if c not in FIXED]
+    numeric = [c for c in FIXED[1:-1] if c in summary.columns] + groups
     cells = pd.DataFrame(index=pd.Index(summary["task"], name="task"))
     star_cells = pd.DataFrame(index=cells.index)
-    for col in ["r2_pre", "r2_ft", "total_change", "perm_p", "stability_spearman", *groups]:
+    for col in numeric:
         values = summary[col].to_numpy(float)
         if col == "perm_p":
             text = ["<0.001" if v < 0.001 else f"{v:.3f}" if finite(v) else MISSING for v in values]
+        elif col == "n_significant":
+            text = [f"{v:.0f}" if finite(v) else MISSING for v in values]
         else:
             text = [f"{v:.{digits}f}" if finite(v) else MISSING for v in values]
-        cells[names.get(col, col)] = text
-        star_cells[names.get(col, col)] = [stars(v) if col == "perm_p" else "" for v in values]
+        cells[NAMES.get(col, col)] = text
+        star_cells[NAMES.get(col, col)] = [stars(v) if col == "perm_p" else "" for v in values]
     cells["top features"] = summary["top_features"].fillna("").astype(str).to_numpy()
     star_cells["top features"] = ""
     raw = summary.assign(perm_stars=[stars(v) for v in summary["perm_p"].to_numpy(float)])
-    caption = ("Radiomic lens per task: probe R² before and after fine-tuning, total weight change with its "
-               f"permutation p ({STARS_LEGEND}), stability across seeds (Spearman), change per feature group, "
-               "top features.")
+    caption = ("Radiomic lens per task (003): probe R² before and after fine-tuning; change of each radiomic "
+               "feature's share of the total sensitivity (a rescaling of the embeddings is no change), summed "
+               f"|change| with its permutation p ({STARS_LEGEND}); features significant after a max-statistic "
+               "family-wise correction; rank stability over MLP seeds and over fine-tuning seeds (Spearman); change "
+               "of share per feature group (sums to 0 over groups); top features. See docs/deviations.md.")
     return Table(cells, raw, caption, stars=star_cells)
