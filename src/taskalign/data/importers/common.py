@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from taskalign.data.grid import Grid
+from taskalign.data.image_io import write_image
 from taskalign.data.labels import MANIFEST_COLUMNS, ZONE_LABELS
 from taskalign.runtime import atomic_path
 
@@ -26,9 +25,6 @@ log = logging.getLogger(__name__)
 
 CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 CONVERTED_DIR = "converted"
-# Grids that differ by less than this (mm, and direction cosines) are the same grid: NIfTI stores geometry in
-# float32, so a mask written from the very same grid comes back a few 1e-5 mm off.
-GRID_TOLERANCE = 1e-3
 
 # DICOM tags of the T2W acquisition, as SimpleITK names them (also found in MHA headers written by picai_prep).
 ACQUISITION_TAGS = {
@@ -132,25 +128,6 @@ def write_converted(image: sitk.Image, out_dir: Path, case_id: str, name: str) -
 # Images on disk
 
 
-def _full_suffix(name: str) -> str:
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
-
-
-def write_image(image: sitk.Image, path: Path) -> Path:
-    """Write atomically (temporary file with the same extension, then os.replace), compressed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_full_suffix(path.name))
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def read_image(path: Path, case: str, what: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
@@ -200,38 +177,9 @@ def acquisition_metadata(header: dict[str, str]) -> dict:
 # Grids and labels
 
 
-@dataclass(frozen=True)
-class Grid:
-    """Voxel grid of an image: size (x, y, z), spacing mm, origin mm, direction (row-major 3x3), LPS."""
-
-    size: tuple[int, ...]
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-    @classmethod
-    def of(cls, image: sitk.Image) -> Grid:
-        return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-
-    @classmethod
-    def of_file(cls, path: Path) -> Grid:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        return cls(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
-
-    def matches(self, other: Grid, tolerance: float = GRID_TOLERANCE) -> bool:
-        return (
-            tuple(self.size) == tuple(other.size)
-            and np.allclose(self.spacing, other.spacing, atol=tolerance)
-            and np.allclose(self.origin, other.origin, atol=tolerance)
-            and np.allclose(self.direction, other.direction, atol=tolerance)
-        )
-
-
 def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str) -> sitk.Image:
     """The mask on `grid`: its own voxels with the grid's exact geometry when it already lies there (within
-    GRID_TOLERANCE), else resampled nearest-neighbour (labels must not be interpolated)."""
+    grid.GRID_TOLERANCE), else resampled nearest-neighbour (labels must not be interpolated)."""
     if mask.GetDimension() != 3:
         raise CohortImportError(problem(case, path, f"{what} is {mask.GetDimension()}-D, expected 3-D"))
     if Grid.of(mask).matches(grid):
