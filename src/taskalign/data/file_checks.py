@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from taskalign.data.grid import Grid
+from taskalign.data.image_io import unreadable_message
 from taskalign.data.labels import BINARY_MASK_COLUMNS, ZONE_LABELS
 from taskalign.data.manifest_table import REFERENCE_IMAGE
 from taskalign.data.problems import Problem, dims_text, number_text, values_text
@@ -26,17 +27,14 @@ _FLOAT_PIXEL_IDS = {
     )
     if hasattr(sitk, name)
 }
-# NIfTI datatype code -> numpy type of the stored components (complex types checked per component).
-_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}
+# NIfTI datatype code -> (bytes per voxel, numpy type of float components or None). ITK up to 5.4 reads a truncated
+# .nii.gz without a word (zeros where the data ended), so the check counts the bytes itself, for every type.
+_NIFTI_TYPES = {
+    2: (1, None), 4: (2, None), 8: (4, None), 16: (4, "f4"), 32: (8, "f4"), 64: (8, "f8"), 128: (3, None),
+    256: (1, None), 512: (2, None), 768: (4, None), 1024: (8, None), 1280: (8, None), 1536: (16, None),
+    1792: (16, "f8"), 2048: (32, None), 2304: (4, None),
+}
 _CHUNK_BYTES = 1 << 24
-
-
-def _sitk_reason(error: Exception) -> str:
-    text = str(error)
-    if "sitk::ERROR:" in text:
-        text = text.split("sitk::ERROR:", 1)[1]
-    text = " ".join(text.split())
-    return text[:300]
 
 
 def _geometry_differences(mask: Grid, image: Grid, tolerance: float) -> list[str]:
@@ -68,12 +66,13 @@ def _no_overlap(image: Grid, reference: Grid) -> str | None:
     )
 
 
-def _nifti_non_finite(path: Path) -> tuple[int, int] | None:
-    """(NaN count, Inf count) of a float NIfTI-1/2 file's raw voxels; None when the file is not one.
+def _nifti_voxel_scan(path: Path) -> tuple[int, int] | None:
+    """(NaN count, Inf count) of a NIfTI-1/2 file's raw voxels, reading every voxel byte ((0, 0) for integer
+    types); None when the file is not NIfTI or has a datatype this scan does not know.
 
     ITK up to 5.4 (SimpleITK 2.x) replaces NaN and Inf with 0 when it reads NIfTI (fixed in ITK 6,
     InsightSoftwareConsortium/ITK#6683), so the voxels SimpleITK returns cannot show them.
-    Raises OSError, EOFError, struct.error or zlib.error for a truncated or corrupt file.
+    Raises EOFError for a truncated file, OSError, struct.error or zlib.error for a corrupt one.
     """
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
@@ -94,20 +93,22 @@ def _nifti_non_finite(path: Path) -> tuple[int, int] | None:
             datatype = struct.unpack(endian + "h", header[12:14])[0]
             dim = struct.unpack(endian + "8q", header[16:80])
             offset = struct.unpack(endian + "q", header[168:176])[0]
-        if datatype not in _NIFTI_FLOAT_TYPES:
+        if datatype not in _NIFTI_TYPES:
             return None
-        dtype = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype])
-        remaining = int(np.prod(dim[1 : dim[0] + 1])) * (2 if datatype in (32, 1792) else 1) * dtype.itemsize
+        voxel_bytes, float_type = _NIFTI_TYPES[datatype]
+        dtype = np.dtype(endian + float_type) if float_type else np.dtype("u1")
+        remaining = int(np.prod(dim[1 : dim[0] + 1])) * voxel_bytes
         f.seek(offset)
         n_nan = n_inf = 0
         while remaining > 0:
             wanted = min(remaining, _CHUNK_BYTES - _CHUNK_BYTES % dtype.itemsize)
             chunk = f.read(wanted)
             if len(chunk) < wanted:
-                raise EOFError(f"voxel data ends {remaining - len(chunk)} bytes early")
-            values = np.frombuffer(chunk, dtype)
-            n_nan += int(np.isnan(values).sum())
-            n_inf += int(np.isinf(values).sum())
+                raise EOFError(f"the voxel data ends {remaining - len(chunk)} bytes early")
+            if float_type:
+                values = np.frombuffer(chunk, dtype)
+                n_nan += int(np.isnan(values).sum())
+                n_inf += int(np.isinf(values).sum())
             remaining -= len(chunk)
     return n_nan, n_inf
 
@@ -127,7 +128,8 @@ def _mask_values(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CaseChecker:
-    """Checks the files of one manifest row; collects problems and the prostate volume."""
+    """Checks the files of one manifest row; collects problems, the prostate volume and the masks that passed
+    (with their grids) for the anatomical sanity checks."""
 
     def __init__(self, case: str, base: Path, tolerance: float, mask_grid: dict[str, str], problems: list[Problem]):
         self.case = case
@@ -137,6 +139,8 @@ class CaseChecker:
         self.problems = problems
         self.geometry: dict[str, Grid] = {}
         self.volume_ml: float | None = None
+        self.masks: dict[str, np.ndarray] = {}
+        self.mask_grids: dict[str, Grid] = {}
 
     def report(self, column: str, path: Path | None, message: str) -> None:
         self.problems.append(Problem(self.case, column, None if path is None else str(path), message))
@@ -157,7 +161,7 @@ class CaseChecker:
         try:
             reader.ReadImageInformation()
         except RuntimeError as error:
-            self.report(column, path, f"unreadable by SimpleITK ({_sitk_reason(error)})")
+            self.report(column, path, unreadable_message(path, "header", error))
             return None
         if reader.GetDimension() != 3:
             self.report(column, path, f"expected a 3-D image, got {reader.GetDimension()}-D")
@@ -168,39 +172,31 @@ class CaseChecker:
         return reader, Grid.of(reader)
 
     def voxels(self, column: str, path: Path, reader: sitk.ImageFileReader) -> np.ndarray | None:
+        """Every voxel of the file (whatever the pixel type: a truncated file must fail here, not in
+        preprocessing), with NaN/Inf reported; None when the voxels cannot be read."""
         try:
-            image = reader.Execute()
-        except RuntimeError as error:
-            self.report(column, path, f"unreadable by SimpleITK ({_sitk_reason(error)})")
-            return None
-        return sitk.GetArrayFromImage(image)
-
-    def non_finite(self, column: str, path: Path, reader: sitk.ImageFileReader, array: np.ndarray | None) -> bool:
-        """Report NaN/Inf voxels of a float image; False when the voxels could not be read."""
-        if reader.GetPixelID() not in _FLOAT_PIXEL_IDS:
-            return True  # integer images cannot hold NaN/Inf
-        try:
-            counts = _nifti_non_finite(path)
+            counts = _nifti_voxel_scan(path)
         except (OSError, EOFError, struct.error, zlib.error) as error:
-            self.report(column, path, f"unreadable voxel data ({error})")
-            return False
-        if counts is None:
-            if array is None:
-                array = self.voxels(column, path, reader)
-                if array is None:
-                    return False
-            counts = (0, 0) if np.isfinite(array).all() else (int(np.isnan(array).sum()), int(np.isinf(array).sum()))
-        for count, word in zip(counts, ("NaN", "Inf")):
+            self.report(column, path, f"voxel data unreadable: the file is truncated or corrupt ({error})")
+            return None
+        try:
+            array = sitk.GetArrayFromImage(reader.Execute())
+        except RuntimeError as error:
+            self.report(column, path, unreadable_message(path, "voxel data", error))
+            return None
+        if counts is None and reader.GetPixelID() in _FLOAT_PIXEL_IDS and not np.isfinite(array).all():
+            counts = (int(np.isnan(array).sum()), int(np.isinf(array).sum()))
+        for count, word in zip(counts or (0, 0), ("NaN", "Inf")):
             if count:
                 self.report(column, path, f"contains {word} ({count} voxel{'s' if count != 1 else ''})")
-        return True
+        return array
 
     def check_image(self, column: str, path: Path) -> None:
         opened = self.open(column, path)
         if opened is None:
             return
         reader, geometry = opened
-        if not self.non_finite(column, path, reader, None):
+        if self.voxels(column, path, reader) is None:
             return
         self.geometry[column] = geometry
         reference = self.geometry.get(REFERENCE_IMAGE)
@@ -224,12 +220,13 @@ class CaseChecker:
             if differences:
                 self.report(column, path, f"geometry differs from {grid} ({'; '.join(differences)})")
         array = self.voxels(column, path, reader)
-        if array is None or not self.non_finite(column, path, reader, array):
+        if array is None:
             return
         values, counts = _mask_values(array)
         finite = np.isfinite(values)  # NaN/Inf are reported above, not again as labels
         values, counts = values[finite], counts[finite]
         n_nonzero = int(counts[values != 0].sum())
+        n_problems = len(self.problems)
         if column in BINARY_MASK_COLUMNS:
             bad = values[~np.isin(values, (0, 1))]
             if bad.size:
@@ -247,5 +244,5 @@ class CaseChecker:
                 self.report(column, path, f"zone labels outside {lo}-{hi}: {values_text(bad)}")
             if n_nonzero == 0:
                 self.report(column, path, "empty mask (every voxel is 0)")
-
-
+        if len(self.problems) == n_problems:
+            self.masks[column], self.mask_grids[column] = array, geometry

@@ -27,3 +27,21 @@ def write_image(image: sitk.Image, path: Path, compress: bool = True) -> Path:
         finally:
             staged.unlink(missing_ok=True)
     return path
+
+
+def _sitk_reason(error: Exception) -> str:
+    text = str(error)
+    if "sitk::ERROR:" in text:
+        text = text.split("sitk::ERROR:", 1)[1]
+    text = " ".join(text.split())
+    return text[:300]
+
+
+def unreadable_message(path: Path, what: str, error: Exception) -> str:
+    """The user's message for a file SimpleITK cannot read. ITK appends the C library's last error, which for a
+    truncated or corrupt file that exists is a stale "No such file or directory"; that line is dropped."""
+    reason = _sitk_reason(error)
+    if path.exists():
+        reason = reason.replace("Reason: No such file or directory", "").strip()
+        return f"{what} unreadable: the file is truncated or corrupt (SimpleITK: {reason})"
+    return f"{what} unreadable ({reason})"

@@ -7,6 +7,7 @@ the case, the column, the file and what is wrong. The table checks live in `mani
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,29 +18,48 @@ from taskalign.data.file_checks import CaseChecker
 from taskalign.data.labels import IMAGE_COLUMNS, MANIFEST_COLUMNS, MASK_COLUMNS
 from taskalign.data.manifest_table import REFERENCE_IMAGE, check_rows, read_table
 from taskalign.data.problems import ManifestError, Problem
+from taskalign.data.sanity import Finding, SanityConfig, native_findings, sanity_config
 from taskalign.data.splits import assign_splits
 from taskalign.runtime import atomic_path
 
-__all__ = ["ManifestError", "Problem", "check_manifest", "write_checked_manifest"]
+__all__ = ["Inspection", "ManifestError", "Problem", "check_manifest", "inspect_manifest", "write_checked_manifest"]
+
+log = logging.getLogger(__name__)
+# The file a sanity finding about a value column is checked against.
+_FILE_OF_COLUMN = {"pirads": "lesion", "volume_ml": "prostate"}
 
 
 @dataclass
-class _Inspection:
-    """What the check found: the manifest as strings (empty cells ''), resolved paths, prostate volumes."""
+class Inspection:
+    """What the check found: the manifest as strings (empty cells ''), every problem (errors) and warning, resolved
+    paths, prostate volumes (mL, from the mask)."""
 
     table: pd.DataFrame
     problems: list[Problem]
+    warnings: list[Problem] = field(default_factory=list)
     paths: dict[tuple[object, str], Path] = field(default_factory=dict)
     volumes_ml: dict[object, float] = field(default_factory=dict)
 
 
+def _sanity_findings(checker: CaseChecker, row: pd.Series, sanity: SanityConfig, tolerance: float) -> list[Finding]:
+    """The anatomical checks on the masks that passed, if they share one grid (a mask on another grid, e.g. a
+    lesion drawn on the ADC, is compared with nothing)."""
+    first = next((checker.mask_grids[m] for m in ("prostate", "zones", "lesion") if m in checker.masks), None)
+    if first is None:
+        return []
+    masks = {m: a for m, a in checker.masks.items() if checker.mask_grids[m].matches(first, tolerance)}
+    return native_findings(row.to_dict(), masks, first.voxel_ml, sanity)
 
-def _inspect(
-    manifest_path: Path,
-    require: dict[str, bool] | None,
-    geometry_tolerance: float,
-    mask_grid: dict[str, str] | None,
-) -> _Inspection:
+
+def inspect_manifest(
+    manifest_path: str | os.PathLike,
+    require: dict[str, bool] | None = None,
+    geometry_tolerance: float = 1e-3,
+    mask_grid: dict[str, str] | None = None,
+    sanity: SanityConfig | None = None,
+) -> Inspection:
+    """Every problem and warning of a manifest and its files (see `check_manifest`)."""
+    sanity = sanity or sanity_config()
     require = dict(require or {})
     unknown = sorted(set(require) - set(MANIFEST_COLUMNS))
     if unknown:
@@ -55,7 +75,7 @@ def _inspect(
     problems: list[Problem] = []
     read = read_table(manifest_path, problems)
     if read is None:
-        return _Inspection(pd.DataFrame(columns=MANIFEST_COLUMNS), problems)
+        return Inspection(pd.DataFrame(columns=MANIFEST_COLUMNS), problems)
     table, present = read
     # A case without an id is named by its manifest line so the user can still find it.
     case = pd.Series(
@@ -63,7 +83,7 @@ def _inspect(
     )
     check_rows(table, case, present, require, problems)
 
-    inspection = _Inspection(table, problems)
+    inspection = Inspection(table, problems)
     base = manifest_path.parent.absolute()
     for i, row in table.iterrows():
         checker = CaseChecker(case[i], base, geometry_tolerance, mask_grid, problems)
@@ -77,6 +97,11 @@ def _inspect(
                 checker.check_mask(column, path, row[mask_grid.get(column, REFERENCE_IMAGE)])
         if checker.volume_ml is not None:
             inspection.volumes_ml[i] = checker.volume_ml
+        for finding in _sanity_findings(checker, row, sanity, geometry_tolerance):
+            path = inspection.paths.get((i, _FILE_OF_COLUMN.get(finding.column, finding.column)))
+            found = Problem(case[i], finding.column, None if path is None else str(path),
+                            f"{finding.message} [check {finding.check}]")
+            (problems if finding.level == "error" else inspection.warnings).append(found)
     return inspection
 
 
@@ -86,16 +111,18 @@ def check_manifest(
     require: dict[str, bool] | None = None,
     geometry_tolerance: float = 1e-3,
     mask_grid: dict[str, str] | None = None,
+    sanity: SanityConfig | None = None,
 ) -> list[Problem]:
     """Every problem of a source manifest and its files, in manifest order; an empty list when it is clean.
 
     `require` maps a column to True when every case must have a value there (`t2w` is always required).
     `mask_grid` maps a mask column to the image it was drawn on (default `t2w`); the mask must share that
     image's size, spacing (relative `geometry_tolerance`), direction (absolute) and origin (within
-    `geometry_tolerance` voxels). Other images need only overlap `t2w` physically.
+    `geometry_tolerance` voxels). Other images need only overlap `t2w` physically. Every file is read to its
+    last voxel. `sanity` sets the anatomical checks (`data.checks`, `data.check_limits`); those at level "error" are problems.
     Raises ValueError for an invalid `require` or `mask_grid` (configuration, not manifest, errors).
     """
-    return _inspect(Path(manifest_path), require, geometry_tolerance, mask_grid).problems
+    return inspect_manifest(manifest_path, require, geometry_tolerance, mask_grid, sanity).problems
 
 
 def write_checked_manifest(
@@ -108,17 +135,20 @@ def write_checked_manifest(
     require: dict[str, bool] | None = None,
     geometry_tolerance: float = 1e-3,
     mask_grid: dict[str, str] | None = None,
+    sanity: SanityConfig | None = None,
 ) -> pd.DataFrame:
     """Check the manifest and write the checked manifest (contract section 2); returns what was written.
 
     Raises ManifestError listing every problem, writing nothing. Otherwise: columns in contract order, paths
     absolute, `split` assigned by `assign_splits` when empty for every row, `volume_ml` (mL) filled from the
-    prostate mask (foreground voxels x voxel volume) when empty. The file appears atomically.
+    prostate mask (foreground voxels x voxel volume) when empty. Warnings are logged. The file appears atomically.
     """
     manifest_path, out_path = Path(manifest_path), Path(out_path)
-    inspection = _inspect(manifest_path, require, geometry_tolerance, mask_grid)
+    inspection = inspect_manifest(manifest_path, require, geometry_tolerance, mask_grid, sanity)
     if inspection.problems:
         raise ManifestError(inspection.problems, manifest_path)
+    for warning in inspection.warnings:
+        log.warning("%s", warning)
 
     table = inspection.table[MANIFEST_COLUMNS].copy()
     for (i, column), path in inspection.paths.items():
@@ -128,6 +158,7 @@ def write_checked_manifest(
     for i, volume in inspection.volumes_ml.items():
         if table.at[i, "volume_ml"] == "":
             table.at[i, "volume_ml"] = f"{volume:.10g}"
+            log.info("case %s: volume_ml %.1f mL from the prostate mask", table.at[i, "case_id"], volume)
 
     with atomic_path(out_path) as tmp, open(tmp, "w", newline="") as f:
         table.to_csv(f, index=False)

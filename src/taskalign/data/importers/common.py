@@ -17,7 +17,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from taskalign.data.grid import Grid
-from taskalign.data.image_io import write_image
+from taskalign.data.image_io import unreadable_message, write_image
 from taskalign.data.labels import MANIFEST_COLUMNS, ZONE_LABELS
 from taskalign.runtime import atomic_path
 
@@ -37,7 +37,26 @@ ACQUISITION_TAGS = {
 
 
 class CohortImportError(ValueError):
-    """A source layout an importer cannot turn into a manifest; the message names case, file and problem."""
+    """A source layout an importer cannot turn into a manifest; the message names case, file and problem.
+    `problems` lists them one per line; `rows` holds the cases that did import, so the integrity check can
+    still run on them and the user gets every problem in one report."""
+
+    def __init__(self, message: str, problems: list[str] | None = None, rows: list[dict] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
+        self.rows = list(rows or [])
+
+
+class ConvertedPath(str):
+    """A manifest path of a file the importer wrote, remembering the source file it came from (the integrity
+    check's messages name the source: the converted file of a refused import does not survive)."""
+
+    source: str
+
+    def __new__(cls, value: str, source: Path | str | None):
+        path = super().__new__(cls, value)
+        path.source = str(source) if source is not None else value
+        return path
 
 
 def problem(case: str, path: Path | str | None, what: str) -> str:
@@ -46,11 +65,23 @@ def problem(case: str, path: Path | str | None, what: str) -> str:
     return f"case {case}: {where}{what}"
 
 
-def raise_problems(problems: list[str], context: str) -> None:
-    """Raise one CohortImportError listing every problem (a user fixes them all in one go)."""
+def raise_problems(problems: list[str], context: str, rows: list[dict] | None = None) -> None:
+    """Raise one CohortImportError listing every problem (a user fixes them all in one go); `rows` are the
+    cases that imported."""
     if problems:
         listing = "\n  ".join(problems)
-        raise CohortImportError(f"{context}: {len(problems)} problem(s):\n  {listing}")
+        raise CohortImportError(f"{context}: {len(problems)} problem(s):\n  {listing}", problems, rows)
+
+
+def rows_by_case(cases, make_row) -> tuple[list[dict], list[str]]:
+    """`make_row(case)` for every case; a CohortImportError costs that case only, its problems are collected."""
+    rows, problems = [], []
+    for case in cases:
+        try:
+            rows.append(make_row(case))
+        except CohortImportError as error:
+            problems += error.problems
+    return rows, problems
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,9 +150,9 @@ def converted_path(out_dir: Path, case_id: str, name: str) -> Path:
     return Path(out_dir) / CONVERTED_DIR / case_id / name
 
 
-def write_converted(image: sitk.Image, out_dir: Path, case_id: str, name: str) -> str:
-    """Write `converted/<case_id>/<name>` and return the path as the manifest stores it."""
-    return manifest_path(write_image(image, converted_path(out_dir, case_id, name)), out_dir)
+def write_converted(image: sitk.Image, out_dir: Path, case_id: str, name: str, source: Path | None = None) -> str:
+    """Write `converted/<case_id>/<name>` and return the path as the manifest stores it (knowing its `source`)."""
+    return ConvertedPath(manifest_path(write_image(image, converted_path(out_dir, case_id, name)), out_dir), source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,7 +163,15 @@ def read_image(path: Path, case: str, what: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise CohortImportError(problem(case, path, f"cannot read {what}: {str(error).strip().splitlines()[-1]}"))
+        raise CohortImportError(problem(case, path, unreadable_message(Path(path), what, error))) from None
+
+
+def read_grid(path: Path, case: str, what: str) -> Grid:
+    """The grid in a file's header, or a CohortImportError naming case, file and problem."""
+    try:
+        return Grid.of_file(path)
+    except RuntimeError as error:
+        raise CohortImportError(problem(case, path, unreadable_message(Path(path), f"{what} header", error))) from None
 
 
 def read_header(path: Path) -> dict[str, str]:
@@ -177,9 +216,11 @@ def acquisition_metadata(header: dict[str, str]) -> dict:
 # Grids and labels
 
 
-def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str) -> sitk.Image:
+def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str, resample: bool = False) -> sitk.Image:
     """The mask on `grid`: its own voxels with the grid's exact geometry when it already lies there (within
-    grid.GRID_TOLERANCE), else resampled nearest-neighbour (labels must not be interpolated)."""
+    grid.GRID_TOLERANCE). A mask on another grid is resampled nearest-neighbour (labels must not be
+    interpolated) only when `resample` (the importers' option `resample_masks`): a wrong spacing header would
+    otherwise move the mask without a word. Else it keeps its own grid, and the integrity check refuses it."""
     if mask.GetDimension() != 3:
         raise CohortImportError(problem(case, path, f"{what} is {mask.GetDimension()}-D, expected 3-D"))
     if Grid.of(mask).matches(grid):
@@ -188,7 +229,10 @@ def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str) ->
         mask.SetOrigin(grid.origin)
         mask.SetDirection(grid.direction)
         return mask
-    log.info("case %s: %s %s is not on the T2W grid; resampled nearest-neighbour onto it", case, what, path)
+    if not resample:
+        return mask
+    log.warning("case %s: %s %s is not on the T2W grid (spacing %s vs %s mm); resampled nearest-neighbour onto it "
+                "(option resample_masks)", case, what, path, mask.GetSpacing(), grid.spacing)
     return sitk.Resample(
         mask, grid.size, sitk.Transform(), sitk.sitkNearestNeighbor, grid.origin, grid.spacing, grid.direction,
         0, mask.GetPixelID(),
