@@ -111,9 +111,10 @@ def lesion_volume_change(native_ml: float, cache_ml: float, limit: float) -> str
 def _number(text: str) -> float | None:
     """The value, or None when empty or not a number (the table check reports those)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return None
+    return value if np.isfinite(value) else None
 
 
 def native_findings(row: dict, masks: dict[str, np.ndarray], voxel_ml: float, cfg: SanityConfig) -> list[Finding]:
