@@ -74,13 +74,15 @@ def raise_problems(problems: list[str], context: str, rows: list[dict] | None = 
 
 
 def rows_by_case(cases, make_row) -> tuple[list[dict], list[str]]:
-    """`make_row(case)` for every case; a CohortImportError costs that case only, its problems are collected."""
+    """`make_row(case)` for every case; a CohortImportError costs that case only, its problems are collected (and
+    the row it still made, so the integrity check can add what it finds)."""
     rows, problems = [], []
     for case in cases:
         try:
             rows.append(make_row(case))
         except CohortImportError as error:
             problems += error.problems
+            rows += error.rows
     return rows, problems
 
 

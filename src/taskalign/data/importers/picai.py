@@ -201,7 +201,7 @@ def _case_row(t2w: Path, cohort, out_dir, masks: _MaskSources, sheet, sheet_path
         if volume is not None:
             log.info("case %s: volume_ml %g mL from the marksheet's prostate_volume (radiology report), not the mask",
                      case, volume)
-    raise_problems(problems, f"case {case}")
+    raise_problems(problems, f"case {case}", [row])
     return row
 
 
