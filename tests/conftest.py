@@ -49,7 +49,8 @@ def tiny_cache(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for cohort, splits in {"corpus": {"train": 12, "val": 0, "test": 0},
                            "anatomy": {"train": 8, "val": 4, "test": 4}}.items():
-        manifest = write_cohort(cohort, splits, TINY_PHANTOM, 0, root / "cohorts" / cohort)
+        manifest = write_cohort(cohort, splits, TINY_PHANTOM, 0, root / "cohorts" / cohort,
+                                labelled=cohort != "corpus")
         checked = root / "manifests" / f"{cohort}.csv"
         write_checked_manifest(manifest, checked, split_fractions={"train": 0.7, "val": 0.1, "test": 0.2},
                                split_seed=0)

@@ -277,7 +277,7 @@ def picai_layout(root: Path) -> None:
     graded[1, 1, 1], graded[2, 2, 2] = 3, 1  # an ISUP 3 lesion; 1 is not a csPCa grade
     write(volume(graded), labels / "csPCa_lesion_delineations/human_expert/resampled/1_11.nii.gz")
     ai = np.zeros((4, 6, 6), np.uint8)
-    ai[0, 0, 0] = 1
+    ai[1, 2, 2] = 1  # inside the gland: a lesion outside it is refused (lesion_outside_gland)
     write(volume(ai), labels / "csPCa_lesion_delineations/AI/Bosma22a/2_22.nii.gz")
     sheet = labels / "clinical_information" / "marksheet.csv"
     sheet.parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +296,7 @@ def test_picai_synthetic_lesion_sources_and_marksheet(tmp_path):
     human = array(resolve(out, frame.loc["1_11", "lesion"]))
     assert human.sum() == 1 and human[1, 1, 1] == 1
     ai = array(resolve(out, frame.loc["2_22", "lesion"]))
-    assert ai.sum() == 1 and ai[0, 0, 0] == 1
+    assert ai.sum() == 1 and ai[1, 2, 2] == 1
     import_cohort("picai", source, out, "picai", lesion="human", pirads_if_no_lesion=2)
     frame = read_manifest(out).set_index("case_id")
     assert frame.loc["2_22", "lesion"] == "" and frame.loc["2_22", "pirads"] == "2"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -96,8 +97,9 @@ def test_manifest_follows_the_contract(cohorts):
         assert float(row["field_strength"]) in (1.5, 3.0) and row["vendor"] in P.VENDORS
 
 
-def test_corpus_has_images_and_metadata_only(tmp_path):
-    P.write_cohort("corpus", {"train": 2, "val": 0, "test": 0}, TINY, 0, tmp_path)
+def test_unlabelled_cohort_has_images_and_metadata_only(tmp_path):
+    # any name: `labelled` in config says it, not the name "corpus"
+    P.write_cohort("pool", {"train": 2, "val": 0, "test": 0}, TINY, 0, tmp_path, labelled=False)
     rows = read_csv(tmp_path / "manifest.csv")
     assert len(rows) == 2
     for row in rows:
@@ -105,6 +107,19 @@ def test_corpus_has_images_and_metadata_only(tmp_path):
         assert all(row[col] for col in ("t2w", "adc", "dwi", "tr", "te", "flip_angle", "field_strength", "vendor"))
     assert sorted(p.name.split("_", 2)[2] for p in (tmp_path / "cases").iterdir()) == \
         sorted(["t2w.nii.gz", "adc.nii.gz", "dwi.nii.gz"] * 2)
+
+
+def test_cohort_cli_passes_labelled(tmp_path):
+    from taskalign.cli.cohort import main
+
+    params = {"phantom": {**TINY, "seed": 0}, "splits": {"train": 1, "val": 0, "test": 0}, "labelled": False}
+    assert main(["--cohort", "corpus", "--manifest", str(tmp_path / "manifest.csv"), "--params",
+                 json.dumps(params)]) == 0
+    assert read_csv(tmp_path / "manifest.csv")[0]["prostate"] == ""
+    del params["labelled"]  # default: labelled, whatever the name
+    assert main(["--cohort", "corpus", "--manifest", str(tmp_path / "manifest.csv"), "--params",
+                 json.dumps(params)]) == 0
+    assert read_csv(tmp_path / "manifest.csv")[0]["prostate"] != ""
 
 
 def test_bad_config_is_rejected(tmp_path):

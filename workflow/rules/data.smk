@@ -2,20 +2,28 @@
 COHORTS = config["data"]["cohorts"]
 
 
+# The anatomical sanity checks (taskalign.data.sanity) run wherever masks are read: import, check, preprocess.
+SANITY = {"checks": config["data"]["checks"], "check_limits": config["data"]["check_limits"]}
+
+
 def phantom_params(wildcards):
-    train, val, test = COHORTS[wildcards.cohort]["splits"]
-    return as_json({"phantom": config["data"]["phantom"], "splits": {"train": train, "val": val, "test": test}})
+    spec = COHORTS[wildcards.cohort]
+    train, val, test = spec["splits"]
+    return as_json({"phantom": config["data"]["phantom"], "splits": {"train": train, "val": val, "test": test},
+                    "labelled": spec["labelled"]})
 
 
 def import_params(wildcards):
     spec = COHORTS[wildcards.cohort]
-    return as_json({"kind": spec["source"], "source": spec["path"], "options": spec.get("options", {})})
+    return as_json({"kind": spec["source"], "source": spec["path"], "options": spec.get("options", {}),
+                    "mask_grid": spec["mask_grid"], **SANITY})
 
 
 def check_params(wildcards):
     split = config["data"]["split"]
     return as_json({"split_fractions": split["fractions"], "split_seed": split["seed"],
-                    "stratify_by": split["stratify_by"], "require": config["data"]["require"]})
+                    "stratify_by": split["stratify_by"], "require": config["data"]["require"],
+                    "mask_grid": COHORTS[wildcards.cohort]["mask_grid"], **SANITY})
 
 
 
@@ -93,7 +101,7 @@ rule preprocess:
         index=layout.cache_index("{cohort}"),
         qc=directory(layout.qc_dir("{cohort}")),
     params:
-        preprocess=lambda wildcards: as_json(config["preprocess"]),
+        preprocess=as_json({**config["preprocess"], **SANITY}),
     priority: CRITICAL_PATH
     threads: config["data"]["threads"]
     resources:

@@ -2,9 +2,10 @@
 
     python -m taskalign.cli.check_manifest --manifest IN.csv --out OUT.csv --params '{"split_fractions": ...}'
 
-`--params` is a JSON object with `split_fractions`, `split_seed`, `stratify_by` and `require` (optional:
-`mask_grid`). Exit status 0 on success, 1 when the manifest has problems (each printed to stderr), 2 for
-invalid arguments or params.
+`--params` is a JSON object with `split_fractions`, `split_seed`, `stratify_by` and `require`; optional:
+`mask_grid` (mask column -> image column it lies on, default t2w), `checks` (sanity check -> error/warning/off)
+and `check_limits` (sanity check -> number), see `taskalign.data.sanity`. Exit status 0 on success (warnings
+logged), 1 when the manifest has problems (each printed to stderr), 2 for invalid arguments or params.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 
 from taskalign.data.integrity import ManifestError, write_checked_manifest
 from taskalign.data.labels import SPLITS
+from taskalign.data.sanity import sanity_config
 
 log = logging.getLogger("taskalign.check_manifest")
 
 REQUIRED_PARAMS = ("split_fractions", "split_seed", "stratify_by", "require")
-OPTIONAL_PARAMS = ("mask_grid",)
+OPTIONAL_PARAMS = ("mask_grid", "checks", "check_limits")
 
 
 def parse_params(text: str) -> dict:
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             stratify_by=params["stratify_by"],
             require=params["require"],
             mask_grid=params.get("mask_grid"),
+            sanity=sanity_config(params.get("checks"), params.get("check_limits")),
         )
     except ManifestError as error:
         print(str(error), file=sys.stderr)

@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cohort", required=True, help="cohort name, e.g. risk")
     parser.add_argument("--manifest", required=True, type=Path, help="manifest CSV to write; files go beside it")
-    parser.add_argument("--params", required=True, help='JSON: {"phantom": {...}, "splits": {"train": n, ...}}')
+    parser.add_argument("--params", required=True, help='JSON: {"phantom": {...}, "splits": {"train": n, ...}, "labelled": true}'
+                        ' (labelled false: images and metadata only, no masks or labels)')
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     log = setup_logging("taskalign.cohort")
@@ -24,9 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     params = json.loads(args.params)
     phantom = dict(params["phantom"])
     seed = phantom.pop("seed", 0)
-    log.info("phantom cohort %s: splits %s, seed %d", args.cohort, params["splits"], seed)
+    labelled = bool(params.get("labelled", True))
+    log.info("phantom cohort %s: splits %s, seed %d, %s", args.cohort, params["splits"], seed,
+             "labelled" if labelled else "unlabelled")
     manifest = write_cohort(
-        args.cohort, params["splits"], phantom, seed, args.manifest.parent, workers=available_cores(args.workers)
+        args.cohort, params["splits"], phantom, seed, args.manifest.parent, workers=available_cores(args.workers),
+        labelled=labelled,
     )
     if manifest.resolve() != args.manifest.resolve():
         raise SystemExit(f"phantom wrote {manifest}, expected {args.manifest}")

@@ -5,6 +5,10 @@ r"""Import a cohort from a layout users have and write its manifest CSV (rule `i
     python -m taskalign.cli.import_cohort --spec '{"kind": ..., "source": ..., "options": {...}}' \
         --cohort NAME --out manifest.csv
 
+The spec may also hold `mask_grid`, `checks` and `check_limits` (as for check_manifest): the import is checked by
+the manifest route's integrity check before anything is written; a refused import leaves nothing behind and lists
+every problem. Masks off the T2W grid are refused unless option resample_masks=true.
+
 Option values: true/false, none, numbers and text. Dict-valued options take dotted keys
 (--option patterns.t2w='t2_tse_tra$', --option mapping.t2w='(?P<case>.+)_t2w\.nii\.gz') or, for nifti
 `mapping`, a YAML file path.
@@ -77,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("taskalign.import_cohort")
 
     from taskalign.data.importers import CohortImportError, import_cohort
+    from taskalign.data.sanity import sanity_config
 
-    kind, source, options = args.kind, args.source, {}
+    kind, source, options, spec = args.kind, args.source, {}, {}
     if args.spec:
         spec = json.loads(args.spec)
         kind = kind or spec.get("kind")
@@ -88,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if not kind or source is None:
         parser.error("give --kind and --source (or --spec)")
     try:
-        frame = import_cohort(kind, source, args.out, args.cohort, **options)
-    except CohortImportError as error:
+        sanity = sanity_config(spec.get("checks"), spec.get("check_limits"))
+        frame = import_cohort(kind, source, args.out, args.cohort, mask_grid=spec.get("mask_grid"), sanity=sanity,
+                              **options)
+    except (CohortImportError, ValueError) as error:
         log.error("%s", error)
         return 1
     log.info("wrote %s (%d cases)", args.out, len(frame))

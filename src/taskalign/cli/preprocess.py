@@ -16,21 +16,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", required=True, type=Path, help="cache folder: one sub-folder per case")
     parser.add_argument("--index", required=True, type=Path, help="index CSV to write (manifest + cache_dir)")
     parser.add_argument("--qc-dir", required=True, type=Path, help="folder for the QC montages")
-    parser.add_argument("--params", default="{}", help="JSON: the preprocess config slice")
+    parser.add_argument("--params", default="{}", help="JSON: the preprocess config slice, plus optional `checks`"
+                        " and `check_limits` (data.checks, data.check_limits: the anatomical sanity checks)")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     log = setup_logging("taskalign.preprocess")
 
     from taskalign.data.preprocess import PreprocessError, preprocess_cohort
+    from taskalign.data.sanity import sanity_config
 
     try:
+        params = json.loads(args.params)
+        sanity = sanity_config(params.pop("checks", None), params.pop("check_limits", None))
         preprocess_cohort(
             args.manifest,
-            json.loads(args.params),
+            params,
             args.cache_dir,
             args.index,
             args.qc_dir,
             workers=available_cores(args.workers),
+            sanity=sanity,
         )
     except (PreprocessError, ValueError) as err:
         log.error("%s", err)

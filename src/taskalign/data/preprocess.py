@@ -42,7 +42,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from taskalign.data.cache_grid import antialias, image_center, lps_direction, mask_bbox_center, output_grid, resample
+from taskalign.data.grid import Grid
 from taskalign.data.labels import BINARY_MASK_COLUMNS, IMAGE_COLUMNS, MANIFEST_COLUMNS, MASK_COLUMNS
+from taskalign.data.sanity import SanityConfig, cache_findings, native_findings, sanity_config
 from taskalign.runtime import atomic_path
 
 log = logging.getLogger(__name__)
@@ -114,70 +117,6 @@ def read_volume(path, case_id: str, column: str, pixel_type=sitk.sitkFloat32) ->
     return image
 
 
-# ---------------------------------------------------------------------------------------------------- geometry
-
-
-def lps_direction(image: sitk.Image) -> np.ndarray:
-    """(3, 3) direction of `image` after DICOMOrient to LPS; column j is the physical direction of index axis j."""
-    probe = sitk.Image([1, 1, 1], sitk.sitkUInt8)  # orienting a 1-voxel image is enough to get the cosines
-    probe.SetDirection(image.GetDirection())
-    return np.array(sitk.DICOMOrient(probe, "LPS").GetDirection()).reshape(3, 3)
-
-
-def mask_bbox_center(mask: sitk.Image) -> np.ndarray | None:
-    """Physical centre (LPS, mm) of the bounding box of mask > 0, or None when the mask is empty."""
-    arr = sitk.GetArrayViewFromImage(mask)
-    nz = np.nonzero(arr)
-    if nz[0].size == 0:
-        return None
-    centre_zyx = [(idx.min() + idx.max()) / 2.0 for idx in nz]
-    return np.array(mask.TransformContinuousIndexToPhysicalPoint([float(c) for c in centre_zyx[::-1]]))
-
-
-def image_center(image: sitk.Image) -> np.ndarray:
-    """Physical centre (LPS, mm) of the image's voxel-centre grid."""
-    return np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()]))
-
-
-def output_grid(center, direction: np.ndarray, spacing_zyx, size_zyx) -> sitk.Image:
-    """An empty float32 image of the cache grid: `size_zyx` voxels of `spacing_zyx` mm centred on `center`.
-
-    ITK puts the origin at the centre of voxel 0, so origin = centre - direction @ ((N - 1) / 2 * spacing).
-    """
-    spacing = np.array(spacing_zyx[::-1], dtype=float)
-    size = np.array(size_zyx[::-1], dtype=int)
-    origin = np.asarray(center, dtype=float) - direction @ ((size - 1) / 2.0 * spacing)
-    grid = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
-    grid.SetSpacing(spacing.tolist())
-    grid.SetDirection(direction.flatten().tolist())
-    grid.SetOrigin(origin.tolist())
-    return grid
-
-
-def antialias(image: sitk.Image, grid: sitk.Image) -> sitk.Image:
-    """Gaussian pre-filter for the axes of `image` that `grid` samples more coarsely.
-
-    Per axis sigma^2 = (s_out^2 - s_in^2) / (8 ln 2) mm^2: the blurred input PSF then has the output voxel as FWHM
-    (Cardoso et al., MICCAI 2015). Each input axis is matched with the grid axis it is most parallel to.
-    """
-    d_in = np.array(image.GetDirection()).reshape(3, 3)
-    d_out = np.array(grid.GetDirection()).reshape(3, 3)
-    s_out = np.array(grid.GetSpacing())
-    variance = []
-    for j, s_in in enumerate(image.GetSpacing()):
-        s = s_out[int(np.argmax(np.abs(d_out.T @ d_in[:, j])))]
-        variance.append(max(s * s - s_in * s_in, 0.0) / (8.0 * math.log(2.0)))
-    if max(variance) == 0.0:
-        return image
-    return sitk.DiscreteGaussian(image, variance=variance, maximumKernelWidth=64, useImageSpacing=True)
-
-
-def resample(image: sitk.Image, grid: sitk.Image, interpolator, pixel_type) -> np.ndarray:
-    """`image` sampled on `grid` in physical space (0 outside it), as a (D, H, W) array."""
-    out = sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, pixel_type)
-    return sitk.GetArrayFromImage(out)
-
-
 # ----------------------------------------------------------------------------------------------- normalisation
 
 
@@ -245,10 +184,32 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def preprocess_case(row: dict, cfg: dict, out_dir: Path) -> dict:
+def _sanity_warnings(case_id, paths, masks, mask_arrays, grid, row, sanity: SanityConfig) -> list[str]:
+    """The anatomical checks (`taskalign.data.sanity`) on the native masks and the cache: warnings as text for
+    meta.json (the QC montage marks them); a failed check at level error is a PreprocessError."""
+    first = next((m for m in ("prostate", "zones", "lesion") if m in masks), None)
+    if first is None:
+        return []
+    grid_of = {name: Grid.of(mask) for name, mask in masks.items()}
+    native = {name: sitk.GetArrayViewFromImage(mask) for name, mask in masks.items()
+              if grid_of[name].matches(grid_of[first])}
+    findings = native_findings(row, native, grid_of[first].voxel_ml, sanity)
+    if "lesion" in masks:
+        lesion_native = int(np.count_nonzero(sitk.GetArrayViewFromImage(masks["lesion"]))) * grid_of["lesion"].voxel_ml
+        lesion_cache = int(np.count_nonzero(mask_arrays["lesion"])) * _voxel_ml(grid)
+        findings += cache_findings(lesion_native, lesion_cache, sanity)
+    for finding in findings:
+        if finding.level == "error":
+            file = paths.get(finding.column, paths.get("lesion"))
+            raise PreprocessError(f"case {case_id}: {finding.column} file {file}: {finding.message}")
+    return [f"{finding.message} [check {finding.check}]" for finding in findings]
+
+
+def preprocess_case(row: dict, cfg: dict, out_dir: Path, sanity: SanityConfig | None = None) -> dict:
     """Preprocess one manifest row into `out_dir/<case_id>/` (image.npy, masks, meta.json); returns the meta.
 
     row: manifest row (absolute paths; empty string or NaN for absent files). cfg: the preprocess config slice.
+    sanity: the anatomical checks (default levels and limits); their warnings go into meta.json.
     Written atomically: into a hidden temporary folder next to the final one, renamed at the end.
     """
     cfg = resolve_config(cfg)
@@ -308,6 +269,8 @@ def preprocess_case(row: dict, cfg: dict, out_dir: Path) -> dict:
         if volume_native > 0 and abs(volume_cache - volume_native) > CUT_WARNING_FRACTION * volume_native:
             warnings.append(f"prostate volume {volume_cache:.2f} mL in the cache vs {volume_native:.2f} mL native")
 
+    warnings += _sanity_warnings(case_id, paths, masks, mask_arrays, grid, row, sanity or sanity_config())
+
     meta = {
         **_manifest_fields(row),
         "case_id": case_id,
@@ -346,10 +309,10 @@ def preprocess_case(row: dict, cfg: dict, out_dir: Path) -> dict:
     return meta
 
 
-def _preprocess_job(row: dict, cfg: dict, out_dir: Path) -> dict:
+def _preprocess_job(row: dict, cfg: dict, out_dir: Path, sanity: SanityConfig | None) -> dict:
     """preprocess_case with every failure turned into a message that names the case (files are named inside)."""
     try:
-        return preprocess_case(row, cfg, out_dir)
+        return preprocess_case(row, cfg, out_dir, sanity)
     except PreprocessError:
         raise
     except Exception as err:  # noqa: BLE001 - re-raised with the case named
@@ -386,6 +349,7 @@ def preprocess_cohort(
     index_csv: Path,
     qc_dir: Path,
     workers: int = 1,
+    sanity: SanityConfig | None = None,
 ) -> pd.DataFrame:
     """Preprocess every case of a checked manifest into `cache_dir`, index it in `index_csv`, montage a few.
 
@@ -409,16 +373,17 @@ def preprocess_cohort(
 
     def done(meta: dict) -> None:
         metas[meta["case_id"]] = meta
-        note = f"; {'; '.join(meta['warnings'])}" if meta["warnings"] else ""
-        log.info("[%d/%d] %s: %.1f s%s", len(metas), n, meta["case_id"], meta["seconds"], note)
+        log.info("[%d/%d] %s: %.1f s", len(metas), n, meta["case_id"], meta["seconds"])
+        for warning in meta["warnings"]:
+            log.warning("case %s: %s", meta["case_id"], warning)
 
     if workers <= 1:
         for row in rows:
-            done(_preprocess_job(row, cfg, cache_dir))
+            done(_preprocess_job(row, cfg, cache_dir, sanity))
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
-            pending = {pool.submit(_preprocess_job, row, cfg, cache_dir) for row in rows}
+            pending = {pool.submit(_preprocess_job, row, cfg, cache_dir, sanity) for row in rows}
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for future in finished:

@@ -1,4 +1,5 @@
-"""QC montages of cached cases: every channel through the gland, mask outlines on top (results/qc/{cohort}/)."""
+"""QC montages of cached cases: every channel through the gland and its lesions, mask outlines on top, cases with
+warnings framed in red (results/qc/{cohort}/)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from taskalign.data.labels import MASK_COLUMNS, ZONE_LABELS  # noqa: E402
 from taskalign.runtime import atomic_path  # noqa: E402
@@ -29,6 +31,7 @@ ZONE_COLOURS = {
     "nvb": "#d2691e",
 }
 DASHED = {"prostate"}
+WARNING_COLOUR = "#ff5050"  # title and frame of a case with warnings
 # Outlines drawn later lie on top. The TZ's border is the PZ's inner border, so the TZ goes after the PZ (else its
 # blue never shows), and the dashed gland goes last.
 DRAW_LAST = ("zone tz", "prostate")
@@ -60,6 +63,36 @@ def _gland(masks: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
+def _slices_through(gland: np.ndarray | None, lesion: np.ndarray | None, depth: int, height: int, width: int,
+                    n_axial: int) -> tuple[list[int], int, int]:
+    """Axial slice indices and the (y, x) of the sagittal/coronal cuts. With a lesion: every lesion's largest
+    slice first (a small lesion falls between evenly spaced slices), the rest spread over the gland, and the cuts
+    through the largest lesion; without one: evenly over the gland (or the middle of the crop)."""
+    if gland is not None:
+        zs, ys, xs = np.nonzero(gland)
+        spread = np.round(np.linspace(zs.min(), zs.max(), n_axial)).astype(int)
+        cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    else:
+        spread = np.round(np.linspace(0.2 * (depth - 1), 0.8 * (depth - 1), n_axial)).astype(int)
+        cy, cx = height // 2, width // 2
+    if lesion is None or not lesion.any():
+        return sorted(set(spread.tolist())), cy, cx
+    components, n = ndimage.label(lesion > 0)
+    sizes = ndimage.sum_labels(np.ones_like(components), components, range(1, n + 1))
+    chosen = []
+    for label in np.argsort(-sizes)[:n_axial] + 1:
+        area_per_slice = (components == label).sum(axis=(1, 2))
+        chosen.append(int(np.argmax(area_per_slice)))
+    _, ly, lx = np.nonzero(components == int(np.argmax(sizes)) + 1)
+    cy, cx = int(round(ly.mean())), int(round(lx.mean()))
+    for z in spread:  # fill up with the gland's evenly spaced slices
+        if len(set(chosen)) >= n_axial:
+            break
+        if min(abs(int(z) - c) for c in chosen) > 0:
+            chosen.append(int(z))
+    return sorted(set(chosen)), cy, cx
+
+
 def _grey_window(volume: np.ndarray, gland: np.ndarray | None) -> tuple[float, float]:
     """Grey levels span the gland's own values (1st to 99th percentile, widened by a quarter each way): over the
     whole crop the bladder's urine sets the top and the contrast inside the gland, a lesion on ADC, is lost."""
@@ -80,9 +113,11 @@ def montage(
     title: str,
     spacing_zyx=(1.0, 1.0, 1.0),
     n_axial: int = 5,
+    warned: bool = False,
 ) -> None:
-    """Write a PNG: one row per channel; columns = `n_axial` axial slices through the gland, a sagittal and a
-    coronal view through its centre; mask outlines on every panel and a legend.
+    """Write a PNG: one row per channel; columns = `n_axial` axial slices through the gland (and through every
+    lesion), a sagittal and a coronal view through the largest lesion (else the gland's centre); mask outlines on
+    every panel and a legend. `warned`: the case has warnings; a red frame and title mark it.
 
     image: (C, D, H, W) float; masks: name -> (D, H, W) int (zones drawn per label); spacing_zyx: mm, sets the
     aspect ratios. Radiological display: patient right on the image left, anterior up (axial), superior up.
@@ -90,13 +125,7 @@ def montage(
     n_channels, depth, height, width = image.shape
     sz, sy, sx = (float(s) for s in spacing_zyx)
     gland = _gland(masks)
-    if gland is not None:
-        zs, ys, xs = np.nonzero(gland)
-        z_slices = np.unique(np.round(np.linspace(zs.min(), zs.max(), n_axial)).astype(int))
-        cy, cx = int(round(ys.mean())), int(round(xs.mean()))
-    else:
-        z_slices = np.unique(np.round(np.linspace(0.2 * (depth - 1), 0.8 * (depth - 1), n_axial)).astype(int))
-        cy, cx = height // 2, width // 2
+    z_slices, cy, cx = _slices_through(gland, masks.get("lesion"), depth, height, width, n_axial)
     outlines = _outlines(masks)
 
     # (label, 2D slicer, (row spacing, col spacing), origin, which outline slice)
@@ -148,10 +177,14 @@ def montage(
     if handles:
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.08), ncol=min(len(handles), 6), frameon=False,
                    fontsize=8, labelcolor="white")
-    fig.suptitle(title, color="white", fontsize=9)
+    fig.suptitle(title, color=WARNING_COLOUR if warned else "white", fontsize=9)
+    if warned:
+        fig.patch.set_edgecolor(WARNING_COLOUR)
+        fig.patch.set_linewidth(6)
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, facecolor="black", bbox_inches="tight", pad_inches=0.15)
+        fig.savefig(tmp, format="png", dpi=110, facecolor="black", edgecolor=fig.patch.get_edgecolor(),
+                    bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
 
 
@@ -172,4 +205,5 @@ def montage_case(case_dir: Path, out_png: Path) -> None:
         title += f"\nprostate {volume:.1f} mL native, {meta['volume_ml_cache']:.1f} mL cache"
     if meta.get("warnings"):
         title += "\nWARNING: " + "; ".join(meta["warnings"])
-    montage(np.asarray(image), masks, meta["channels"], out_png, title, spacing_zyx=spacing)
+    montage(np.asarray(image), masks, meta["channels"], out_png, title, spacing_zyx=spacing,
+            warned=bool(meta.get("warnings")))

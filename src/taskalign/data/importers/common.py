@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from taskalign.data.grid import Grid
+from taskalign.data.image_io import unreadable_message, write_image
 from taskalign.data.labels import MANIFEST_COLUMNS, ZONE_LABELS
 from taskalign.runtime import atomic_path
 
@@ -26,9 +25,6 @@ log = logging.getLogger(__name__)
 
 CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 CONVERTED_DIR = "converted"
-# Grids that differ by less than this (mm, and direction cosines) are the same grid: NIfTI stores geometry in
-# float32, so a mask written from the very same grid comes back a few 1e-5 mm off.
-GRID_TOLERANCE = 1e-3
 
 # DICOM tags of the T2W acquisition, as SimpleITK names them (also found in MHA headers written by picai_prep).
 ACQUISITION_TAGS = {
@@ -41,7 +37,26 @@ ACQUISITION_TAGS = {
 
 
 class CohortImportError(ValueError):
-    """A source layout an importer cannot turn into a manifest; the message names case, file and problem."""
+    """A source layout an importer cannot turn into a manifest; the message names case, file and problem.
+    `problems` lists them one per line; `rows` holds the cases that did import, so the integrity check can
+    still run on them and the user gets every problem in one report."""
+
+    def __init__(self, message: str, problems: list[str] | None = None, rows: list[dict] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
+        self.rows = list(rows or [])
+
+
+class ConvertedPath(str):
+    """A manifest path of a file the importer wrote, remembering the source file it came from (the integrity
+    check's messages name the source: the converted file of a refused import does not survive)."""
+
+    source: str
+
+    def __new__(cls, value: str, source: Path | str | None):
+        path = super().__new__(cls, value)
+        path.source = str(source) if source is not None else value
+        return path
 
 
 def problem(case: str, path: Path | str | None, what: str) -> str:
@@ -50,11 +65,25 @@ def problem(case: str, path: Path | str | None, what: str) -> str:
     return f"case {case}: {where}{what}"
 
 
-def raise_problems(problems: list[str], context: str) -> None:
-    """Raise one CohortImportError listing every problem (a user fixes them all in one go)."""
+def raise_problems(problems: list[str], context: str, rows: list[dict] | None = None) -> None:
+    """Raise one CohortImportError listing every problem (a user fixes them all in one go); `rows` are the
+    cases that imported."""
     if problems:
         listing = "\n  ".join(problems)
-        raise CohortImportError(f"{context}: {len(problems)} problem(s):\n  {listing}")
+        raise CohortImportError(f"{context}: {len(problems)} problem(s):\n  {listing}", problems, rows)
+
+
+def rows_by_case(cases, make_row) -> tuple[list[dict], list[str]]:
+    """`make_row(case)` for every case; a CohortImportError costs that case only, its problems are collected (and
+    the row it still made, so the integrity check can add what it finds)."""
+    rows, problems = [], []
+    for case in cases:
+        try:
+            rows.append(make_row(case))
+        except CohortImportError as error:
+            problems += error.problems
+            rows += error.rows
+    return rows, problems
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,39 +152,28 @@ def converted_path(out_dir: Path, case_id: str, name: str) -> Path:
     return Path(out_dir) / CONVERTED_DIR / case_id / name
 
 
-def write_converted(image: sitk.Image, out_dir: Path, case_id: str, name: str) -> str:
-    """Write `converted/<case_id>/<name>` and return the path as the manifest stores it."""
-    return manifest_path(write_image(image, converted_path(out_dir, case_id, name)), out_dir)
+def write_converted(image: sitk.Image, out_dir: Path, case_id: str, name: str, source: Path | None = None) -> str:
+    """Write `converted/<case_id>/<name>` and return the path as the manifest stores it (knowing its `source`)."""
+    return ConvertedPath(manifest_path(write_image(image, converted_path(out_dir, case_id, name)), out_dir), source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Images on disk
 
 
-def _full_suffix(name: str) -> str:
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
-
-
-def write_image(image: sitk.Image, path: Path) -> Path:
-    """Write atomically (temporary file with the same extension, then os.replace), compressed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_full_suffix(path.name))
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def read_image(path: Path, case: str, what: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise CohortImportError(problem(case, path, f"cannot read {what}: {str(error).strip().splitlines()[-1]}"))
+        raise CohortImportError(problem(case, path, unreadable_message(Path(path), what, error))) from None
+
+
+def read_grid(path: Path, case: str, what: str) -> Grid:
+    """The grid in a file's header, or a CohortImportError naming case, file and problem."""
+    try:
+        return Grid.of_file(path)
+    except RuntimeError as error:
+        raise CohortImportError(problem(case, path, unreadable_message(Path(path), f"{what} header", error))) from None
 
 
 def read_header(path: Path) -> dict[str, str]:
@@ -200,38 +218,11 @@ def acquisition_metadata(header: dict[str, str]) -> dict:
 # Grids and labels
 
 
-@dataclass(frozen=True)
-class Grid:
-    """Voxel grid of an image: size (x, y, z), spacing mm, origin mm, direction (row-major 3x3), LPS."""
-
-    size: tuple[int, ...]
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-    @classmethod
-    def of(cls, image: sitk.Image) -> Grid:
-        return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-
-    @classmethod
-    def of_file(cls, path: Path) -> Grid:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        return cls(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
-
-    def matches(self, other: Grid, tolerance: float = GRID_TOLERANCE) -> bool:
-        return (
-            tuple(self.size) == tuple(other.size)
-            and np.allclose(self.spacing, other.spacing, atol=tolerance)
-            and np.allclose(self.origin, other.origin, atol=tolerance)
-            and np.allclose(self.direction, other.direction, atol=tolerance)
-        )
-
-
-def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str) -> sitk.Image:
+def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str, resample: bool = False) -> sitk.Image:
     """The mask on `grid`: its own voxels with the grid's exact geometry when it already lies there (within
-    GRID_TOLERANCE), else resampled nearest-neighbour (labels must not be interpolated)."""
+    grid.GRID_TOLERANCE). A mask on another grid is resampled nearest-neighbour (labels must not be
+    interpolated) only when `resample` (the importers' option `resample_masks`): a wrong spacing header would
+    otherwise move the mask without a word. Else it keeps its own grid, and the integrity check refuses it."""
     if mask.GetDimension() != 3:
         raise CohortImportError(problem(case, path, f"{what} is {mask.GetDimension()}-D, expected 3-D"))
     if Grid.of(mask).matches(grid):
@@ -240,7 +231,10 @@ def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str) ->
         mask.SetOrigin(grid.origin)
         mask.SetDirection(grid.direction)
         return mask
-    log.info("case %s: %s %s is not on the T2W grid; resampled nearest-neighbour onto it", case, what, path)
+    if not resample:
+        return mask
+    log.warning("case %s: %s %s is not on the T2W grid (spacing %s vs %s mm); resampled nearest-neighbour onto it "
+                "(option resample_masks)", case, what, path, mask.GetSpacing(), grid.spacing)
     return sitk.Resample(
         mask, grid.size, sitk.Transform(), sitk.sitkNearestNeighbor, grid.origin, grid.spacing, grid.direction,
         0, mask.GetPixelID(),

@@ -46,12 +46,14 @@ def import_msd(
     *,
     include_test: bool = False,
     adc_scale: float | None = None,
+    resample_masks: bool = False,
 ) -> list[dict]:
     """One manifest row per training case (and per test image with include_test).
 
     Options:
       include_test: also import imagesTs (no labels; useful for an unlabelled pretraining corpus).
       adc_scale: multiply the ADC channel by this factor (written as float32); default: leave it unscaled.
+      resample_masks: resample a label map that is not on the image grid (default: refuse it).
     """
     source = Path(source)
     spec_path = source / "dataset.json"
@@ -81,16 +83,16 @@ def import_msd(
             volume = volumes[index]
             if column == "adc" and adc_scale is not None:
                 volume = sitk.Cast(volume, sitk.sitkFloat32) * float(adc_scale)
-            row[column] = write_converted(volume, out_dir, case, f"{column}.nii.gz")
+            row[column] = write_converted(volume, out_dir, case, f"{column}.nii.gz", source=image_path)
         if label_path is not None:
             if not label_path.is_file():
                 raise CohortImportError(problem(case, label_path, "label listed in dataset.json but missing"))
             zones = remap_labels(read_image(label_path, case, "label"), zones_lut, case, label_path, "label map")
             t2w_index = next(i for i, c in channels.items() if c == "t2w")
-            zones = onto_grid(zones, Grid.of(volumes[t2w_index]), case, label_path, "label map")
-            row["zones"] = write_converted(zones, out_dir, case, "zones.nii.gz")
+            zones = onto_grid(zones, Grid.of(volumes[t2w_index]), case, label_path, "label map", resample_masks)
+            row["zones"] = write_converted(zones, out_dir, case, "zones.nii.gz", source=label_path)
             gland = binarise(zones, 1)
-            row["prostate"] = write_converted(gland, out_dir, case, "prostate.nii.gz")
+            row["prostate"] = write_converted(gland, out_dir, case, "prostate.nii.gz", source=label_path)
         rows.append(row)
     return rows
 

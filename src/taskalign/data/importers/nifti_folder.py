@@ -102,10 +102,10 @@ def import_nifti_folder(
             path = found[(case, column)][0]
             if column == "zones" and zone_lut is not None:
                 mask = remap_labels(read_image(path, case, "zones"), zone_lut, case, path, "zones mask")
-                row[column] = write_converted(mask, out_dir, case, "zones.nii.gz")
+                row[column] = write_converted(mask, out_dir, case, "zones.nii.gz", source=path)
             elif column == "lesion" and lesion_threshold is not None:
                 mask = binarise(read_image(path, case, "lesion"), lesion_threshold)
-                row[column] = write_converted(mask, out_dir, case, "lesion.nii.gz")
+                row[column] = write_converted(mask, out_dir, case, "lesion.nii.gz", source=path)
             else:
                 row[column] = manifest_path(path, out_dir)
         for column, value in label_rows.get(case, {}).items():

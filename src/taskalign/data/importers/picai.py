@@ -11,48 +11,56 @@ Source folder:
 
 case_id = `<patient>_<study>`, patient_id = `<patient>`; `dwi` = hbv (the scanner-computed high-b image).
 Masks are remapped (zones: PZ/TZ swapped into labels.ZONE_LABELS; lesions binarised) and written to
-`converted/<case>/`; all PI-CAI masks are drawn on (or resampled to) the axial T2W grid.
+`converted/<case>/`; a value the source convention does not have (a 7 in a whole-gland mask) is a problem, not
+thresholded away. PI-CAI masks lie on the axial T2W grid; one that does not is refused, unless option
+`resample_masks` resamples it nearest-neighbour (logged; the lesion_outside_gland check then guards it).
+Every case is tried; all problems come in one report (see `import_cohort`).
 
 Marksheet: `lesion_PIRADS` is a comma-separated list per lesion ("4,4"; "N/A" for a lesion without a score).
 pirads = the largest score (1 counts as 2, the contract's floor); an empty field is left empty unless
 `pirads_if_no_lesion` is given, because it does not say whether the case was read as PI-RADS <= 2 or simply
 not scored; a list of unscored lesions only ("N/A") is left empty.
-volume_ml = `prostate_volume` (mL, from the radiology report).
+volume_ml = `prostate_volume` (mL, the radiology report's estimate, logged as such; the integrity check warns
+when it differs from the whole-gland mask's volume).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from taskalign.data.image_io import unreadable_message
 from taskalign.data.importers.common import (
     CohortImportError,
-    Grid,
     acquisition_metadata,
-    binarise,
     empty_row,
     manifest_path,
     onto_grid,
     problem,
+    raise_problems,
+    read_grid,
     read_header,
     read_image,
     remap_labels,
+    rows_by_case,
     write_converted,
 )
-from taskalign.data.labels import ZONE_LABELS
+from taskalign.data.labels import MASK_COLUMNS, ZONE_LABELS
 
 log = logging.getLogger(__name__)
 
 SEQUENCES = {"t2w": "t2w", "adc": "adc", "dwi": "hbv"}  # manifest column -> PI-CAI file suffix
 # Yuan23 zonal masks: 1 = PZ, 2 = TZ (picai_labels README).
 YUAN23_ZONES = {0: 0, 1: ZONE_LABELS["pz"], 2: ZONE_LABELS["tz"]}
-# Binarisation threshold per lesion source: human masks hold ISUP grades (>= 2 is csPCa), AI masks hold 1.
+WHOLE_GLAND = {0: 0, 1: 1}
+# Source value -> lesion mask value: human masks hold ISUP grades (>= 2 is csPCa; 0 = ISUP <= 1), AI masks 1.
 LESION_SOURCES = {
-    "human": ("csPCa_lesion_delineations/human_expert/resampled", 2),
-    "ai": ("csPCa_lesion_delineations/AI/Bosma22a", 1),
+    "human": ("csPCa_lesion_delineations/human_expert/resampled", {0: 0, 1: 0, 2: 1, 3: 1, 4: 1, 5: 1}),
+    "ai": ("csPCa_lesion_delineations/AI/Bosma22a", {0: 0, 1: 1}),
 }
 
 
@@ -68,6 +76,8 @@ def import_picai(
     zones: str = "AI/Yuan23",
     lesion: str = "human,ai",
     pirads_if_no_lesion: int | None = None,
+    allow_missing: str = "",
+    resample_masks: bool = False,
 ) -> list[dict]:
     """One manifest row per `<patient>_<study>_t2w.mha` under `images/`.
 
@@ -80,6 +90,9 @@ def import_picai(
       lesion: lesion sources in order of preference, comma-separated from {human, ai}, or "none";
         default "human,ai" (the expert mask, else the AI mask).
       pirads_if_no_lesion: value (2 per the manifest contract) for cases whose lesion_PIRADS is empty.
+      allow_missing: comma-separated image columns (adc, dwi) a case may lack; any other missing image is a
+        problem (a PI-CAI case has all three, so a missing one means a broken copy).
+      resample_masks: resample masks that are not on the T2W grid nearest-neighbour (default: refuse them).
     """
     source = Path(source)
     images = Path(images_dir) if images_dir else source / "images"
@@ -92,68 +105,103 @@ def import_picai(
     if unknown:
         raise CohortImportError(f"option lesion: unknown source(s) {unknown}; use a list from {list(LESION_SOURCES)}")
 
+    optional = {part.strip() for part in str(allow_missing or "").split(",") if part.strip()}
+    if optional - {"adc", "dwi"}:
+        raise CohortImportError(f"option allow_missing: {sorted(optional - {'adc', 'dwi'})} are not adc or dwi")
+
     sheet = _read_marksheet(sheet_path)
-    rows = []
-    for t2w in sorted(images.glob("*/*_t2w.mha")):
-        patient = t2w.parent.name
-        case = t2w.name[: -len("_t2w.mha")]
-        if not case.startswith(f"{patient}_"):
-            raise CohortImportError(problem(case, t2w, f"file name does not start with its folder's name {patient}_"))
-        rows.append(
-            _case_row(case, patient, cohort, t2w, out_dir, labels, gland, zones, lesion_order, sheet,
-                      pirads_if_no_lesion)
-        )
-    if not rows:
+    t2w_files = sorted(images.glob("*/*_t2w.mha"))
+    if not t2w_files:
         raise CohortImportError(f"PI-CAI source {source}: no <patient>/<patient>_<study>_t2w.mha under {images}")
+    masks = _MaskSources(labels, gland, zones, lesion_order, resample_masks)
+
+    def make_row(t2w: Path) -> dict:
+        return _case_row(t2w, cohort, out_dir, masks, sheet, sheet_path, pirads_if_no_lesion, optional)
+
+    rows, problems = rows_by_case(t2w_files, make_row)
+    raise_problems(problems, f"PI-CAI source {source}", rows)
     return rows
 
 
-def _case_row(case, patient, cohort, t2w, out_dir, labels, gland, zones, lesion_order, sheet, pirads_if_no_lesion):
+@dataclass(frozen=True)
+class _MaskSources:
+    """Where a case's masks are and what to do with them (the importer's options)."""
+
+    labels: Path
+    gland: str
+    zones: str
+    lesion_order: list[str]
+    resample: bool
+
+    def candidates(self, case: str) -> list[tuple[str, str, Path, dict[int, int]]]:
+        """(manifest column, what, source file, value map) per mask, the lesion sources in order of preference."""
+        out = []
+        if not _off(self.gland):
+            path = self.labels / "anatomical_delineations" / "whole_gland" / self.gland / f"{case}.nii.gz"
+            out.append(("prostate", "whole-gland mask", path, WHOLE_GLAND))
+        if not _off(self.zones):
+            path = self.labels / "anatomical_delineations" / "zonal_pz_tz" / self.zones / f"{case}.nii.gz"
+            out.append(("zones", "zonal mask", path, YUAN23_ZONES))
+        for name in self.lesion_order:
+            folder, values = LESION_SOURCES[name]
+            out.append(("lesion", f"{name} lesion mask", self.labels / folder / f"{case}.nii.gz", values))
+        return out
+
+
+def _case_row(t2w: Path, cohort, out_dir, masks: _MaskSources, sheet, sheet_path, pirads_if_no_lesion, optional):
+    """One case's manifest row; every problem of the case in one CohortImportError."""
+    patient = t2w.parent.name
+    case = t2w.name[: -len("_t2w.mha")]
+    if not case.startswith(f"{patient}_"):
+        raise CohortImportError(problem(case, t2w, f"file name does not start with its folder's name {patient}_"))
+    problems = []
     row = empty_row(case, patient, cohort)
     for column, suffix in SEQUENCES.items():
         path = t2w.with_name(f"{case}_{suffix}.mha")
         if path.is_file():
             row[column] = manifest_path(path, out_dir)
+        elif column in optional:
+            log.warning("case %s: no %s image (%s); allowed by option allow_missing", case, suffix, path)
         else:
-            log.warning("case %s: no %s image (%s)", case, suffix, path)
-    row.update(acquisition_metadata(read_header(t2w)))
-    grid = Grid.of_file(t2w)
+            problems.append(problem(case, path, f"{suffix} image missing (option allow_missing={column} accepts that)"))
+    try:
+        row.update(acquisition_metadata(read_header(t2w)))
+        grid = read_grid(t2w, case, "T2W")
+    except (CohortImportError, RuntimeError) as error:
+        problems += getattr(error, "problems", None) or [problem(case, t2w, unreadable_message(t2w, "T2W header", error))]
+        raise_problems(problems, f"case {case}")
 
-    if not _off(gland):
-        path = labels / "anatomical_delineations" / "whole_gland" / gland / f"{case}.nii.gz"
-        if path.is_file():
-            mask = onto_grid(binarise(read_image(path, case, "whole gland")), grid, case, path, "whole gland")
-            row["prostate"] = write_converted(mask, out_dir, case, "prostate.nii.gz")
-        else:
-            log.warning("case %s: no whole-gland mask (%s)", case, path)
-    if not _off(zones):
-        path = labels / "anatomical_delineations" / "zonal_pz_tz" / zones / f"{case}.nii.gz"
-        if path.is_file():
-            mask = remap_labels(read_image(path, case, "zones"), YUAN23_ZONES, case, path, "zonal mask")
-            mask = onto_grid(mask, grid, case, path, "zonal mask")
-            row["zones"] = write_converted(mask, out_dir, case, "zones.nii.gz")
-        else:
-            log.warning("case %s: no zonal mask (%s)", case, path)
-    for name in lesion_order:
-        folder, threshold = LESION_SOURCES[name]
-        path = labels / folder / f"{case}.nii.gz"
-        if path.is_file():
-            mask = onto_grid(binarise(read_image(path, case, "lesion"), threshold), grid, case, path, "lesion mask")
-            row["lesion"] = write_converted(mask, out_dir, case, "lesion.nii.gz")
-            log.info("case %s: lesion mask from %s (%s)", case, name, path)
-            break
-    else:
-        if lesion_order:
-            log.warning("case %s: no lesion mask in %s", case, ", ".join(lesion_order))
+    for column, what, path, values in masks.candidates(case):
+        if row[column]:
+            continue  # a lesion mask from a preferred source is already there
+        if not path.is_file():
+            log.warning("case %s: no %s (%s)", case, what, path)
+            continue
+        try:
+            mask = remap_labels(read_image(path, case, what), values, case, path, what)
+            mask = onto_grid(mask, grid, case, path, what, masks.resample)
+            row[column] = write_converted(mask, out_dir, case, f"{column}.nii.gz", source=path)
+        except CohortImportError as error:
+            problems += error.problems
+            row[column] = "-"  # tried: a less preferred lesion source must not stand in for a broken one
+    for column in MASK_COLUMNS:
+        row[column] = "" if row[column] == "-" else row[column]
 
     entry = sheet.get(case)
     if entry is None:
         if sheet:
             log.warning("case %s: not in the marksheet", case)
-        return row
-    row["pirads"] = _case_pirads(case, entry.get("lesion_PIRADS"), pirads_if_no_lesion)
-    volume = _number(entry.get("prostate_volume"))
-    row["volume_ml"] = "" if volume is None else volume
+    else:
+        try:
+            row["pirads"] = _case_pirads(case, entry.get("lesion_PIRADS"), pirads_if_no_lesion, sheet_path)
+        except CohortImportError as error:
+            problems += error.problems
+        volume = _number(entry.get("prostate_volume"))
+        row["volume_ml"] = "" if volume is None else volume
+        if volume is not None:
+            log.info("case %s: volume_ml %g mL from the marksheet's prostate_volume (radiology report), not the mask",
+                     case, volume)
+    raise_problems(problems, f"case {case}", [row])
     return row
 
 
@@ -169,7 +217,7 @@ def _read_marksheet(path: Path) -> dict[str, dict]:
     return {f"{r['patient_id'].strip()}_{r['study_id'].strip()}": r for r in frame.to_dict("records")}
 
 
-def _case_pirads(case: str, text, if_no_lesion) -> int | str:
+def _case_pirads(case: str, text, if_no_lesion, sheet_path: Path) -> int | str:
     """Largest lesion score in a 'a,b,...' list ('N/A' entries skipped); PI-RADS 1 counts as 2, the contract's
     floor (no lesion worth reporting). An empty field gives `if_no_lesion` (or ''); a list of unscored
     lesions only ('N/A') gives '' (there are lesions, their score is unknown)."""
@@ -183,7 +231,9 @@ def _case_pirads(case: str, text, if_no_lesion) -> int | str:
             continue
         value = _number(part)
         if value is None or not 1 <= value <= 5 or not float(value).is_integer():
-            raise CohortImportError(problem(case, "marksheet", f"lesion_PIRADS entry {part!r} is not a score 1-5"))
+            raise CohortImportError(
+                problem(case, sheet_path, f"marksheet lesion_PIRADS entry {part!r} is not a score 1-5")
+            )
         scores.append(int(value))
     return max(2, max(scores)) if scores else ""
 

@@ -21,12 +21,12 @@ import SimpleITK as sitk
 
 from taskalign.data.importers.common import (
     CohortImportError,
-    Grid,
     binarise,
     empty_row,
     manifest_path,
     onto_grid,
     problem,
+    read_grid,
     read_image,
     remap_labels,
     write_converted,
@@ -48,6 +48,7 @@ def import_prostate158(
     reader: int = 1,
     lesion_grid: str = "adc",
     use_splits: bool = True,
+    resample_masks: bool = False,
 ) -> list[dict]:
     """One manifest row per case folder holding t2.nii.gz (one or two levels below `source`).
 
@@ -56,6 +57,7 @@ def import_prostate158(
       lesion_grid: "adc" (adc_tumor_reader<r>, resampled onto T2; the reference annotation), "t2"
         (t2_tumor_reader<r>), or "none".
       use_splits: take split from train/valid/test CSVs or folder names (train, valid -> val, test).
+      resample_masks: resample an anatomy (or t2 tumour) mask that is not on the T2 grid (default: refuse it).
     """
     source = Path(source)
     lesion_grid = "none" if lesion_grid is None else str(lesion_grid).lower()
@@ -84,15 +86,15 @@ def import_prostate158(
                 row[column] = manifest_path(directory / name, out_dir)
             else:
                 log.warning("case %s: no %s", case, directory / name)
-        grid = Grid.of_file(directory / "t2.nii.gz")
+        grid = read_grid(directory / "t2.nii.gz", case, "T2")
 
         anatomy = directory / f"t2_anatomy_reader{reader}.nii.gz"
         if anatomy.is_file():
             zones = remap_labels(read_image(anatomy, case, "anatomy"), ANATOMY, case, anatomy, "anatomy mask")
-            zones = onto_grid(zones, grid, case, anatomy, "anatomy mask")
-            row["zones"] = write_converted(zones, out_dir, case, "zones.nii.gz")
+            zones = onto_grid(zones, grid, case, anatomy, "anatomy mask", resample_masks)
+            row["zones"] = write_converted(zones, out_dir, case, "zones.nii.gz", source=anatomy)
             gland = binarise(zones, 1)
-            row["prostate"] = write_converted(gland, out_dir, case, "prostate.nii.gz")
+            row["prostate"] = write_converted(gland, out_dir, case, "prostate.nii.gz", source=anatomy)
         else:
             log.warning("case %s: no %s", case, anatomy)
 
@@ -100,8 +102,9 @@ def import_prostate158(
             tumor = directory / f"{lesion_grid}_tumor_reader{reader}.nii.gz"
             if tumor.is_file():
                 mask = binarise(read_image(tumor, case, "tumour mask"), 1)
-                mask = onto_grid(mask, grid, case, tumor, "tumour mask")
-                row["lesion"] = write_converted(mask, out_dir, case, "lesion.nii.gz")
+                # the ADC-grid annotation is on another grid by design: resampling it is the conversion
+                mask = onto_grid(mask, grid, case, tumor, "tumour mask", resample=lesion_grid == "adc" or resample_masks)
+                row["lesion"] = write_converted(mask, out_dir, case, "lesion.nii.gz", source=tumor)
             elif (directory / EMPTY_TUMOR).is_file() or csv_tumor.get(directory.resolve(), "").endswith(EMPTY_TUMOR):
                 # The dataset marks "no cancer" explicitly: an all-zero mask on the T2 grid says the same.
                 empty = sitk.Image([int(n) for n in grid.size], sitk.sitkUInt8)

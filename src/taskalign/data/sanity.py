@@ -1,0 +1,145 @@
+"""Anatomical sanity checks: named, each an error, a warning or off by config (`data.checks`, `data.check_limits`).
+
+The integrity check runs them on the native masks (a wrong geometry or a label that contradicts the mask is
+caught before anything is computed); preprocessing runs them again with the cache, where the lesion's volume change
+is known, and writes every warning into meta.json, so the QC montage marks the case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from taskalign.data.labels import ZONE_LABELS
+
+LEVELS = ("error", "warning", "off")
+# name -> default level. A lesion mostly outside the gland means its geometry is wrong (an error); the others can
+# be true of sound data (PI-CAI delineates csPCa, ISUP >= 2, only; a report's volume is an ellipsoid estimate).
+DEFAULT_LEVELS = {
+    "lesion_outside_gland": "error",
+    "lesion_volume_change": "warning",
+    "volume_ml_mismatch": "warning",
+    "pirads_without_lesion": "warning",
+}
+DEFAULT_LIMITS = {
+    "lesion_outside_gland": 0.5,  # fraction of lesion voxels outside the gland
+    "lesion_volume_change": 0.3,  # relative change of lesion volume, native -> cache
+    "volume_ml_mismatch": 0.1,  # relative difference of volume_ml and the prostate mask's volume
+    "pirads_without_lesion": 3,  # lowest PI-RADS that expects a lesion in the mask
+}
+
+
+@dataclass(frozen=True)
+class SanityConfig:
+    levels: dict[str, str]
+    limits: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failed check: which, how serious, the manifest column it is about, and what the user reads."""
+
+    check: str
+    level: str
+    column: str
+    message: str
+
+
+def sanity_config(levels: dict | None = None, limits: dict | None = None) -> SanityConfig:
+    """Defaults updated with `levels` (name -> error/warning/off) and `limits` (name -> number); unknown names
+    and levels are a ValueError (a configuration error)."""
+    levels, limits = dict(levels or {}), dict(limits or {})
+    for given, what in ((levels, "checks"), (limits, "check_limits")):
+        unknown = sorted(set(given) - set(DEFAULT_LEVELS))
+        if unknown:
+            raise ValueError(f"data.{what}: unknown check(s) {unknown}; known: {sorted(DEFAULT_LEVELS)}")
+    bad = {name: level for name, level in levels.items() if level not in LEVELS}
+    if bad:
+        raise ValueError(f"data.checks: levels must be one of {LEVELS}, got {bad}")
+    return SanityConfig({**DEFAULT_LEVELS, **levels}, {**DEFAULT_LIMITS, **{k: float(v) for k, v in limits.items()}})
+
+
+def gland_mask(masks: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The gland as a bool array: the prostate mask, else the zones' TZ + PZ; None when the case has neither."""
+    if "prostate" in masks:
+        return masks["prostate"] > 0
+    if "zones" in masks:
+        return np.isin(masks["zones"], (ZONE_LABELS["tz"], ZONE_LABELS["pz"]))
+    return None
+
+
+def lesion_outside_gland(lesion: np.ndarray, gland: np.ndarray, limit: float) -> str | None:
+    n_lesion = int(np.count_nonzero(lesion))
+    if n_lesion == 0 or not gland.any():
+        return None
+    outside = int(np.count_nonzero((lesion > 0) & ~gland)) / n_lesion
+    if outside <= limit:
+        return None
+    return (f"{outside:.0%} of the lesion lies outside the prostate (limit {limit:.0%}): the lesion mask's "
+            "geometry is probably wrong (another grid, a flipped axis or another case's mask)")
+
+
+def pirads_without_lesion(pirads: str, lesion: np.ndarray, limit: float) -> str | None:
+    if not _number(pirads) or _number(pirads) < limit or lesion.any():
+        return None
+    return (f"PI-RADS {int(float(pirads))} but the lesion mask is empty (PI-CAI delineates csPCa, ISUP >= 2, only: "
+            "a PI-RADS >= 3 case with ISUP <= 1 has no lesion mask)")
+
+
+def volume_ml_mismatch(volume_ml: str, mask_ml: float, limit: float) -> str | None:
+    given = _number(volume_ml)
+    if not given or mask_ml <= 0:
+        return None
+    difference = abs(given - mask_ml) / mask_ml
+    if difference <= limit:
+        return None
+    return (f"volume_ml {given:g} mL (given in the manifest, e.g. a radiology report's estimate) differs from the "
+            f"prostate mask's {mask_ml:.1f} mL by {difference:.0%} (limit {limit:.0%}); the tasks use volume_ml")
+
+
+def lesion_volume_change(native_ml: float, cache_ml: float, limit: float) -> str | None:
+    if native_ml <= 0:
+        return None
+    change = abs(cache_ml - native_ml) / native_ml
+    if change <= limit:
+        return None
+    return (f"lesion volume {cache_ml:.3f} mL in the cache vs {native_ml:.3f} mL native ({cache_ml / native_ml:.0%} "
+            f"kept, limit +-{limit:.0%}): the cache grid is too coarse for this lesion")
+
+
+def _number(text: str) -> float | None:
+    """The value, or None when empty or not a number (the table check reports those)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def native_findings(row: dict, masks: dict[str, np.ndarray], voxel_ml: float, cfg: SanityConfig) -> list[Finding]:
+    """Checks on a case's native masks (all on one grid of `voxel_ml` mL voxels) and its manifest values."""
+    gland = gland_mask(masks)
+    lesion = masks.get("lesion")
+    found = []
+    if lesion is not None and gland is not None:
+        found.append(("lesion_outside_gland", "lesion",
+                      lesion_outside_gland(lesion, gland, cfg.limits["lesion_outside_gland"])))
+    if lesion is not None:
+        found.append(("pirads_without_lesion", "pirads",
+                      pirads_without_lesion(str(row.get("pirads") or ""), lesion, cfg.limits["pirads_without_lesion"])))
+    if "prostate" in masks:
+        mask_ml = int(np.count_nonzero(masks["prostate"])) * voxel_ml
+        found.append(("volume_ml_mismatch", "volume_ml",
+                      volume_ml_mismatch(str(row.get("volume_ml") or ""), mask_ml, cfg.limits["volume_ml_mismatch"])))
+    return [Finding(name, cfg.levels[name], column, message)
+            for name, column, message in found if message and cfg.levels[name] != "off"]
+
+
+def cache_findings(lesion_native_ml: float | None, lesion_cache_ml: float | None, cfg: SanityConfig) -> list[Finding]:
+    """Checks that need the cache: the lesion's volume change."""
+    name = "lesion_volume_change"
+    if lesion_native_ml is None or cfg.levels[name] == "off":
+        return []
+    message = lesion_volume_change(lesion_native_ml, lesion_cache_ml or 0.0, cfg.limits[name])
+    return [Finding(name, cfg.levels[name], "lesion", message)] if message else []

@@ -1,0 +1,224 @@
+"""Bad input on every route into the pipeline (issue 26): the importers and the manifest route run one integrity
+check; each refusal names case, file and problem, and leaves nothing behind. Also: the clean PI-CAI sample passes
+with its PI-RADS/ISUP warning, and the QC montage shows the smallest lesion."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from taskalign.cli.import_cohort import main as import_cli
+from taskalign.data.importers import CohortImportError, import_cohort
+from taskalign.data.integrity import check_manifest, write_checked_manifest
+from taskalign.data.labels import MANIFEST_COLUMNS
+from taskalign.data.sanity import sanity_config
+
+CASE = "10795_1000811"
+GLAND = f"picai_labels/anatomical_delineations/whole_gland/AI/Bosma22b/{CASE}.nii.gz"
+T2W = f"images/10795/{CASE}_t2w.mha"
+ADC = f"images/10795/{CASE}_adc.mha"
+
+
+@pytest.fixture
+def picai(shared_data, tmp_path) -> Path:
+    """A writable copy of the PI-CAI sample."""
+    copy = tmp_path / "picai"
+    shutil.copytree(shared_data / "picai-sample", copy)
+    for path in copy.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return copy
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
+
+
+def refused_import(source: Path, out: Path, **options) -> str:
+    """The import's error message; asserts the output folder holds nothing new."""
+    before = listing(out.parent)
+    with pytest.raises(CohortImportError) as caught:
+        import_cohort("picai", source, out, "picai", **options)
+    assert listing(out.parent) == before, "a refused import left files behind"
+    return str(caught.value)
+
+
+def rewrite(path: Path, change) -> None:
+    image = sitk.ReadImage(str(path))
+    image = change(image) or image
+    sitk.WriteImage(image, str(path), True)
+
+
+def truncate(path: Path, fraction: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+# ------------------------------------------------------------------------------------------------ PI-CAI importer
+
+
+def test_clean_picai_sample_passes_with_the_pirads_isup_warning(picai, tmp_path, caplog):
+    out = tmp_path / "out" / "manifest.csv"
+    with caplog.at_level(logging.WARNING):
+        import_cohort("picai", picai, out, "picai")
+        write_checked_manifest(out, tmp_path / "checked.csv", split_fractions={"train": 1, "val": 0, "test": 0},
+                               split_seed=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(CASE in w and "PI-RADS 4 but the lesion mask is empty" in w and "ISUP" in w for w in warnings)
+    assert any("volume_ml 28 mL" in w and "radiology report" in w for w in warnings)
+
+
+def test_gland_mask_with_a_wrong_spacing_is_refused(picai, tmp_path):
+    rewrite(picai / GLAND, lambda image: image.SetSpacing((0.6, 0.6, 3.0)))
+    message = refused_import(picai, tmp_path / "out" / "manifest.csv")
+    assert f"case {CASE}" in message and str(picai / GLAND) in message
+    assert "geometry differs from t2w (spacing 0.6x0.6x3.0 vs 0.5x0.5x3.0 mm)" in message
+    assert "resample_masks" in message
+
+
+def test_gland_mask_with_a_wrong_spacing_fails_the_cli(picai, tmp_path, caplog):
+    rewrite(picai / GLAND, lambda image: image.SetSpacing((0.6, 0.6, 3.0)))
+    out = tmp_path / "out" / "manifest.csv"
+    assert import_cli(["--kind", "picai", "--source", str(picai), "--cohort", "picai", "--out", str(out)]) == 1
+    assert not out.parent.exists()
+
+
+def test_resampling_an_off_grid_mask_is_explicit_and_logged(picai, tmp_path, caplog):
+    rewrite(picai / GLAND, lambda image: image.SetSpacing((0.6, 0.6, 3.0)))
+    with caplog.at_level(logging.WARNING):
+        import_cohort("picai", picai, tmp_path / "out" / "manifest.csv", "picai", resample_masks=True)
+    assert any("resampled nearest-neighbour" in r.getMessage() and "resample_masks" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_gland_mask_with_values_0_1_7_is_refused(picai, tmp_path):
+    def add_seven(image):
+        array = sitk.GetArrayFromImage(image)
+        array[array.shape[0] // 2, 0, 0] = 7
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(image)
+        return out
+
+    rewrite(picai / GLAND, add_seven)
+    message = refused_import(picai, tmp_path / "out" / "manifest.csv")
+    assert f"case {CASE}" in message and str(picai / GLAND) in message
+    assert "label value(s) [7] outside the expected [0, 1]" in message
+
+
+def test_half_truncated_t2w_is_refused_without_blaming_a_missing_file(picai, tmp_path):
+    truncate(picai / T2W)
+    message = refused_import(picai, tmp_path / "out" / "manifest.csv")
+    assert f"case {CASE}" in message and str(picai / T2W) in message
+    assert "truncated or corrupt" in message and "No such file or directory" not in message
+
+
+def test_corrupt_t2w_header_is_a_problem_not_a_traceback(picai, tmp_path):
+    truncate(picai / T2W, 0.0001)
+    message = refused_import(picai, tmp_path / "out" / "manifest.csv")
+    assert f"case {CASE}" in message and str(picai / T2W) in message and "T2W header unreadable" in message
+    assert "No such file or directory" not in message
+
+
+def test_every_problem_of_a_case_comes_in_one_report(picai, tmp_path):
+    (picai / ADC).unlink()
+    sheet = picai / "picai_labels/clinical_information/marksheet.csv"
+    sheet.write_text(sheet.read_text().replace('"4,4"', '"4,9"'))
+    rewrite(picai / GLAND, lambda image: image.SetSpacing((0.6, 0.6, 3.0)))
+    message = refused_import(picai, tmp_path / "out" / "manifest.csv")
+    assert f"{picai / ADC}: adc image missing" in message
+    assert f"{sheet}: marksheet lesion_PIRADS entry '9' is not a score 1-5" in message
+    assert str(picai / GLAND) in message and "geometry differs" in message
+    assert import_cohort("picai", picai, tmp_path / "ok" / "manifest.csv", "picai", allow_missing="adc",
+                         gland="none", pirads_if_no_lesion=2, lesion="none", marksheet=str(tmp_path / "none.csv")
+                         ).loc[0, "adc"] == ""
+
+
+def test_a_failed_import_keeps_the_earlier_converted_files_out_of_the_way(picai, tmp_path):
+    out = tmp_path / "out" / "manifest.csv"
+    import_cohort("picai", picai, out, "picai")
+    before = {p: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()}
+    rewrite(picai / GLAND, lambda image: image.SetSpacing((0.6, 0.6, 3.0)))
+    refused_import(picai, out)
+    assert {p: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()} == before
+
+
+# ------------------------------------------------------------------------------------------------ manifest route
+
+
+def manifest_of(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "manifest.csv"
+    lines = [",".join(MANIFEST_COLUMNS)]
+    lines += [",".join(str(row.get(c, "")) for c in MANIFEST_COLUMNS) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def image_file(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 2.0)) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path), path.suffix != ".mha")
+    return path
+
+
+def case_files(tmp_path: Path, lesion_at=(slice(2, 4), slice(3, 5), slice(3, 5))) -> dict:
+    t2w = np.random.default_rng(0).integers(1, 500, (6, 8, 8)).astype(np.int16)
+    gland = np.zeros((6, 8, 8), np.uint8)
+    gland[1:5, 2:6, 2:6] = 1
+    lesion = np.zeros_like(gland)
+    lesion[lesion_at] = 1
+    return {"case_id": "c1", "patient_id": "p1", "cohort": "x", "pirads": 4,
+            "t2w": image_file(tmp_path / "t2w.mha", t2w), "prostate": image_file(tmp_path / "gland.nii.gz", gland),
+            "lesion": image_file(tmp_path / "lesion.nii.gz", lesion)}
+
+
+@pytest.mark.parametrize("name", ["t2w.mha", "gland.nii.gz"])
+def test_manifest_route_reads_integer_images_to_the_last_voxel(tmp_path, name):
+    row = case_files(tmp_path)
+    truncate(tmp_path / name)
+    problems = [str(p) for p in check_manifest(manifest_of(tmp_path, [row]))]
+    assert any("case c1" in p and str(tmp_path / name) in p and "truncated or corrupt" in p for p in problems)
+    assert not any("No such file or directory" in p for p in problems)
+
+
+def test_manifest_route_refuses_a_lesion_outside_the_gland_unless_turned_off(tmp_path):
+    row = case_files(tmp_path, lesion_at=(slice(0, 1), slice(0, 2), slice(0, 2)))
+    manifest = manifest_of(tmp_path, [row])
+    problems = [str(p) for p in check_manifest(manifest)]
+    assert problems == [f"case c1, column lesion, file {tmp_path / 'lesion.nii.gz'}: 100% of the lesion lies outside "
+                        "the prostate (limit 50%): the lesion mask's geometry is probably wrong (another grid, a "
+                        "flipped axis or another case's mask) [check lesion_outside_gland]"]
+    assert check_manifest(manifest, sanity=sanity_config({"lesion_outside_gland": "warning"})) == []
+
+
+def test_check_manifest_cli_takes_checks_from_params(tmp_path):
+    from taskalign.cli.check_manifest import main
+
+    row = case_files(tmp_path, lesion_at=(slice(0, 1), slice(0, 2), slice(0, 2)))
+    params = {"split_fractions": {"train": 1, "val": 0, "test": 0}, "split_seed": 0, "stratify_by": None,
+              "require": {}}
+    args = ["--manifest", str(manifest_of(tmp_path, [row])), "--out", str(tmp_path / "out.csv"), "--params"]
+    assert main([*args, json.dumps(params)]) == 1 and not (tmp_path / "out.csv").exists()
+    assert main([*args, json.dumps({**params, "checks": {"lesion_outside_gland": "off"}})]) == 0
+
+
+# ------------------------------------------------------------------------------------------------ QC montage
+
+
+def test_qc_montage_shows_the_smallest_lesion(tiny_cache, tmp_path):
+    from taskalign.data.qc import MASK_COLOURS, montage_case
+
+    index = tiny_cache["anatomy"]
+    case_dirs = [d for d in (index.parent / "anatomy").iterdir() if (d / "lesion.npy").exists()]
+    sizes = {d: int(np.load(d / "lesion.npy").sum()) for d in case_dirs}
+    smallest = min((d for d in case_dirs if sizes[d] > 0), key=sizes.get)
+    png = tmp_path / "qc.png"
+    montage_case(smallest, png)
+    pixels = (mpimg.imread(png)[..., :3] * 255).round().astype(int)
+    red = tuple(int(MASK_COLOURS["lesion"][i:i + 2], 16) for i in (1, 3, 5))
+    assert (np.abs(pixels - red).sum(axis=-1) < 30).sum() >= 3, f"no lesion outline in {smallest.name}'s montage"
