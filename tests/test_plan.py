@@ -28,7 +28,7 @@ def plan() -> Plan:
 
 
 def test_runs_are_the_matrix_in_config_order_without_repeats(plan):
-    assert len(plan.runs) == len(set(plan.runs)) == 19
+    assert len(plan.runs) == len(set(plan.runs)) == 23  # 19 configured + 4 of the objective ablation
     assert plan.runs[0] == layout.Run("pirads_cls", "random", "frozen", 0)
     assert layout.Run("zone_seg", "pretrained:mae", "partial:2", 0) in plan.runs
     assert plan.inits["pretrained-mae"] == "pretrained:mae" and plan.protocols["partial-2"] == "partial:2"
@@ -64,7 +64,7 @@ def test_cka_pairs_and_analysis_tasks(plan):
     assert pairs[0]["pair"] == "pretrained-continual"
     assert {p["pair"] for p in pairs} == {"pretrained-continual", "pretrained-finetuned", "continual-finetuned"}
     assert plan.mmd_tasks == ["volume_reg", "zone_seg", "super_res"]
-    assert plan.lens_run("zone_seg") == layout.Run("zone_seg", "pretrained:mae", "full", 0)
+    assert plan.lens_runs("zone_seg") == [layout.Run("zone_seg", "pretrained:mae", "full", 0)]
     assert plan.radiomics_cohorts == ["anatomy", "promis", "ucl"]
 
 
@@ -92,12 +92,13 @@ def test_unknown_references_are_all_reported_at_once():
         c["pretrain"]["cohorts"] = ["nowhere"]
         c["continual"]["cohort"] = "elsewhere"
         c["tasks"]["zone_seg"]["cohort"] = "missing"
-        c["analysis"]["variant"] = "nope"
+        c["analysis"]["models"] = [{"variant": "nope"}]
     err = broken(edit)
     assert len(err.problems) == 4
     text = str(err)
     for expected in ("pretrain.cohorts: unknown cohort 'nowhere'", "continual.cohort: unknown cohort 'elsewhere'",
-                     "tasks.zone_seg.cohort: unknown cohort 'missing'", "analysis.variant: 'nope'"):
+                     "tasks.zone_seg.cohort: unknown cohort 'missing'",
+                     "analysis.models[0].variant: 'nope' is not in pretrain.variants"):
         assert expected in text
 
 
@@ -173,3 +174,40 @@ def test_retarget_points_every_reference_at_one_cohort():
     assert TEST_CONFIG["continual"]["cohort"] == "promis"  # the input is left alone
     with pytest.raises(ValueError, match="unknown task"):
         retarget(TEST_CONFIG, "mine", {"source": "manifest", "path": "x"}, tasks=["nosuch"])
+
+
+def test_compared_models_each_get_their_own_protocol(plan):
+    labels = [plan.model_label(m) for m in plan.models]
+    assert labels == ["pretrained:mae/full", "pretrained:mae/partial:2"]
+    inputs = plan.mmd_inputs()
+    assert set(inputs["pretrained:mae/full"]) == {"volume_reg", "zone_seg", "super_res"}
+    assert set(inputs["pretrained:mae/partial:2"]) == {"zone_seg"}
+    assert inputs["pretrained:mae/partial:2"]["zone_seg"]["finetuned"] == [
+        "results/features/zone_seg/pretrained-mae/partial-2/seed0.npz"]
+    # a frozen encoder cannot move: its fine-tuned features are its pretrained encoder's
+    frozen = {"variant": "mae", "protocol": "frozen"}
+    assert plan.model_features("zone_seg", frozen, 0) == "results/features/zone_seg/pretrained-mae.npz"
+    files = paper.table_inputs(plan, "001_table1_compute")["timings"]
+    assert {(row[1], row[2]) for row in files} == {("pretrained:mae", "full"), ("pretrained:mae", "partial:2"),
+                                                   ("scratch", "full")}
+
+
+def test_a_compared_model_without_runs_is_a_plan_error():
+    err = broken(lambda c: c["analysis"]["models"].append({"variant": "multitask", "protocol": "partial:3"}))
+    assert err.problems == ["analysis.models[2]: no task has both pretrained:multitask (partial:3) and scratch (full) "
+                            "runs of one seed in finetune.runs"]
+
+
+def test_the_ablation_is_cumulative_reuses_variants_and_is_fine_tuned(plan):
+    assert plan.ablation_steps == [
+        ("reconstruction", "mae", ["reconstruction"]),
+        ("+metadata", "ablation2", ["reconstruction", "metadata"]),
+        ("+translation", "ablation3", ["reconstruction", "metadata", "translation"]),
+        ("+contrastive", "multitask", ["reconstruction", "metadata", "translation", "contrastive"])]
+    assert plan.variants["ablation2"] == {"source": "train", "objectives": ["reconstruction", "metadata"]}
+    assert "ablation2" in plan.trained_variants and "pretrained-ablation2" not in plan.base_encoders
+    ablation_runs = [r for r in plan.runs if r.protocol == "frozen" and r.init.startswith("pretrained:")]
+    assert [r.init for r in ablation_runs] == ["pretrained:mae", "pretrained:ablation2", "pretrained:ablation3",
+                                               "pretrained:multitask"]
+    assert all(r.task == "volume_reg" for r in ablation_runs)
+    assert "002_table5_ablation" in paper.paper_tables(plan)

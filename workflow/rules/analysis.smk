@@ -13,13 +13,18 @@ def lens_inputs(wildcards):
     task = wildcards.task
     return {"radiomics": layout.radiomics_table(PLAN.task_cohort(task)),
             "pretrained": layout.base_features(task, f"pretrained-{PLAN.analysed}"),
-            "finetuned": layout.run_features(PLAN.lens_run(task))}
+            "finetuned": [layout.run_features(run) for run in PLAN.lens_runs(task)]}
+
+
+def mmd_input_files(inputs):
+    return sorted({path for tasks in inputs.values() for files in tasks.values()
+                   for key in ("random", "pretrained", "finetuned", "scratch")
+                   for path in ([files[key]] if isinstance(files[key], str) else files[key])})
 
 
 # Each analysis's per-task parts, collected into one table per analysis.
 ANALYSIS_PARTS = {
     "cka": [layout.analysis_file(f"cka/{task}.csv") for task in PLAN.cka_tasks],
-    "mmd": [layout.analysis_file(f"mmd/{task}.csv") for task in PLAN.mmd_tasks],
     "lens": [layout.analysis_file(f"lens/{task}.csv") for task in PLAN.lens_tasks],
     "lens_summary": [layout.analysis_file(f"lens/{task}_summary.csv") for task in PLAN.lens_tasks],
 }
@@ -46,22 +51,18 @@ rule cka:
 
 rule mmd:
     input:
-        unpack(lambda wildcards: PLAN.mmd_inputs(wildcards.task)),
+        mmd_input_files(PLAN.mmd_inputs()),
     output:
-        layout.analysis_file("mmd/{task}.csv"),
-    wildcard_constraints:
-        task=name_pattern(PLAN.mmd_tasks),
+        layout.analysis_file("mmd.csv"),
     params:
-        seeds=lambda wildcards: " ".join(map(str, PLAN.mmd_seeds(wildcards.task))),
+        inputs=as_json(PLAN.mmd_inputs()),
         settings=as_json({**ANALYSIS["mmd"], "seed": config["seed"]}),
     log:
-        "results/logs/analysis/mmd/{task}.log",
+        "results/logs/analysis/mmd.log",
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.mmd --task {wildcards.task} --random {input.random}"
-        " --pretrained {input.pretrained} --finetuned {input.finetuned} --scratch {input.scratch}"
-        " --seeds {params.seeds} --settings {params.settings:q} --out {output} 2> {log}"
+        "python -m taskalign.cli.mmd --inputs {params.inputs:q} --settings {params.settings:q} --out {output} 2> {log}"
 
 
 rule target_probe:
@@ -94,20 +95,23 @@ rule target_probe:
 
 rule rpg:
     input:
-        summary=layout.metrics_summary(),
+        metrics=layout.collected_metrics(),
         distances=layout.analysis_file("mmd.csv"),
     output:
         rpg=layout.analysis_file("rpg.csv"),
         correlations=layout.analysis_file("rpg_correlations.csv"),
     params:
-        variant=PLAN.analysed,
+        models=" ".join(PLAN.model_label(m) for m in PLAN.models),
+        bootstrap=ANALYSIS["rpg"]["bootstrap"],
+        seed=config["seed"],
     log:
         "results/logs/analysis/rpg.log",
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.rpg --summary {input.summary} --distances {input.distances}"
-        " --variant {params.variant} --rpg {output.rpg} --correlations {output.correlations} 2> {log}"
+        "python -m taskalign.cli.rpg --metrics {input.metrics} --distances {input.distances}"
+        " --models {params.models} --bootstrap {params.bootstrap} --seed {params.seed}"
+        " --rpg {output.rpg} --correlations {output.correlations} 2> {log}"
 
 
 rule radiomics:
@@ -142,6 +146,7 @@ rule lens:
     wildcard_constraints:
         task=name_pattern(PLAN.lens_tasks),
     params:
+        seeds=lambda wildcards: " ".join(str(run.seed) for run in PLAN.lens_runs(wildcards.task)),
         settings=as_json(ANALYSIS["lens"]),
     log:
         "results/logs/analysis/lens/{task}.log",
@@ -149,7 +154,8 @@ rule lens:
         "../../envs/taskalign.yaml"
     shell:
         "python -m taskalign.cli.lens --task {wildcards.task} --radiomics {input.radiomics}"
-        " --pretrained {input.pretrained} --finetuned {input.finetuned} --settings {params.settings:q}"
+        " --pretrained {input.pretrained} --finetuned {input.finetuned} --seeds {params.seeds}"
+        " --settings {params.settings:q}"
         " --table {output.table} --summary {output.summary} 2> {log}"
 
 
@@ -160,7 +166,7 @@ rule collect_analysis:
     output:
         layout.analysis_file("{analysis}.csv"),
     wildcard_constraints:
-        analysis="cka|mmd|lens|lens_summary",
+        analysis="cka|lens|lens_summary",
     log:
         "results/logs/analysis/collect_{analysis}.log",
     conda:

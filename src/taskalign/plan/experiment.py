@@ -31,15 +31,23 @@ class Plan:
         self.cohorts = config["data"]["cohorts"]
         self.pretrain = config["pretrain"]
         self.continual = config["continual"]
-        self.variants = self.pretrain["variants"]
         self.tasks = config["tasks"]
         self.finetune = config["finetune"]
         self.analysis = config["analysis"]
-        self.analysed = self.analysis["variant"]  # the pretraining variant whose encoders the analyses compare
+        # The compared foundation models: a pretrain variant and the protocol of its fine-tuned runs
+        self.models = [{"variant": m["variant"], "protocol": m.get("protocol", "full")} for m in self.analysis["models"]]
+        self.analysed = self.models[0]["variant"]  # CKA (000 Table 6) and the lens (003) analyse this one
+        self.ablation_steps = self._ablation_steps()
+        # Configured variants plus the ablation's own (`ablation<k>`): every variant the pretrain rule makes
+        self.variants = {**self.pretrain["variants"],
+                         **{v: {"source": "train", "objectives": objs} for _, v, objs in self.ablation_steps
+                            if v not in self.pretrain["variants"]}}
         problems = self._reference_problems()
         if not problems:  # the cohort checks follow references that must exist
             problems += self._cohort_problems()
         self.runs = self._finetune_runs(problems)
+        self._add_runs(self._ablation_runs(problems))
+        problems += self._model_problems()
         if problems:
             raise PlanError(problems)
 
@@ -61,9 +69,20 @@ class Plan:
                 problems.append(f"tasks.{name}.cohort: unknown cohort '{spec['cohort']}'")
             required = {"super_res": ["factor"], "distortion": ["amplitude_mm", "decay_mm"]}.get(name, [])
             problems += [f"tasks.{name}: needs '{key}'" for key in required if key not in spec]
-        if self.analysed not in self.variants:
-            problems.append(f"analysis.variant: '{self.analysed}' is not in pretrain.variants")
+        for n, model in enumerate(self.models):
+            if model["variant"] not in self.variants:
+                problems.append(f"analysis.models[{n}].variant: '{model['variant']}' is not in pretrain.variants")
+            try:
+                check_combination(f"pretrained:{model['variant']}", model["protocol"])
+            except ValueError as err:
+                problems.append(f"analysis.models[{n}]: {err}")
         return problems
+
+    def _model_problems(self) -> list[str]:
+        """A compared model needs a task with its fine-tuned runs and scratch runs of the same seed (D2S, RPG)."""
+        return [f"analysis.models[{n}]: no task has both {self.model_init(m)} ({m['protocol']}) and scratch (full) runs "
+                f"of one seed in finetune.runs" for n, m in enumerate(self.models)
+                if m["variant"] in self.variants and not self.model_tasks(m)]
 
     def split_sizes(self, cohort: str) -> dict[str, int] | None:
         """Cases per split where the config fixes them (phantom cohorts); None where the data decides."""
@@ -105,6 +124,38 @@ class Plan:
                 problems.append(f"pretrain.cohorts: {n_train} train case(s) in {', '.join(self.pretrain['cohorts'])}; "
                                 "pretraining holds out holdout_fraction of them and needs at least 2")
         return problems
+
+    def _ablation_steps(self) -> list[tuple[str, str, list[str]]]:
+        """002 Table 5's rows: (label, variant, objectives) with cumulative objective sets, a configured trained
+        variant reused where its set is the same."""
+        ablation = self.pretrain.get("ablation")
+        if not ablation:
+            return []
+        trained = {frozenset(spec["objectives"]): name for name, spec in self.pretrain["variants"].items()
+                   if spec["source"] == "train"}
+        steps = []
+        for k, objective in enumerate(ablation["objectives"], start=1):
+            objectives = ablation["objectives"][:k]
+            label = objective if k == 1 else f"+{objective}"
+            steps.append((label, trained.get(frozenset(objectives), f"ablation{k}"), objectives))
+        return steps
+
+    def _ablation_runs(self, problems: list[str]) -> list[Run]:
+        if not self.ablation_steps:
+            return []
+        ablation = self.pretrain["ablation"]
+        tasks = list(self.tasks) if ablation.get("tasks", "all") == "all" else ablation["tasks"]
+        problems += [f"pretrain.ablation.tasks: unknown task '{t}'" for t in tasks if t not in self.tasks]
+        try:
+            check_combination("pretrained:x", ablation["protocol"])
+        except ValueError as err:
+            problems.append(f"pretrain.ablation: {err}")
+            return []
+        return [Run(task, f"pretrained:{variant}", ablation["protocol"], seed) for _, variant, _ in self.ablation_steps
+                for task in tasks if task in self.tasks for seed in ablation.get("seeds", [0])]
+
+    def _add_runs(self, runs: list[Run]) -> None:
+        self.runs += [run for run in runs if run not in self.runs]
 
     def _finetune_runs(self, problems: list[str]) -> list[Run]:
         """Every (task, init, protocol, seed) that `finetune.runs` lists, once, in config order."""
@@ -164,9 +215,10 @@ class Plan:
 
     @cached_property
     def base_encoders(self) -> dict[str, str]:
-        """Encoders that exist before fine-tuning, by name: the random-weight FM, each pretrained and continual one."""
+        """Encoders that exist before fine-tuning, by name: the random-weight FM, each configured pretrained variant
+        (the ablation's own variants are only fine-tuned) and each continual one."""
         encoders = {"random": layout.pretrained_encoder("random")}
-        encoders.update({f"pretrained-{v}": layout.pretrained_encoder(v) for v in self.variants})
+        encoders.update({f"pretrained-{v}": layout.pretrained_encoder(v) for v in self.pretrain["variants"]})
         encoders.update({f"continual-{v}": layout.continual_encoder(v) for v in self.continual["variants"]})
         return encoders
 
@@ -241,32 +293,55 @@ class Plan:
     def cka_tasks(self) -> list[str]:
         return [task for task in self.tasks if self.cka_pairs(task)]
 
-    def mmd_seeds(self, task: str) -> list[int]:
-        """Seeds with both the fine-tuned (pretrained, full) and the scratch run of the task: D2S needs both."""
-        runs = {(r.init, r.seed) for r in self.runs if r.task == task and r.protocol == "full"}
-        return sorted(s for init, s in runs if init == f"pretrained:{self.analysed}" and ("scratch", s) in runs)
+    @staticmethod
+    def model_init(model: dict) -> str:
+        return f"pretrained:{model['variant']}"
+
+    @staticmethod
+    def model_label(model: dict) -> str:
+        """`pretrained:mae/frozen`: a compared model in the analysis tables (init/protocol)."""
+        return f"pretrained:{model['variant']}/{model['protocol']}"
+
+    def mmd_seeds(self, task: str, model: dict) -> list[int]:
+        """Seeds with both the model's fine-tuned run and the scratch run of the task: D2S and RPG need both."""
+        fine = {r.seed for r in self.runs_of([task], [self.model_init(model)], model["protocol"])}
+        return sorted(fine & {r.seed for r in self.runs_of([task], ["scratch"], "full")})
+
+    def model_tasks(self, model: dict) -> list[str]:
+        return [task for task in self.tasks if self.mmd_seeds(task, model)]
 
     @cached_property
     def mmd_tasks(self) -> list[str]:
-        return [task for task in self.tasks if self.mmd_seeds(task)]
+        return [task for task in self.tasks if any(self.mmd_seeds(task, m) for m in self.models)]
 
-    def mmd_inputs(self, task: str) -> dict:
-        seeds = self.mmd_seeds(task)
-        return {
-            "random": layout.base_features(task, "random"),
-            "pretrained": layout.base_features(task, f"pretrained-{self.analysed}"),
-            "finetuned": [layout.run_features(Run(task, f"pretrained:{self.analysed}", "full", s)) for s in seeds],
-            "scratch": [layout.run_features(Run(task, "scratch", "full", s)) for s in seeds],
-        }
+    def model_features(self, task: str, model: dict, seed: int) -> str:
+        """The fine-tuned model's features; a frozen encoder cannot move, so a frozen run has its start's."""
+        if model["protocol"] == "frozen":
+            return layout.base_features(task, f"pretrained-{model['variant']}")
+        return layout.run_features(Run(task, self.model_init(model), model["protocol"], seed))
 
-    def lens_run(self, task: str) -> Run | None:
-        """The fine-tuned run the lens compares with its pretrained encoder: the first seed of the full protocol."""
-        seeds = sorted(r.seed for r in self.runs_of([task], [f"pretrained:{self.analysed}"], "full"))
-        return Run(task, f"pretrained:{self.analysed}", "full", seeds[0]) if seeds else None
+    def mmd_inputs(self) -> dict:
+        """{model label: {task: random, pretrained, finetuned [per seed], scratch [per seed], seeds}} (rule mmd)."""
+        inputs = {}
+        for model in self.models:
+            for task in self.model_tasks(model):
+                seeds = self.mmd_seeds(task, model)
+                inputs.setdefault(self.model_label(model), {})[task] = {
+                    "random": layout.base_features(task, "random"),
+                    "pretrained": layout.base_features(task, f"pretrained-{model['variant']}"),
+                    "finetuned": [self.model_features(task, model, s) for s in seeds],
+                    "scratch": [layout.run_features(Run(task, "scratch", "full", s)) for s in seeds],
+                    "seeds": seeds}
+        return inputs
+
+    def lens_runs(self, task: str) -> list[Run]:
+        """The fine-tuned runs the lens compares with their pretrained encoder: every seed of the analysed variant's
+        full-protocol runs (rank stability across seeds)."""
+        return sorted(self.runs_of([task], [f"pretrained:{self.analysed}"], "full"))
 
     @cached_property
     def lens_tasks(self) -> list[str]:
-        return [task for task in self.tasks if self.lens_run(task)]
+        return [task for task in self.tasks if self.lens_runs(task)]
 
     @cached_property
     def radiomics_cohorts(self) -> list[str]:

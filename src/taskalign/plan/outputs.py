@@ -35,8 +35,7 @@ def paper_tables(plan: Plan) -> list[str]:
     names += [name for name, kind in PERFORMANCE_TABLES.items() if kind in kinds]
     names += ["000_table6_cka"] if plan.cka_tasks else []
     names += ["001_table1_compute"] if plan.mmd_tasks else []
-    pretrained_full = [r for r in plan.runs if r.init.startswith("pretrained:") and r.protocol == "full"]
-    names += ["002_table5_ablation"] if pretrained_full else []
+    names += ["002_table5_ablation"] if plan.ablation_steps else []
     names += ["003_lens_summary"] if plan.lens_tasks else []
     return names
 
@@ -68,6 +67,17 @@ def run_files(stage: str, runs: list[layout.Run], name: str) -> list[list]:
     return [[*run, layout.run_file(stage, run, name)] for run in runs]
 
 
+def compared_runs(plan: Plan) -> list[layout.Run]:
+    """001's runs: each compared model's fine-tuned runs and the scratch runs of the same tasks and seeds."""
+    runs = []
+    for model in plan.models:
+        for task in plan.model_tasks(model):
+            for seed in plan.mmd_seeds(task, model):
+                runs += [layout.Run(task, plan.model_init(model), model["protocol"], seed),
+                         layout.Run(task, "scratch", "full", seed)]
+    return sorted(set(runs))
+
+
 def table_inputs(plan: Plan, name: str) -> dict:
     """Named inputs of a table: a path, a list of paths, or per-run rows [task, init, protocol, seed, path]."""
     if name in PERFORMANCE_TABLES:
@@ -76,8 +86,7 @@ def table_inputs(plan: Plan, name: str) -> dict:
     if name == "000_table1_cohorts":
         return {"manifests": [layout.checked_manifest(c) for c in plan.cohorts]}
     if name == "001_table1_compute":
-        runs = plan.runs_of(plan.mmd_tasks, ["scratch", f"pretrained:{plan.analysed}"], "full")
-        return {"timings": run_files("finetune", runs, "timing.json")}
+        return {"timings": run_files("finetune", compared_runs(plan), "timing.json")}
     return {"000_table6_cka": {"cka": layout.analysis_file("cka.csv")},
             "002_table5_ablation": {"metrics": layout.collected_metrics()},
             "003_lens_summary": {"summary": layout.analysis_file("lens_summary.csv")}}[name]
@@ -85,14 +94,13 @@ def table_inputs(plan: Plan, name: str) -> dict:
 
 def figure_inputs(plan: Plan, name: str) -> dict:
     if name == "001_fig3_learning_curves":
-        runs = plan.runs_of(plan.mmd_tasks, ["scratch", f"pretrained:{plan.analysed}"], "full")
-        return {"histories": run_files("finetune", runs, "history.csv")}
+        return {"histories": run_files("finetune", compared_runs(plan), "history.csv")}
     if name == "000_fig_segmentation_overlays":
         runs = segmentation_overlay_runs(plan)
         return {"predictions": run_files("evaluate", runs, "predictions.npz"),
                 "indexes": {t: plan.task_index(t) for t in dict.fromkeys(r.task for r in runs)}}
     return {
-        "001_fig1b_scratch_vs_finetuned": {"summary": layout.metrics_summary(), "mmd": layout.analysis_file("mmd.csv")},
+        "001_fig1b_scratch_vs_finetuned": {"metrics": layout.collected_metrics(), "mmd": layout.analysis_file("mmd.csv")},
         "001_fig2_rpg_vs_distance": {"rpg": layout.analysis_file("rpg.csv"),
                                      "correlations": layout.analysis_file("rpg_correlations.csv")},
         "000_fig_cka_heatmaps": {"cka": layout.analysis_file("cka.csv")},
@@ -122,6 +130,9 @@ def report_settings(plan: Plan, figure: bool = False) -> dict:
         "tasks": {t: plan.task_spec(t) for t in plan.tasks},
         "runs": [list(r) for r in sorted(plan.runs)],  # sorted: the order of tasks in the config is no setting
         "variant": plan.analysed,
+        "models": [plan.model_label(m) for m in plan.models],
+        "ablation": {"steps": [[f"{label} ({v})", f"pretrained:{v}", objs] for label, v, objs in plan.ablation_steps],
+                     "protocol": (plan.pretrain.get("ablation") or {}).get("protocol")},
         "objective_sets": {v: spec["objectives"] for v, spec in plan.variants.items() if spec["source"] == "train"},
         "other_cohorts": [c for c in plan.cohorts if c not in task_cohorts],
     }

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from taskalign.analysis.distances import rpg_metric, split_model
 from taskalign.plan.outputs import FIGURES, PERFORMANCE_TABLES
 from taskalign.report import figures
 from taskalign.report.tables.ablation import ablation_table
 from taskalign.report.tables.cka import cka_table
 from taskalign.report.tables.cohorts import cohort_table
 from taskalign.report.tables.compute import compute_table
-from taskalign.report.tables.lens import lens_table
+from taskalign.report.tables.lens import FIXED as LENS_COLUMNS, lens_table
 from taskalign.report.tables.model import Table, provenance, write_table
 from taskalign.report.tables.performance import performance_table
 from taskalign.runtime import atomic_path
@@ -84,25 +85,25 @@ def cka(inputs: dict, settings: dict) -> Table:
 
 
 def compute(inputs: dict, settings: dict) -> Table:
+    """001 Table 1 from every compared model's and scratch's timing.json (totals over resumed attempts)."""
     rows = []
     for (t, i, p, s), path in per_run(inputs["timings"]).items():
-        if p == "full" and i in ("scratch", f"pretrained:{settings['variant']}"):
-            timing = json.loads(path.read_text())
-            rows.append({"task": t, "init": i, "protocol": p, "seed": s,
-                         "wall_seconds": timing["wall_seconds_this_run"], "device_hours": timing["device_hours"]})
-    return compute_table(pd.DataFrame(rows))
+        timing = json.loads(path.read_text())
+        rows.append({"task": t, "init": i, "protocol": p, "seed": s, "wall_seconds": timing["wall_seconds"],
+                     "device_hours": timing["device_hours"]})
+    return compute_table(pd.DataFrame(rows), settings["models"])
 
 
 def ablation(inputs: dict, settings: dict) -> Table:
     metrics = pd.read_csv(inputs["metrics"])
-    return ablation_table(metrics, settings["objective_sets"], lower_is_better=LOWER_IS_BETTER)
+    return ablation_table(metrics, settings["ablation"]["steps"], protocol=settings["ablation"]["protocol"],
+                          lower_is_better=LOWER_IS_BETTER)
 
 
 def lens(inputs: dict, settings: dict) -> Table:
     summary = pd.read_csv(inputs["summary"])
-    fixed = ["task", "r2_pre", "r2_ft", "total_change", "perm_p", "stability_spearman", "top_features"]
     groups = {c: c.removeprefix("change_") for c in summary.columns if c.startswith("change_")}
-    return lens_table(summary[fixed + list(groups)].rename(columns=groups))
+    return lens_table(summary[[c for c in LENS_COLUMNS if c in summary] + list(groups)].rename(columns=groups))
 
 
 def build_table(name: str, inputs: dict, settings: dict) -> Table:
@@ -147,20 +148,20 @@ def footer() -> str:
     return f"config {prov['config_hash']} · code {prov['code_version']} · device {prov['device']}"
 
 
-def primary_means(path: str) -> pd.DataFrame:
-    summary = pd.read_csv(path)
-    return summary[summary["primary"].astype(str).str.lower() == "true"]
-
-
 def scratch_vs_finetuned_frame(inputs: dict, settings: dict) -> pd.DataFrame:
-    means = primary_means(inputs["summary"]).set_index(["task", "init", "protocol"])["mean"]
+    """Per compared model and task: the RPG metric (PI-RADS: specificity at sensitivity 0.9) of its fine-tuned
+    runs and of scratch, seed means, and the unbiased D2S."""
+    metrics = pd.read_csv(inputs["metrics"])
+    means = metrics.groupby(["task", "init", "protocol", "metric"])["value"].mean()
     distances = pd.read_csv(inputs["mmd"])
-    d2s = distances[(distances["distance"] == "d2s") & (distances["estimator"] == "biased")]
+    d2s = distances[(distances["distance"] == "d2s") & (distances["estimator"] == "unbiased")]
     rows = []
-    for task, group in d2s.groupby("task", sort=False):
-        rows.append({"task": task, "scratch": means.get((task, "scratch", "full"), np.nan),
-                     "finetuned": means.get((task, f"pretrained:{settings['variant']}", "full"), np.nan),
-                     "d2s": group["value"].mean(), "higher_is_better": TASK_TYPES[task].higher_is_better})
+    for (model, task), group in d2s.groupby(["model", "task"], sort=False):
+        init, protocol = split_model(model)
+        metric = rpg_metric(task)
+        rows.append({"model": model, "task": task, "scratch": means.get((task, "scratch", "full", metric), np.nan),
+                     "finetuned": means.get((task, init, protocol, metric), np.nan), "d2s": group["value"].mean(),
+                     "higher_is_better": metric not in LOWER_IS_BETTER})
     return pd.DataFrame(rows).dropna()
 
 
@@ -172,17 +173,20 @@ def fig_scratch_vs_finetuned(stem: Path, inputs: dict, settings: dict) -> int:
 def fig_rpg(stem: Path, inputs: dict, settings: dict) -> int:
     correlations = pd.read_csv(inputs["correlations"])
     return figures.rpg_vs_distance(pd.read_csv(inputs["rpg"]),
-                                   correlations[correlations["estimator"] == "biased"], stem, footer(),
+                                   correlations[correlations["estimator"] == "unbiased"], stem, footer(),
                                    settings["style"])
 
 
 def fig_learning_curves(stem: Path, inputs: dict, settings: dict) -> int:
-    labels = {f"pretrained:{settings['variant']}": "fine-tuned", "scratch": "scratch"}
+    """001 Fig. 3: per task the validation curve of scratch and of each compared model's fine-tuned run, first
+    seed each."""
+    labels = {tuple(split_model(m)): f"FT {m}" for m in settings["models"]} | {("scratch", "full"): "scratch"}
     histories: dict[str, dict[str, pd.DataFrame]] = {}
     for (t, i, p, s), path in per_run(inputs["histories"]).items():
-        if p == "full" and i in labels and s == min(r[3] for r in settings["runs"] if r[0] == t):
-            histories.setdefault(t, {})[labels[i]] = pd.read_csv(path)
-    histories = {t: h for t, h in histories.items() if len(h) == len(labels)}
+        label = labels.get((i, p))
+        if label and label not in histories.get(t, {}):  # runs come sorted: the first seed
+            histories.setdefault(t, {})[label] = pd.read_csv(path)
+    histories = {t: h for t, h in histories.items() if len(h) > 1}
     return figures.learning_curves(histories, stem, footer(), settings["style"],
                                    metrics={t: TASK_TYPES[t].metric for t in histories})
 
