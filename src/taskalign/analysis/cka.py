@@ -21,6 +21,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from taskalign.analysis.stats import percentile_interval
+
 log = logging.getLogger(__name__)
 
 Space = Literal["auto", "feature", "gram"]
@@ -225,17 +227,6 @@ def subsample_values(x, y, estimator: Estimator, n_sub: int, fraction: float = 0
         kx, ky = xc @ xc.T, yc @ yc.T
         return np.array([_gram_cka(kx[np.ix_(s, s)], ky[np.ix_(s, s)], debiased) for s in subsets])
     return np.array([_cka(_centre(xc[s]), _centre(yc[s]), debiased, "feature") for s in subsets])
-
-
-def percentile_interval(draws, level: float = 0.95) -> tuple[float, float]:
-    """Central percentile interval of resampled values, NaN draws left out ((nan, nan) when none is finite)."""
-    draws = np.asarray(draws, dtype=np.float64)
-    draws = draws[np.isfinite(draws)]
-    if not len(draws):
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(draws, [tail, 100.0 - tail])
-    return float(low), float(high)
 
 
 def subsample_ci(x, y, estimator: Estimator, n_sub: int, fraction: float = 0.5, seed: int = 0,

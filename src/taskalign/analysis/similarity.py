@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taskalign.analysis.cka import (cka_matrix, debiased_cka, linear_cka, null_summary, percentile_interval,
-                                    shuffled_null, subsample_ci, subsample_values)
+from taskalign.analysis.cka import (cka_matrix, debiased_cka, linear_cka, null_summary, shuffled_null, subsample_ci,
+                                    subsample_values)
 from taskalign.analysis.feature_files import joined, load_features
+from taskalign.analysis.stats import percentile_interval
 
 log = logging.getLogger(__name__)
 
