@@ -144,8 +144,10 @@ def test_performance_stars_follow_patient_level_tests(perf):
     assert raw.loc[("scratch", "full"), "lesion_seg/dice/test"].startswith("Wilcoxon")
     assert np.isnan(raw.loc[BASE, "lesion_seg/dice/p_value"])
     cases = _cases()
-    seed_mean = lambda init, protocol: np.mean([cases[("lesion_seg", init, protocol, s)].set_index("case_id")  # noqa: E731
-                                                .sort_index()["dice"] for s in (0, 1)], axis=0)
+    def seed_mean(init, protocol):
+        return np.mean([cases[("lesion_seg", init, protocol, s)].set_index("case_id").sort_index()["dice"]
+                        for s in (0, 1)], axis=0)
+
     expected = wilcoxon_paired(seed_mean("continual:mae", "full"), seed_mean(*BASE))
     assert raw.loc[("continual:mae", "full"), "lesion_seg/dice/p_value"] == pytest.approx(expected)
     assert expected > 0.05

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-import numpy as np
 import pandas as pd
 
 from taskalign.analysis.stats import correlation
 from taskalign.report.tables.model import MISSING, Table, finite
 
-PRETRAINED_CONTINUAL, PRETRAINED_FT, CONTINUAL_FT = "pretrained-continual", "pretrained-finetuned", "continual-finetuned"
-FROM_CONTINUAL = "continual-finetuned_from_continual"
+PRETRAINED_CONTINUAL, FROM_CONTINUAL = "pretrained-continual", "continual-finetuned_from_continual"
+PRETRAINED_FT, CONTINUAL_FT = "pretrained-finetuned", "continual-finetuned"
 ROW_LABELS = {PRETRAINED_CONTINUAL: "Pretrained–Continual", PRETRAINED_FT: "Pretrained–Finetuned",
               CONTINUAL_FT: "Continual–Finetuned", FROM_CONTINUAL: "Continual–Finetuned from continual"}
 DELTA_LABEL = "Δ (Continual − Pretrained, same FT)"
@@ -73,13 +72,12 @@ def _cka_cells(frame: pd.DataFrame, columns: list[str], digits: int) -> tuple[di
             values = frame[frame["layer"] == column]
             mean, std, n = values[estimator].mean(), values[estimator].std(), values["seed"].nunique()
             text = MISSING if not finite(mean) else f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
-            p95 = values[f"null_{estimator}_p95"] if f"null_{estimator}_p95" in values else pd.Series(dtype=float)
+            p95, p = (values.get(f"null_{estimator}_{name}", pd.Series(dtype=float)) for name in ("p95", "p"))
             cells[(group, column)] = text
             marks[(group, column)] = NOT_ABOVE_NULL if (values[estimator] <= p95).any() else ""
             raw.update({f"{estimator}/{column}": mean, f"{estimator}/{column}/seed_std": std,
                         f"{estimator}/{column}/n_seeds": n,
-                        f"{estimator}/{column}/null_p95_max": p95.max() if len(p95) else np.nan,
-                        f"{estimator}/{column}/null_p_max": values.get(f"null_{estimator}_p", pd.Series(dtype=float)).max()})
+                        f"{estimator}/{column}/null_p95_max": p95.max(), f"{estimator}/{column}/null_p_max": p.max()})
     return cells, marks, raw
 
 
@@ -140,11 +138,11 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
         x = [means[(means["task"] == t) & (means["estimator"] == estimator) & (means["layer"] == f"block{layers[-1]}")]
              ["delta"].mean() for t in tasks if t in gains.index] if layers else []
         y = [gains.loc[t, "gain"] for t in tasks if t in gains.index]
-        result = correlation(x, y)
-        rows[label][(group, last)] = (MISSING if not finite(result["pearson_r"]) else
-                                      f"r {result['pearson_r']:+.2f} (p {result['pearson_p']:.3f}), "
-                                      f"ρ {result['spearman_rho']:+.2f} (p {result['spearman_p']:.3f}), n {result['n']}")
-        values.update({f"{estimator}/{key}": value for key, value in result.items()})
+        r = correlation(x, y)
+        rows[label][(group, last)] = (MISSING if not finite(r["pearson_r"]) else
+                                      f"r {r['pearson_r']:+.2f} (p {r['pearson_p']:.3f}), "
+                                      f"ρ {r['spearman_rho']:+.2f} (p {r['spearman_p']:.3f}), n {r['n']}")
+        values.update({f"{estimator}/{key}": value for key, value in r.items()})
     raw.append(values)
     index = pd.Index(list(rows), name="encoder pair")
     cells = pd.DataFrame([[rows[r].get(c, "") for c in table_columns] for r in rows], index=index,
@@ -156,9 +154,9 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
                  if threshold is not None else "all tasks (the main table keeps those whose performance differs by "
                  "at least the configured threshold)")
     caption = (f"Layer-wise and average CKA between encoder pairs on each task's test images, {selection}. "
-               f"Finetuned = ONE encoder fine-tuned from the pretrained weights ({protocol} protocol), the same file in "
-               "both Finetuned rows; cells: mean ± std over fine-tuning seeds (no ± for one seed). Left: the paper's "
-               "biased linear CKA; right: debiased CKA (unbiased HSIC). "
+               f"Finetuned = ONE encoder fine-tuned from the pretrained weights ({protocol} protocol), the same "
+               "file in both Finetuned rows; cells: mean ± std over fine-tuning seeds (no ± for one seed). "
+               "Left: the paper's biased linear CKA; right: debiased CKA (unbiased HSIC). "
                f"{NOT_ABOVE_NULL}: not above the 95th percentile of the shuffled-rows null (biased CKA of unrelated "
                "features is about d/(n+d)). Δ = CKA(continual, FT) − CKA(pretrained, FT): seed mean ± std over seeds "
                "[95% interval over case subsamples without replacement, the same subsamples for both CKAs and all "
