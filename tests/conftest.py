@@ -6,10 +6,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+TEST_CONFIG = yaml.safe_load((REPO / "config/test.yaml").read_text())
+
+
+def plan_of(config: dict):
+    """The experiment plan of a config, validated (schema defaults filled) as the Snakefile does."""
+    import copy
+
+    from snakemake.utils import validate
+
+    from taskalign.plan import Plan
+
+    config = copy.deepcopy(config)
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    return Plan(config)
 
 
 def run_snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:

@@ -5,21 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-import yaml
-from snakemake.utils import validate
 
-from conftest import REPO
+from conftest import TEST_CONFIG, plan_of
 from taskalign.plan import Plan, PlanError, layout
 from taskalign.plan import outputs as paper
-
-SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
-TEST_CONFIG = yaml.safe_load((REPO / "config/test.yaml").read_text())
-
-
-def plan_of(config: dict) -> Plan:
-    config = copy.deepcopy(config)
-    validate(config, SCHEMA)  # fills the schema's defaults, as the Snakefile does
-    return Plan(config)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,12 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from taskalign.analysis.stats import delong_test, wilcoxon_paired
+from taskalign.analysis.stats import correlation, patient_bootstrap_weights, weighted_macro_auc, wilcoxon_paired
 from taskalign.report.tables import model as table_model
-from taskalign.report.tables.ablation import OBJECTIVES, ablation_steps, ablation_table
-from taskalign.report.tables.cka import cka_table
+from taskalign.report.tables.ablation import OBJECTIVES, ablation_table
+from taskalign.report.tables.cka import cka_supplementary_table, cka_table
 from taskalign.report.tables.cohorts import cohort_table
 from taskalign.report.tables.compute import compute_table
 from taskalign.report.tables.lens import lens_table
@@ -102,11 +103,25 @@ def test_performance_layout_and_cells(perf):
     assert list(perf.cells.index) == ["random", "scratch", "specialist", "pretrained:mae (full)",
                                       "pretrained:mae (frozen)", "continual:mae"]
     dice = perf.cells[("lesion_seg", "dice")]
-    assert dice["random"] == "0.220 ± 0.028 [0.170, 0.270]"
-    assert dice["pretrained:mae (full)"] == "0.610 ± 0.014 [0.560, 0.660]"
-    assert dice["specialist"] == "0.300 [0.250, 0.350]"  # one seed: no std
-    assert perf.cells.loc["pretrained:mae (full)", ("volume_reg", "mse")] == "0.060 ± 0.014 [0.050, 0.070]"
-    assert perf.cells.loc["random", ("volume_reg", "mae_ml")] == "10.000 ± 1.414 [9.000, 11.000]"
+    assert dice["random"].startswith("0.220 ± 0.028 [")
+    assert dice["pretrained:mae (full)"].startswith("0.610 ± 0.014 [")
+    assert dice["specialist"] == "0.300"  # one seed: no std; no cases: no interval
+    assert perf.cells.loc["pretrained:mae (full)", ("volume_reg", "mse")].startswith("0.060 ± 0.014 [")
+    assert perf.cells.loc["random", ("volume_reg", "mae_ml")] == "10.000 ± 1.414"  # no cases.csv for this run
+
+
+def test_performance_interval_is_the_seed_mean_over_patient_resamples():
+    """The interval of the seed mean: patients resampled, every seed's Dice recomputed on the same resample (not
+    the mean of per-seed CI bounds, which metrics.csv's ci_low/ci_high would give)."""
+    table = performance_table(_metrics(), _cases(), ["lesion_seg"], "pretrained:mae", set(), bootstrap=200, seed=3)
+    cases = _cases()
+    frames = [cases[("lesion_seg", "scratch", "full", s)].set_index("case_id").sort_index() for s in (0, 1)]
+    weights = patient_bootstrap_weights(frames[0]["patient_id"].to_numpy(), 200, seed=3)
+    draws = [np.mean([np.average(f["dice"], weights=w) for f in frames]) for w in weights]
+    raw = table.raw.set_index(["init", "protocol"]).loc[("scratch", "full")]
+    assert (raw["lesion_seg/dice/ci_low"], raw["lesion_seg/dice/ci_high"]) == pytest.approx(
+        tuple(np.percentile(draws, [2.5, 97.5])))
+    assert raw["lesion_seg/dice/ci_low"] != pytest.approx(0.42 - HALF_CI["dice"])
 
 
 def test_performance_bold_is_best_per_column(perf):
@@ -116,22 +131,27 @@ def test_performance_bold_is_best_per_column(perf):
     assert bold[("volume_reg", "mae_ml")][lambda s: s].index.tolist() == ["continual:mae"]
 
 
-def test_performance_stars_follow_paired_tests(perf):
+def test_performance_stars_follow_patient_level_tests(perf):
+    """Each case averaged over seeds, one pair per patient: 6 patients all one way give the exact two-sided
+    Wilcoxon p = 2/64 (pooling the 2 seeds' 12 cases gave 2/4096: pseudo-replication)."""
     dice = perf.stars[("lesion_seg", "dice")]
-    assert dice.to_dict() == {"random": "**", "scratch": "***", "specialist": "", "pretrained:mae (full)": "",
+    assert dice.to_dict() == {"random": "*", "scratch": "*", "specialist": "", "pretrained:mae (full)": "",
                               "pretrained:mae (frozen)": "*", "continual:mae": ""}
     mse = perf.stars[("volume_reg", "mse")]
-    assert mse["scratch"] == "***" and mse["continual:mae"] == "" and mse["pretrained:mae (full)"] == ""
+    assert mse["scratch"] == "*" and mse["continual:mae"] == "" and mse["pretrained:mae (full)"] == ""
     raw = perf.raw.set_index(["init", "protocol"])
-    assert raw.loc[("scratch", "full"), "lesion_seg/dice/p_value"] == pytest.approx(2 / 4096)
-    assert raw.loc[("pretrained:mae", "frozen"), "lesion_seg/dice/p_value"] == pytest.approx(2 / 64)
+    assert raw.loc[("scratch", "full"), "lesion_seg/dice/p_value"] == pytest.approx(2 / 64)
+    assert raw.loc[("scratch", "full"), "lesion_seg/dice/test"].startswith("Wilcoxon")
     assert np.isnan(raw.loc[BASE, "lesion_seg/dice/p_value"])
-    # Pooled over both seeds, paired by case_id: the same p as a direct test on the hand-aligned values.
     cases = _cases()
-    b = np.concatenate([cases[("lesion_seg", *BASE, s)]["dice"] for s in (0, 1)])
-    a = np.concatenate([cases[("lesion_seg", "continual:mae", "full", s)]["dice"] for s in (0, 1)])
-    assert raw.loc[("continual:mae", "full"), "lesion_seg/dice/p_value"] == pytest.approx(wilcoxon_paired(a, b))
-    assert raw.loc[("continual:mae", "full"), "lesion_seg/dice/p_value"] > 0.05
+    def seed_mean(init, protocol):
+        return np.mean([cases[("lesion_seg", init, protocol, s)].set_index("case_id").sort_index()["dice"]
+                        for s in (0, 1)], axis=0)
+
+    expected = wilcoxon_paired(seed_mean("continual:mae", "full"), seed_mean(*BASE))
+    assert raw.loc[("continual:mae", "full"), "lesion_seg/dice/p_value"] == pytest.approx(expected)
+    assert expected > 0.05
+    assert "Wilcoxon signed-rank test on per-patient values averaged over seeds" in perf.caption
 
 
 def _pirads(scores_ge3: np.ndarray) -> pd.DataFrame:
@@ -147,26 +167,27 @@ def _pirads(scores_ge3: np.ndarray) -> pd.DataFrame:
 def test_pirads_auc_routing():
     good = np.array([0.1, 0.3, 0.2, 0.6, 0.7, 0.8, 0.5, 0.9, 0.75, 0.85, 0.95, 0.65])
     bad = np.array([0.8, 0.7, 0.9, 0.6, 0.3, 0.2, 0.5, 0.1, 0.35, 0.25, 0.15, 0.4])
-    rows = []
-    for init, base in (("pretrained:mae", True), ("scratch", False)):
-        for metric, primary in (("auc", True), ("auc_ge3", False), ("spec_at_sens90", False)):
-            value = 0.5 if metric == "spec_at_sens90" else 0.8 if base else 0.3
-            rows.append({"task": "pirads_cls", "init": init, "protocol": "full", "seed": 0, "metric": metric,
-                         "value": value, "ci_low": np.nan, "ci_high": np.nan, "primary": primary})
     cases = {("pirads_cls", "pretrained:mae", "full", 0): _pirads(good),
              ("pirads_cls", "scratch", "full", 0): _pirads(bad)}
-    table = performance_table(pd.DataFrame(rows), cases, ["pirads_cls"], "pretrained:mae", set())
+    rows = []
+    for (_, init, protocol, seed), frame in cases.items():
+        score = frame["prob_3"] + frame["prob_5"]
+        values = {"auc": weighted_macro_auc(frame["true"] - 2, frame[["prob_2", "prob_3", "prob_4", "prob_5"]],
+                                            np.ones(12))[0],
+                  "auc_ge3": roc_auc_score(frame["true"] >= 3, score), "spec_at_sens90": 0.5}
+        for metric, value in values.items():
+            rows.append({"task": "pirads_cls", "init": init, "protocol": protocol, "seed": seed, "metric": metric,
+                         "value": value, "primary": metric == "auc"})
+    table = performance_table(pd.DataFrame(rows), cases, ["pirads_cls"], "pretrained:mae", set(), bootstrap=500)
     raw = table.raw.set_index("init")
-    a, b = _pirads(bad), _pirads(good)
-    expected = delong_test(a["true"] >= 3, a["prob_3"] + a["prob_5"], b["prob_3"] + b["prob_5"])["p_value"]
-    assert raw.loc["scratch", "pirads_cls/auc_ge3/p_value"] == pytest.approx(expected)
-    assert table.stars.loc["scratch", ("pirads_cls", "auc_ge3")] == "***"
-    idx = np.arange(12), a["true"].to_numpy() - 2
-    p_true = [frame[["prob_2", "prob_3", "prob_4", "prob_5"]].to_numpy()[idx] for frame in (a, b)]
-    assert raw.loc["scratch", "pirads_cls/auc/p_value"] == pytest.approx(wilcoxon_paired(*p_true))
-    assert np.isnan(raw.loc["scratch", "pirads_cls/spec_at_sens90/p_value"])
-    assert table.stars.loc["scratch", ("pirads_cls", "spec_at_sens90")] == ""
-    assert table.cells.loc["scratch", ("pirads_cls", "auc")] == "0.300"  # no CI, one seed
+    # No resample ranks the bad model above the good one: the smallest bootstrap p (a resample with one class
+    # only has no AUC and is left out).
+    assert raw.loc["scratch", "pirads_cls/auc_ge3/p_value"] < 2 / 450  # 2 / (finite draws + 1): none reversed
+    assert table.stars.loc["scratch", ("pirads_cls", "auc_ge3")] == "**"
+    assert raw.loc["scratch", "pirads_cls/auc/p_value"] <= 0.05 and table.stars.loc["scratch", ("pirads_cls", "auc")]
+    for metric in ("auc", "auc_ge3", "spec_at_sens90"):
+        assert raw.loc["scratch", f"pirads_cls/{metric}/test"].startswith("paired patient bootstrap")
+    assert table.cells.loc["scratch", ("pirads_cls", "auc_ge3")].startswith(f"{100 * rows[4]['value']:.2f} [")
     assert not table.bold[("pirads_cls", "spec_at_sens90")].any()  # all tied: no best
     assert table.bold.loc["pretrained:mae", ("pirads_cls", "auc")]
 
@@ -176,14 +197,17 @@ def test_write_table_three_formats(perf, tmp_path):
     paths = write_table(perf, tmp_path / "table2")
     assert sorted(p.name for p in paths) == ["table2.csv", "table2.md", "table2.provenance.json", "table2.tex"]
     md = (tmp_path / "table2.md").read_text(encoding="utf-8")
-    assert "| **0.640 ± 0.014 [0.590, 0.690]** |" in md
-    assert "| 0.420 ± 0.028 [0.370, 0.470] *** |" in md
+    best, scratch = (perf.cells.loc[row, ("lesion_seg", "dice")] for row in ("continual:mae", "scratch"))
+    assert best.startswith("0.640 ± 0.014 [") and scratch.startswith("0.420 ± 0.028 [")
+    assert f"| **{best}** |" in md
+    assert f"| {scratch} * |" in md
     assert md.rstrip().splitlines()[-1].startswith("*provenance: config_hash=abc123def456; code_version=v0.1")
     assert md.rstrip().endswith("*")
     tex = (tmp_path / "table2.tex").read_text(encoding="utf-8")
+    tex_best, tex_scratch = (cell.replace("±", r"$\pm$") for cell in (best, scratch))
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{tabular}", r"lesion\_seg",
-                  r"\textbf{0.640 $\pm$ 0.014 [0.590, 0.690]}", r"0.420 $\pm$ 0.028 [0.370, 0.470]$^{***}$",
-                  r"95\% CI", r"\multicolumn{2}{c}{volume\_reg}"):
+                  rf"\textbf{{{tex_best}}}", rf"{tex_scratch}$^{{*}}$",
+                  r"95\% percentile", r"\multicolumn{2}{c}{volume\_reg}"):
         assert token in tex, token
     assert "lesion_seg" not in tex.replace(r"lesion\_seg", "")
     assert tex.rstrip().splitlines()[-1].startswith("% provenance: config_hash=abc123def456")
@@ -194,7 +218,7 @@ def test_write_table_three_formats(perf, tmp_path):
     csv = pd.read_csv(tmp_path / "table2.csv")
     assert len(csv) == len(perf.cells)
     assert csv.loc[csv["init"] == "scratch", "lesion_seg/dice/mean"].item() == pytest.approx(0.42)
-    assert csv.loc[csv["init"] == "scratch", "lesion_seg/dice/stars"].item() == "***"
+    assert csv.loc[csv["init"] == "scratch", "lesion_seg/dice/stars"].item() == "*"
     assert pd.api.types.is_float_dtype(csv["volume_reg/mse/std"])
 
 
@@ -278,24 +302,73 @@ def test_compute_table_ratio_and_basis():
     assert table.raw.set_index("task").loc["volume_reg", "pretrained:mae/frozen/ft_over_scratch"] == pytest.approx(0.25)
 
 
-def test_cka_table():
-    pf, cf = "pretrained–finetuned", "continual–finetuned"
-    rows = [("lesion_seg", pf, 5, 0.90, 0.40, 0.80), ("lesion_seg", pf, 3, 0.98, 0.42, 0.84),
-            ("lesion_seg", cf, 3, 0.97, 0.30, 0.70), ("lesion_seg", cf, 5, 0.91, 0.2, 0.6)]
-    cka = pd.DataFrame(rows, columns=["task", "pair", "layer", "linear", "debiased", "null_linear"])
-    cka["ci_low"], cka["ci_high"] = cka["linear"] - 0.01, cka["linear"] + 0.01
-    table = cka_table(cka)
-    assert list(table.cells.index) == ["L3", "L5", "Avg."]
-    assert table.cells.loc["L3", ("lesion_seg", pf)] == "0.980 (d 0.420, null 0.840)"
-    assert table.cells.loc["Avg.", ("lesion_seg", pf)] == "0.940 (d 0.410, null 0.820)"
-    assert table.cells.loc["L5", ("lesion_seg", cf)] == "0.910 (d 0.200, null 0.600)"
+# task -> (Delta at L11 for seed mean, performance gain of FT from continual)
+CKA_TASKS = {"lesion_seg": (0.004, 0.005), "zone_seg": (0.001, 0.001), "pirads_cls": (-0.003, -0.004),
+             "volume_reg": (0.002, 0.002), "ssim_sr": (-0.001, -0.003)}
 
 
-def test_ablation_steps_and_table():
-    objective_sets = {"multitask": list(OBJECTIVES), "mae": ["reconstruction"],
-                      "mt_meta": ["metadata", "reconstruction"], "odd": ["contrastive"]}
-    steps = ablation_steps(objective_sets)
-    assert [s[1] for s in steps] == ["pretrained:mae", "pretrained:mt_meta", "pretrained:multitask"]
+def _cka_frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """cka.csv, deltas.csv and metrics.csv rows for five tasks, two FT seeds, layers 3 and 11 (+ final)."""
+    cka, deltas, metrics = [], [], []
+    for k, (task, (delta, gain)) in enumerate(CKA_TASKS.items()):
+        for layer in ("block3", "block11", "final"):
+            base = 0.9 - 0.1 * k - (0.3 if layer == "block11" else 0.0)
+            entries = [("pretrained-continual", "", "", "cont.npz", 0.99)]
+            for seed in ("0", "1"):
+                entries += [("pretrained-finetuned", "full", seed, f"{task}/ft{seed}.npz", base + 0.01 * int(seed)),
+                            ("continual-finetuned", "full", seed, f"{task}/ft{seed}.npz",
+                             base + 0.01 * int(seed) + delta)]
+            for pair, protocol, seed, file_b, value in entries:
+                cka.append({"task": task, "pair": pair, "protocol": protocol, "seed": seed, "file_b": file_b,
+                            "layer_a": layer, "layer_b": layer, "linear": value, "debiased": value - 0.1,
+                            "null_linear_p95": 0.5, "null_linear_p": 0.01, "null_debiased_p95": 0.15,
+                            "null_debiased_p": 0.01})
+            for estimator in ("linear", "debiased"):
+                deltas.append({"task": task, "protocol": "full", "seed": "mean", "layer": layer,
+                               "estimator": estimator, "delta": delta, "ci_low": delta - 0.01,
+                               "ci_high": delta + 0.01, "seed_std": 0.001, "n_seeds": 2})
+        metric, lower = ("mse", True) if task == "volume_reg" else ("dice", False)
+        for init, value in (("pretrained:mae", 0.5), ("continual:mae", 0.5 + (-gain if lower else gain))):
+            metrics.append({"task": task, "init": init, "protocol": "full", "seed": 0, "metric": metric,
+                            "value": value, "primary": True})
+        metrics.append({"task": task, "init": "continual:mae", "protocol": "frozen", "seed": 0, "metric": metric,
+                        "value": 0.0, "primary": True})  # another protocol: not part of the gain
+    return pd.DataFrame(cka), pd.DataFrame(deltas), pd.DataFrame(metrics)
+
+
+def test_cka_table_layout_threshold_and_correlation():
+    cka, deltas, metrics = _cka_frames()
+    table = cka_table(cka, deltas, metrics, variant="mae", threshold=0.002, lower_is_better={"mse"})
+    kept = ["lesion_seg", "pirads_cls", "volume_reg", "ssim_sr"]  # zone_seg's gain 0.001 < 0.002
+    assert list(table.cells.index) == [f"{t}: {row}" for t in kept for row in
+                                       ("Pretrained–Continual", "Pretrained–Finetuned", "Continual–Finetuned",
+                                        "Δ (Continual − Pretrained, same FT)")] + [
+        "Correlation across tasks: Δ L11 vs performance gain"]
+    linear, debiased = "linear CKA (000 eq. 7)", "debiased CKA"
+    assert [c for g, c in table.cells.columns if g == linear] == ["L3", "L11", "Avg."]
+    assert table.cells.loc["lesion_seg: Pretrained–Finetuned", (linear, "L3")] == "0.905 ± 0.007"
+    assert table.cells.loc["lesion_seg: Continual–Finetuned", (linear, "L11")] == "0.609 ± 0.007"
+    assert table.cells.loc["lesion_seg: Pretrained–Continual", (linear, "Avg.")] == "0.990"
+    assert table.cells.loc["lesion_seg: Δ (Continual − Pretrained, same FT)", (linear, "L11")] == \
+        "+0.004 ± 0.001 [-0.006, +0.014]"
+    assert table.cells.loc["volume_reg: Δ (Continual − Pretrained, same FT)", ("", "performance gain")] == \
+        "+0.002 (mse)"  # lower MSE from continual: a positive gain
+    # debiased values below the null's 95th percentile get the dagger
+    assert table.stars.loc["ssim_sr: Pretrained–Finetuned", (debiased, "L11")] == "†"
+    assert table.stars.loc["lesion_seg: Pretrained–Finetuned", (linear, "L3")] == ""
+    expected = correlation([CKA_TASKS[t][0] for t in kept], [CKA_TASKS[t][1] for t in kept])
+    corr = table.raw.set_index("row").loc["correlation"]
+    assert corr["linear/pearson_p"] == pytest.approx(expected["pearson_p"])
+    assert "all 24 orderings" in corr["linear/note"]
+    assert "docs/deviations.md" in table.caption
+    supplementary = cka_supplementary_table(cka, deltas, metrics, variant="mae", lower_is_better={"mse"})
+    assert "zone_seg: Δ (Continual − Pretrained, same FT)" in supplementary.cells.index
+
+
+def test_ablation_table():
+    steps = [("reconstruction (mae)", "pretrained:mae", ["reconstruction"]),
+             ("+metadata (mt_meta)", "pretrained:mt_meta", ["reconstruction", "metadata"]),
+             ("+contrastive (multitask)", "pretrained:multitask", list(OBJECTIVES))]
     runs = {("scratch", "full"): (0.40, [0.30]), ("pretrained:mae", "frozen"): (0.60, [0.05]),
             ("pretrained:mae", "full"): (0.95, [0.01]),  # another protocol: must not enter the mae row
             ("pretrained:mt_meta", "frozen"): (0.62, [0.08]),

@@ -25,6 +25,7 @@ def mmd_input_files(inputs):
 # Each analysis's per-task parts, collected into one table per analysis.
 ANALYSIS_PARTS = {
     "cka": [layout.analysis_file(f"cka/{task}.csv") for task in PLAN.cka_tasks],
+    "cka_deltas": [layout.analysis_file(f"cka/{task}_deltas.csv") for task in PLAN.cka_tasks],
     "lens": [layout.analysis_file(f"lens/{task}.csv") for task in PLAN.lens_tasks],
     "lens_summary": [layout.analysis_file(f"lens/{task}_summary.csv") for task in PLAN.lens_tasks],
 }
@@ -34,7 +35,8 @@ rule cka:
     input:
         lambda wildcards: sorted({pair[end] for pair in PLAN.cka_pairs(wildcards.task) for end in "ab"}),
     output:
-        layout.analysis_file("cka/{task}.csv"),
+        pairs=layout.analysis_file("cka/{task}.csv"),
+        deltas=layout.analysis_file("cka/{task}_deltas.csv"),
     wildcard_constraints:
         task=name_pattern(PLAN.cka_tasks),
     params:
@@ -46,7 +48,7 @@ rule cka:
         "../../envs/taskalign.yaml"
     shell:
         "python -m taskalign.cli.cka --task {wildcards.task} --pairs {params.pairs:q}"
-        " --settings {params.settings:q} --out {output} 2> {log}"
+        " --settings {params.settings:q} --out {output.pairs} --deltas-out {output.deltas} 2> {log}"
 
 
 rule mmd:
@@ -166,7 +168,7 @@ rule collect_analysis:
     output:
         layout.analysis_file("{analysis}.csv"),
     wildcard_constraints:
-        analysis="cka|lens|lens_summary",
+        analysis="cka|cka_deltas|lens|lens_summary",
     log:
         "results/logs/analysis/collect_{analysis}.log",
     conda:

@@ -1,6 +1,7 @@
 """Linear CKA between two representations of the same cases: the paper's biased estimator (Kornblith et al. 2019,
 000 eq. 7) and the debiased one built on the unbiased HSIC (Song et al. 2012), plus layer x layer matrices, a
-shuffled-rows null and a subsampling interval.
+shuffled-rows null (its 95th percentile and a permutation p) and subsampling intervals; two CKAs computed on the
+same subsets give a paired interval of their difference.
 
 Biased CKA of unrelated features is about d / (n + d), so at our n and d it is large even for noise; the null and
 the debiased estimator put the paper's numbers in context. Everything is computed in float64 on column-centred
@@ -19,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+
+from taskalign.analysis.stats import percentile_interval
 
 log = logging.getLogger(__name__)
 
@@ -187,25 +190,46 @@ def shuffled_null(x, y, estimator: Estimator, n_perm: int, seed: int) -> np.ndar
     return np.array([_ratio(_feature_similarity(xc, yc[p], debiased), sxx, syy) for p in perms])
 
 
-def subsample_ci(x, y, estimator: Estimator, n_sub: int, fraction: float = 0.5, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of CKA over `n_sub` random subsets of round(fraction * n) cases.
+def null_summary(observed: float, null: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The null's `level` percentile and the one-sided permutation p = (1 + #{null >= observed}) / (B + 1): how
+    often rows matched at random reach the observed CKA (the +1 counts the observed ordering, so p is never 0).
+    NaN null draws (undefined CKA) are left out."""
+    null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]
+    if not len(null) or not np.isfinite(observed):
+        return float("nan"), float("nan")
+    return float(np.percentile(null, 100.0 * level)), float((1 + np.sum(null >= observed)) / (len(null) + 1))
+
+
+def subsample_size(n: int, fraction: float, debiased: bool) -> int:
+    """round(fraction * n) cases, raised to 4 for the debiased estimator (the unbiased HSIC divides by n - 3)."""
+    m = int(round(fraction * n))
+    return max(m, 4) if debiased else m
+
+
+def subsample_values(x, y, estimator: Estimator, n_sub: int, fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """CKA on `n_sub` random subsets of subsample_size(n) cases, shape (n_sub,). The subsets depend on (n, size,
+    seed) only, so two calls with the same seed on the same cases use the same subsets: a paired difference.
 
     Subsets are drawn WITHOUT replacement: a bootstrap with replacement duplicates rows, and duplicated cases look
     like perfectly matched pairs, inflating CKA (debiased 0.21 -> 0.87 on the notes' example). Biased CKA of a
-    subset carries the larger bias of the smaller n, so its interval sits above the full-sample value unless d << n."""
+    subset carries the larger bias of the smaller n, so its values sit above the full-sample value unless d << n."""
     debiased = _is_debiased(estimator)
     xc, yc = _pair(x, y, debiased)
-    m = int(round(fraction * len(xc)))
+    m = subsample_size(len(xc), fraction, debiased)
     _check_n(m, debiased)
+    if m > len(xc):
+        raise ValueError(f"a subsample of {m} cases needs at least {m} cases, got {len(xc)}")
     rng = np.random.default_rng(seed)
     subsets = [rng.choice(len(xc), size=m, replace=False) for _ in range(n_sub)]
     if _resolve("auto", m, xc.shape[1], yc.shape[1]) == "gram":
         # Sub-blocks of the full Grams, re-centred per subset: O(m^2) each instead of new products.
         kx, ky = xc @ xc.T, yc @ yc.T
-        values = [_gram_cka(kx[np.ix_(s, s)], ky[np.ix_(s, s)], debiased) for s in subsets]
-    else:
-        values = [_cka(_centre(xc[s]), _centre(yc[s]), debiased, "feature") for s in subsets]
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
+        return np.array([_gram_cka(kx[np.ix_(s, s)], ky[np.ix_(s, s)], debiased) for s in subsets])
+    return np.array([_cka(_centre(xc[s]), _centre(yc[s]), debiased, "feature") for s in subsets])
+
+
+def subsample_ci(x, y, estimator: Estimator, n_sub: int, fraction: float = 0.5, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of CKA over `n_sub` random subsets (see subsample_values)."""
+    return percentile_interval(subsample_values(x, y, estimator, n_sub, fraction, seed), level)

@@ -1,5 +1,10 @@
 """CKA stage: layer x layer CKA of encoder pairs on one task's images (000 Table 6), with the debiased estimator,
-a shuffled-rows null and a subsampling interval beside the paper's biased linear CKA."""
+a shuffled-rows null and subsampling intervals beside the paper's biased linear CKA, and the paper's key quantity
+Delta = CKA(continual, FT) - CKA(pretrained, FT), FT being ONE encoder fine-tuned from the pretrained weights.
+
+Pair names (the `pair` of each --pairs entry): `pretrained-continual`; per fine-tuning (protocol, seed)
+`pretrained-finetuned` and `continual-finetuned`, whose b must be the same features file (the paper's FT); other
+names (e.g. `continual-finetuned_from_continual`) are computed as plain pairs."""
 
 from __future__ import annotations
 
@@ -9,10 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taskalign.analysis.cka import cka_matrix, debiased_cka, linear_cka, shuffled_null, subsample_ci
-from taskalign.analysis.feature_files import joined
+from taskalign.analysis.cka import (cka_matrix, debiased_cka, linear_cka, null_summary, shuffled_null, subsample_ci,
+                                    subsample_values)
+from taskalign.analysis.feature_files import joined, load_features
+from taskalign.analysis.stats import percentile_interval
 
 log = logging.getLogger(__name__)
+
+PRETRAINED_FT, CONTINUAL_FT = "pretrained-finetuned", "continual-finetuned"
+ESTIMATORS = {"linear": linear_cka, "debiased": debiased_cka}
+AVERAGE_LAYER = "avg"  # Table 6's "Avg." column: the mean over the block layers (the final normed output left out)
+MIN_CASES_FOR_INTERVAL = 5  # a debiased subsample needs 4 cases; with 4 every subset is the whole sample
 
 
 def encoder_name(path: Path) -> str:
@@ -21,8 +33,25 @@ def encoder_name(path: Path) -> str:
     return "/".join(parts[parts.index("features") + 2:]) if "features" in parts else Path(path).stem
 
 
+def _layer_context(x: np.ndarray, y: np.ndarray, observed: dict[str, float], settings: dict) -> dict:
+    """Per estimator: the shuffled-rows null's mean, 95th percentile and permutation p, and the subsampling
+    interval. Column names keep the old `ci_low`/`ci_high` for the linear estimator."""
+    row = {}
+    seed, n_perm, n_sub, fraction = (settings["seed"], settings["null_permutations"], settings["subsamples"],
+                                     settings["subsample_fraction"])
+    for name, estimator in ESTIMATORS.items():
+        null = shuffled_null(x, y, estimator, n_perm, seed)
+        row[f"null_{name}"] = float(np.nanmean(null))
+        row[f"null_{name}_p95"], row[f"null_{name}_p"] = null_summary(observed[name], null)
+        prefix = "" if name == "linear" else f"{name}_"
+        row[f"{prefix}ci_low"], row[f"{prefix}ci_high"] = (
+            subsample_ci(x, y, estimator, n_sub, fraction, seed) if len(x) >= MIN_CASES_FOR_INTERVAL
+            else (np.nan, np.nan))
+    return row
+
+
 def pair_table(pair: dict, settings: dict) -> pd.DataFrame:
-    """Every layer pair's biased and debiased CKA; the null and the interval for matching layers (the diagonal),
+    """Every layer pair's biased and debiased CKA; the null and the intervals for matching layers (the diagonal),
     which is what the tables and the depth trend read."""
     cases, feats_a, feats_b = joined(Path(pair["a"]), Path(pair["b"]), tuple(settings["splits"]))
     linear = cka_matrix(feats_a, feats_b, linear_cka)
@@ -33,22 +62,12 @@ def pair_table(pair: dict, settings: dict) -> pd.DataFrame:
             row = {"layer_a": layer_a, "layer_b": layer_b, "linear": linear.loc[layer_a, layer_b],
                    "debiased": debiased.loc[layer_a, layer_b]}
             if layer_a == layer_b:
-                x, y = feats_a[layer_a], feats_b[layer_b]
-                seed = settings["seed"]
-                row["null_linear"] = float(np.mean(shuffled_null(x, y, linear_cka, settings["null_permutations"], seed)))
-                row["null_debiased"] = float(np.nanmean(shuffled_null(x, y, debiased_cka,
-                                                                      settings["null_permutations"], seed)))
-                row["ci_low"], row["ci_high"] = subsample_ci(x, y, linear_cka, settings["subsamples"],
-                                                             settings["subsample_fraction"], seed)
-                # the unbiased HSIC needs 4 cases: small test splits subsample a larger share (none below 5)
-                fraction = max(settings["subsample_fraction"], 4 / len(x))
-                row["debiased_ci_low"], row["debiased_ci_high"] = (
-                    subsample_ci(x, y, debiased_cka, settings["subsamples"], fraction, seed)
-                    if len(x) >= 5 else (np.nan, np.nan))
+                row.update(_layer_context(feats_a[layer_a], feats_b[layer_b], row, settings))
             rows.append(row)
     table = pd.DataFrame(rows)
     meta = {"pair": pair["pair"], "protocol": pair["protocol"], "seed": pair["seed"],
-            "encoder_a": encoder_name(pair["a"]), "encoder_b": encoder_name(pair["b"]), "n_cases": len(cases)}
+            "encoder_a": encoder_name(pair["a"]), "encoder_b": encoder_name(pair["b"]),
+            "file_a": str(pair["a"]), "file_b": str(pair["b"]), "n_cases": len(cases)}
     for i, (key, value) in enumerate(meta.items()):
         table.insert(i, key, value)
     return table
@@ -65,3 +84,119 @@ def task_cka(task: str, pairs: list[dict], settings: dict) -> pd.DataFrame:
     out = pd.concat(tables, ignore_index=True)
     out.insert(0, "task", task)
     return out
+
+
+# --- Delta = CKA(continual, FT) - CKA(pretrained, FT) -------------------------------------------------------------
+
+def finetuned_triples(pairs: list[dict]) -> dict[str, list[tuple[str, str, str, str]]]:
+    """protocol -> [(seed, pretrained file, continual file, FT file)] for every (protocol, seed) that has both a
+    pretrained-finetuned and a continual-finetuned pair. Raises when the two pairs of one (protocol, seed) do not
+    compare with the same FT file: the paper's Delta is about ONE fine-tuned encoder."""
+    by_run: dict[tuple[str, str], dict[str, dict]] = {}
+    for pair in pairs:
+        if pair["pair"] in (PRETRAINED_FT, CONTINUAL_FT):
+            by_run.setdefault((str(pair["protocol"]), str(pair["seed"])), {})[pair["pair"]] = pair
+    triples: dict[str, list] = {}
+    for (protocol, seed), found in sorted(by_run.items()):
+        if len(found) < 2:
+            log.warning("protocol %s seed %s: only %s, no Delta", protocol, seed, ", ".join(found))
+            continue
+        pre, cont = found[PRETRAINED_FT], found[CONTINUAL_FT]
+        if str(pre["b"]) != str(cont["b"]):
+            raise ValueError(f"protocol {protocol} seed {seed}: {PRETRAINED_FT} compares with {pre['b']} but "
+                             f"{CONTINUAL_FT} with {cont['b']}; both must use the same fine-tuned encoder")
+        triples.setdefault(protocol, []).append((seed, str(pre["a"]), str(cont["a"]), str(pre["b"])))
+    return triples
+
+
+def aligned_features(paths: list[str], splits: tuple[str, ...]) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+    """Features of several encoders on the cases all of them have, in one order (sorted case id); each file is
+    read once."""
+    loaded = {path: load_features(Path(path), splits) for path in dict.fromkeys(paths)}
+    common = sorted(set.intersection(*(set(cases["case_id"]) for cases, _ in loaded.values())))
+    aligned = {}
+    for path, (cases, feats) in loaded.items():
+        if len(common) < len(cases):
+            log.warning("%s: %d of its %d cases are shared by all encoders of the Delta", path, len(common), len(cases))
+        pos = pd.Series(range(len(cases)), index=cases["case_id"])[common].to_numpy()
+        aligned[path] = {layer: x[pos] for layer, x in feats.items()}
+    return common, [aligned[path] for path in paths]
+
+
+def _delta_draws(pre: np.ndarray, cont: np.ndarray, ft: np.ndarray, estimator, settings: dict) -> np.ndarray:
+    """Delta on each subsample, shape (subsamples,); both CKAs of a subsample use the same cases (paired)."""
+    if len(ft) < MIN_CASES_FOR_INTERVAL:
+        return np.full(settings["subsamples"], np.nan)
+    draws = [subsample_values(a, ft, estimator, settings["subsamples"], settings["subsample_fraction"],
+                              settings["seed"]) for a in (pre, cont)]
+    return draws[1] - draws[0]
+
+
+def _seed_layer_deltas(pre: dict, cont: dict, ft: dict, estimator, settings: dict) -> dict[str, dict]:
+    """layer -> {cka_pretrained, cka_continual, delta, draws} for one FT encoder, plus the block average."""
+    out = {}
+    for layer in pre:
+        cka_pre, cka_cont = estimator(pre[layer], ft[layer]), estimator(cont[layer], ft[layer])
+        draws = _delta_draws(pre[layer], cont[layer], ft[layer], estimator, settings)
+        out[layer] = {"cka_pretrained": cka_pre, "cka_continual": cka_cont, "delta": cka_cont - cka_pre,
+                      "draws": draws}
+    blocks = [layer for layer in pre if layer.startswith("block")]
+    if blocks:
+        out[AVERAGE_LAYER] = {key: np.mean([out[b][key] for b in blocks], axis=0)
+                              for key in ("cka_pretrained", "cka_continual", "delta", "draws")}
+    return out
+
+
+def protocol_deltas(pre: dict, cont: dict, fts: dict[str, dict], settings: dict) -> pd.DataFrame:
+    """Per seed, layer (plus the block average `avg`) and estimator: CKA(pretrained, FT), CKA(continual, FT),
+    Delta and its paired subsampling interval; then the seed mean (seed "mean") whose interval comes from the
+    seed-mean Delta of each subsample (every seed uses the same subsets) and whose spread is the std over seeds.
+
+    pre, cont: {layer: (n, d)}; fts: seed -> {layer: (n, d)}; all on the same n cases in the same order."""
+    rows = []
+    for name, estimator in ESTIMATORS.items():
+        by_seed = {seed: _seed_layer_deltas(pre, cont, ft, estimator, settings) for seed, ft in fts.items()}
+        for layer in next(iter(by_seed.values())):
+            values = [by_seed[seed][layer] for seed in fts]
+            for seed, v in zip(fts, values):
+                rows.append({"seed": seed, "layer": layer, "estimator": name, "cka_pretrained": v["cka_pretrained"],
+                             "cka_continual": v["cka_continual"], "delta": v["delta"],
+                             **dict(zip(("ci_low", "ci_high"), percentile_interval(v["draws"]))),
+                             "seed_std": np.nan, "n_seeds": 1})
+            deltas = np.array([v["delta"] for v in values])
+            rows.append({"seed": "mean", "layer": layer, "estimator": name,
+                         "cka_pretrained": np.mean([v["cka_pretrained"] for v in values]),
+                         "cka_continual": np.mean([v["cka_continual"] for v in values]), "delta": deltas.mean(),
+                         **dict(zip(("ci_low", "ci_high"),
+                                    percentile_interval(np.mean([v["draws"] for v in values], axis=0)))),
+                         "seed_std": deltas.std(ddof=1) if len(deltas) > 1 else np.nan, "n_seeds": len(deltas)})
+    return pd.DataFrame(rows)
+
+
+def task_deltas(task: str, pairs: list[dict], settings: dict) -> pd.DataFrame:
+    """Delta rows of every protocol with paired pretrained-/continual-finetuned pairs (see protocol_deltas);
+    columns task, protocol, seed, finetuned, layer, estimator, cka_pretrained, cka_continual, delta, ci_low,
+    ci_high, seed_std, n_seeds, n_cases, n_subsamples. Empty (with these columns) when no pair qualifies."""
+    tables = []
+    for protocol, triples in finetuned_triples(pairs).items():
+        pre_path, cont_path = triples[0][1], triples[0][2]
+        if any((p, c) != (pre_path, cont_path) for _, p, c, _ in triples):
+            raise ValueError(f"protocol {protocol}: the seeds' pairs name different pretrained/continual files")
+        cases, (pre, cont, *fts) = aligned_features([pre_path, cont_path, *(t[3] for t in triples)],
+                                                   tuple(settings["splits"]))
+        table = protocol_deltas(pre, cont, {seed: ft for (seed, *_), ft in zip(triples, fts)}, settings)
+        names = {seed: encoder_name(Path(ft)) for seed, _, _, ft in triples}
+        table.insert(0, "finetuned", table["seed"].map(names).fillna(""))
+        table.insert(0, "protocol", protocol)
+        table["n_cases"], table["n_subsamples"] = len(cases), settings["subsamples"]
+        tables.append(table)
+        last = table[(table["seed"] == "mean") & (table["estimator"] == "linear")]
+        log.info("%s %s: Delta (linear, seed mean) by layer %s", task, protocol,
+                 " ".join(f"{r.layer} {r.delta:+.4f}" for r in last.itertuples()))
+    columns = ["task", "protocol", "seed", "finetuned", "layer", "estimator", "cka_pretrained", "cka_continual",
+               "delta", "ci_low", "ci_high", "seed_std", "n_seeds", "n_cases", "n_subsamples"]
+    if not tables:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(tables, ignore_index=True)
+    out.insert(0, "task", task)
+    return out[columns]

@@ -1,5 +1,11 @@
 """Statistics for the reports: relative performance gain (001), correlation with permutation p-values for a handful
-of tasks, DeLong's paired AUC test and the paired Wilcoxon test (002 section 4.6), and significance stars."""
+of tasks, DeLong's paired AUC test and the paired Wilcoxon test (002 section 4.6), a paired patient bootstrap
+(resampling weights, weighted AUC and ROC operating points, the bootstrap p of a difference), and significance
+stars.
+
+Bootstrap resamples are weight matrices: weights[b, i] = how often case i's patient was drawn in resample b. A
+metric computed with these weights equals the metric of the resampled rows (duplicates counted), in one vectorised
+pass instead of B data frames; and the same matrix serves every model and seed, which is what pairs them."""
 
 from __future__ import annotations
 
@@ -109,3 +115,123 @@ def stars(p: float) -> str:
     if not p <= 0.05:  # also catches NaN
         return ""
     return "***" if p <= 0.001 else "**" if p <= 0.01 else "*"
+
+
+# --- paired patient bootstrap -------------------------------------------------------------------------------------
+
+def patient_bootstrap_weights(patients, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) case weights: each resample draws as many patients as there are, with replacement, and every
+    case of a drawn patient gets the number of times its patient was drawn (a patient's cases stay together)."""
+    _, codes = np.unique(np.asarray(patients), return_inverse=True)
+    n_patients = codes.max() + 1
+    draws = np.random.default_rng(seed).integers(0, n_patients, (n_boot, n_patients))
+    # one bincount over all resamples: resample b's draws are offset by b * n_patients
+    counts = np.bincount((draws + n_patients * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n_patients)
+    return counts.reshape(n_boot, n_patients)[:, codes].astype(np.float64)
+
+
+def _class_weight_by_score(score: np.ndarray, positive: np.ndarray, weights: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """(B, G) total weight of positives and of negatives at each distinct score value (ascending). Sorted sums
+    (reduceat), not a product with a one-hot matrix: BLAS threads on these small products are slower than the
+    arithmetic, badly so on a shared machine."""
+    order = np.argsort(score, kind="stable")
+    ordered = score[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    w = weights[:, order]
+    return (np.add.reduceat(w * positive[order], starts, axis=1),
+            np.add.reduceat(w * ~positive[order], starts, axis=1))
+
+
+def weighted_auc(positive, score, weights) -> np.ndarray:
+    """AUC (Mann-Whitney, ties 1/2) of `score` for binary `positive` under each row of (B, n) `weights`, shape (B,):
+    sklearn's roc_auc_score of the resampled rows. NaN where the weights leave one class empty; cases with a NaN
+    score are left out."""
+    positive, score = np.asarray(positive, dtype=bool), np.asarray(score, dtype=np.float64)
+    scored = np.isfinite(score)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64)) * scored
+    pos_w, neg_w = _class_weight_by_score(np.where(scored, score, 0.0), positive, weights)
+    neg_below = np.cumsum(neg_w, axis=1) - neg_w
+    total = pos_w.sum(axis=1) * neg_w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.sum(pos_w * (neg_below + 0.5 * neg_w), axis=1) / total
+    return np.where(total > 0, auc, np.nan)
+
+
+def weighted_macro_auc(true_index, prob, weights) -> np.ndarray:
+    """Macro one-vs-rest AUC (the classes with positives and negatives in the resample) under each row of (B, n)
+    `weights`, shape (B,); prob (n, k), true_index 0..k-1 (taskalign.evaluate.metrics.multiclass_auc's estimator)."""
+    true_index, prob = np.asarray(true_index), np.asarray(prob, dtype=np.float64)
+    per_class = np.stack([weighted_auc(true_index == c, prob[:, c], weights) for c in range(prob.shape[1])])
+    finite = np.isfinite(per_class)
+    with np.errstate(invalid="ignore"):
+        return np.where(finite.any(axis=0), np.nansum(per_class, axis=0) / finite.sum(axis=0), np.nan)
+
+
+def weighted_specificity(positive, score, weights, sensitivity: float) -> np.ndarray:
+    """Highest specificity among ROC operating points with sensitivity >= `sensitivity`, under each row of (B, n)
+    `weights`, shape (B,); NaN where a class is empty."""
+    positive, score = np.asarray(positive, dtype=bool), np.asarray(score, dtype=np.float64)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    pos_w, neg_w = _class_weight_by_score(score, positive, weights)
+    # threshold at each distinct score (descending): everything at or above it is called positive
+    pos_above, neg_above = np.cumsum(pos_w[:, ::-1], axis=1), np.cumsum(neg_w[:, ::-1], axis=1)
+    n_pos, n_neg = pos_above[:, -1:], neg_above[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, spec = pos_above / n_pos, 1.0 - neg_above / n_neg
+    spec = np.where(tpr >= sensitivity - 1e-12, spec, -np.inf).max(axis=1)
+    return np.where((n_pos[:, 0] > 0) & (n_neg[:, 0] > 0), spec, np.nan)
+
+
+def weighted_mean(values, weights) -> np.ndarray:
+    """Mean of per-case `values` under each row of (B, n) `weights`, NaN values left out (a lesion Dice of a
+    lesion-free case), shape (B,)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    total = np.einsum("bi,i->b", weights, finite.astype(np.float64))  # einsum: no BLAS threads (see above)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, np.einsum("bi,i->b", weights, np.where(finite, values, 0.0)) / total, np.nan)
+
+
+def bootstrap_p(differences) -> float:
+    """Two-sided p of "no difference" from bootstrap draws of a difference: twice the smaller share of draws on
+    either side of 0, each share counted as (1 + #) / (B + 1) so that p > 0 (the smallest p is 2 / (B + 1)).
+    All draws exactly 0 (identical models) give p = 1; NaN draws are left out."""
+    d = np.asarray(differences, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return float("nan")
+    tail = min(np.sum(d <= 0), np.sum(d >= 0))
+    return float(min(1.0, 2.0 * (1 + tail) / (len(d) + 1)))
+
+
+def auc_bootstrap_p(true_index, prob_a, prob_b, patients, n_boot: int = 2000, seed: int = 0) -> float:
+    """Paired patient bootstrap of the seed-mean macro AUC difference of two models scored on the same cases:
+    prob_a (S_a, n, k), prob_b (S_b, n, k) per seed; every seed of both models is rescored on each resample."""
+    weights = patient_bootstrap_weights(patients, n_boot, seed)
+    seed_mean = lambda prob: np.mean([weighted_macro_auc(true_index, p, weights) for p in prob], axis=0)  # noqa: E731
+    return bootstrap_p(seed_mean(prob_a) - seed_mean(prob_b))
+
+
+def percentile_interval(draws, level: float = 0.95) -> tuple[float, float]:
+    """Central percentile interval of resampled values, NaN draws left out ((nan, nan) when none is finite)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def patient_means(values, patients) -> np.ndarray:
+    """Mean of per-case `values` per patient (sorted patient ids), NaN values left out, NaN for a patient with no
+    finite value: the unit a paired test counts once, however many cases (or seeds, averaged before) it has."""
+    values = np.asarray(values, dtype=np.float64)
+    _, codes = np.unique(np.asarray(patients), return_inverse=True)
+    finite = np.isfinite(values)
+    counts = np.bincount(codes, weights=finite.astype(float))
+    sums = np.bincount(codes, weights=np.where(finite, values, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)

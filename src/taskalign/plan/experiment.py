@@ -275,23 +275,30 @@ class Plan:
         return [r for r in self.runs if r.init != "specialist" and r.protocol != "frozen"]
 
     def cka_pairs(self, task: str) -> list[dict]:
-        """000 Table 6's encoder pairs on this task's images: pretrained-continual, and each of them against the
-        encoders fine-tuned from it (every unfrozen protocol and seed)."""
+        """000 Table 6's encoder pairs on this task's images: pretrained-continual, and for every fine-tuned run
+        from the pretrained encoder (FT, each unfrozen protocol and seed) pretrained-finetuned and
+        continual-finetuned with that SAME FT file (the paper's key comparison, section 2.5); the runs fine-tuned
+        from the continual encoder are compared with it under their own label. None without a continual encoder."""
+        if self.analysed not in self.continual["variants"]:
+            return []
         pre, cont = f"pretrained-{self.analysed}", f"continual-{self.analysed}"
-        pairs = []
-        if self.analysed in self.continual["variants"]:
-            pairs.append({"pair": "pretrained-continual", "protocol": "", "seed": "",
-                          "a": layout.base_features(task, pre), "b": layout.base_features(task, cont)})
-        for run in sorted(self.feature_runs):
-            start = layout.slug(run.init)
-            if run.task == task and start in (pre, cont):
-                pairs.append({"pair": f"{start.split('-')[0]}-finetuned", "protocol": run.protocol, "seed": run.seed,
-                              "a": layout.base_features(task, start), "b": layout.run_features(run)})
+        pairs = [{"pair": "pretrained-continual", "protocol": "", "seed": "",
+                  "a": layout.base_features(task, pre), "b": layout.base_features(task, cont)}]
+        for run in sorted(r for r in self.feature_runs if r.task == task):
+            ft = layout.run_features(run)
+            if run.init == f"pretrained:{self.analysed}":
+                pairs += [{"pair": f"{start}-finetuned", "protocol": run.protocol, "seed": run.seed,
+                           "a": layout.base_features(task, f"{start}-{self.analysed}"), "b": ft}
+                          for start in ("pretrained", "continual")]
+            elif run.init == f"continual:{self.analysed}":
+                pairs.append({"pair": "continual-finetuned_from_continual", "protocol": run.protocol,
+                              "seed": run.seed, "a": layout.base_features(task, cont), "b": ft})
         return pairs
 
     @cached_property
     def cka_tasks(self) -> list[str]:
-        return [task for task in self.tasks if self.cka_pairs(task)]
+        """Tasks with a fine-tuned run from the pretrained encoder: Table 6 needs its FT."""
+        return [task for task in self.tasks if any(p["pair"] == "pretrained-finetuned" for p in self.cka_pairs(task))]
 
     @staticmethod
     def model_init(model: dict) -> str:
@@ -368,7 +375,7 @@ class Plan:
         if self.continual["variants"]:
             names += ["target_probe.csv", "target_probe.png"]
         if self.cka_tasks:
-            names.append("cka.csv")
+            names += ["cka.csv", "cka_deltas.csv"]
         if self.mmd_tasks:
             names += ["mmd.csv", "rpg.csv", "rpg_correlations.csv"]
         if self.lens_tasks:

@@ -18,8 +18,8 @@ PERFORMANCE_TABLES = {
     "000_table4_segmentation": "segmentation",
     "000_table5_restoration": "restoration",
 }
-OTHER_TABLES = ("000_table1_cohorts", "000_table6_cka", "001_table1_compute", "002_table5_ablation",
-                "003_lens_summary")
+OTHER_TABLES = ("000_table1_cohorts", "000_table6_cka", "000_table6_cka_supplementary", "001_table1_compute",
+                "002_table5_ablation", "003_lens_summary")
 FIGURES = ("001_fig1b_scratch_vs_finetuned", "001_fig2_rpg_vs_distance", "001_fig3_learning_curves",
            "000_fig_cka_heatmaps", "003_lens_heatmap", "003_lens_class_bars", "000_fig_segmentation_overlays")
 PAPERS = ("000", "001", "002", "003")
@@ -33,7 +33,7 @@ def paper_tables(plan: Plan) -> list[str]:
     kinds = run_kinds(plan)
     names = ["000_table1_cohorts"]
     names += [name for name, kind in PERFORMANCE_TABLES.items() if kind in kinds]
-    names += ["000_table6_cka"] if plan.cka_tasks else []
+    names += ["000_table6_cka", "000_table6_cka_supplementary"] if plan.cka_tasks else []
     names += ["001_table1_compute"] if plan.mmd_tasks else []
     names += ["002_table5_ablation"] if plan.ablation_steps else []
     names += ["003_lens_summary"] if plan.lens_tasks else []
@@ -87,7 +87,9 @@ def table_inputs(plan: Plan, name: str) -> dict:
         return {"manifests": [layout.checked_manifest(c) for c in plan.cohorts]}
     if name == "001_table1_compute":
         return {"timings": run_files("finetune", compared_runs(plan), "timing.json")}
-    return {"000_table6_cka": {"cka": layout.analysis_file("cka.csv")},
+    cka = {"cka": layout.analysis_file("cka.csv"), "deltas": layout.analysis_file("cka_deltas.csv"),
+           "metrics": layout.collected_metrics()}
+    return {"000_table6_cka": cka, "000_table6_cka_supplementary": cka,
             "002_table5_ablation": {"metrics": layout.collected_metrics()},
             "003_lens_summary": {"summary": layout.analysis_file("lens_summary.csv")}}[name]
 
@@ -130,6 +132,7 @@ def report_settings(plan: Plan, figure: bool = False) -> dict:
         "tasks": {t: plan.task_spec(t) for t in plan.tasks},
         "runs": [list(r) for r in sorted(plan.runs)],  # sorted: the order of tasks in the config is no setting
         "variant": plan.analysed,
+        "min_performance_difference": plan.analysis["cka"]["min_performance_difference"],
         "models": [plan.model_label(m) for m in plan.models],
         "ablation": {"steps": [[f"{label} ({v})", f"pretrained:{v}", objs] for label, v, objs in plan.ablation_steps],
                      "protocol": (plan.pretrain.get("ablation") or {}).get("protocol")},

@@ -21,7 +21,7 @@ from taskalign.analysis.distances import rpg_metric, split_model
 from taskalign.plan.outputs import FIGURES, PERFORMANCE_TABLES
 from taskalign.report import figures
 from taskalign.report.tables.ablation import ablation_table
-from taskalign.report.tables.cka import cka_table
+from taskalign.report.tables.cka import cka_supplementary_table, cka_table
 from taskalign.report.tables.cohorts import cohort_table
 from taskalign.report.tables.compute import compute_table
 from taskalign.report.tables.lens import FIXED as LENS_COLUMNS, lens_table
@@ -77,11 +77,20 @@ def read_cka(path: str) -> pd.DataFrame:
     return frame.fillna({"protocol": "", "seed": ""})
 
 
+def cka_frames(inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    deltas = pd.read_csv(inputs["deltas"])
+    return read_cka(inputs["cka"]), deltas, pd.read_csv(inputs["metrics"])
+
+
 def cka(inputs: dict, settings: dict) -> Table:
-    frame = read_cka(inputs["cka"])
-    diagonal = frame[(frame["layer_a"] == frame["layer_b"]) & frame["layer_a"].str.startswith("block")
-                     & frame["protocol"].isin(["", "full"])]
-    return cka_table(diagonal.assign(layer=diagonal["layer_a"].str.removeprefix("block").astype(int)))
+    """000 Table 6: tasks whose FT-from-continual and FT-from-pretrained differ by the configured threshold."""
+    return cka_table(*cka_frames(inputs), variant=settings["variant"],
+                     threshold=settings["min_performance_difference"], lower_is_better=LOWER_IS_BETTER)
+
+
+def cka_supplementary(inputs: dict, settings: dict) -> Table:
+    """Table 6 for every task, with the encoders fine-tuned from the continual one."""
+    return cka_supplementary_table(*cka_frames(inputs), variant=settings["variant"], lower_is_better=LOWER_IS_BETTER)
 
 
 def compute(inputs: dict, settings: dict) -> Table:
@@ -107,7 +116,8 @@ def lens(inputs: dict, settings: dict) -> Table:
 
 
 def build_table(name: str, inputs: dict, settings: dict) -> Table:
-    builders = {"000_table1_cohorts": cohorts, "000_table6_cka": cka, "001_table1_compute": compute,
+    builders = {"000_table1_cohorts": cohorts, "000_table6_cka": cka,
+                "000_table6_cka_supplementary": cka_supplementary, "001_table1_compute": compute,
                 "002_table5_ablation": ablation, "003_lens_summary": lens}
     table = (performance(name, inputs, settings) if name in PERFORMANCE_TABLES
              else builders[name](inputs, settings))

@@ -3,7 +3,7 @@ before."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -11,21 +11,7 @@ import pandas as pd
 from taskalign.report.tables.model import CHECK, MISSING, Table, best_cells, finite, mean_std
 
 OBJECTIVES = ("reconstruction", "metadata", "translation", "contrastive")  # 002 Table 5's order
-STEP_LABELS = ("reconstruction", "+metadata", "+translation", "+contrastive")
 CHANGE = "Δ prev."
-
-
-def ablation_steps(objective_sets: Mapping[str, Sequence[str]]) -> list[tuple[str, str, list[str]]]:
-    """002's cumulative rows from the configured variants (name -> objectives): for each prefix of OBJECTIVES the
-    variant pretrained with exactly those objectives, as (label, init, objectives); a prefix no variant has is
-    left out (the next row's change is then from the row before it)."""
-    steps = []
-    for n, label in enumerate(STEP_LABELS, start=1):
-        wanted = set(OBJECTIVES[:n])
-        match = [v for v, objectives in objective_sets.items() if set(objectives) == wanted]
-        if match:
-            steps.append((f"{label} ({match[0]})", f"pretrained:{match[0]}", list(OBJECTIVES[:n])))
-    return steps
 
 
 def _change(value: float, previous: float, digits: int) -> str:
@@ -40,7 +26,7 @@ def ablation_table(metrics: pd.DataFrame, steps: Sequence[tuple[str, str, Sequen
                    protocol: str = "frozen", lower_is_better: Collection[str] = (),
                    baseline: tuple[str, str, str] | None = None, digits: int = 3) -> Table:
     """Seed 002 Table 5: rows in the order of `steps` ((label, init, objectives), cumulative as in the paper, see
-    ablation_steps), each the pretrained variant fine-tuned with `protocol`; per task the primary metric, mean ±
+    taskalign.plan's Plan.ablation_steps), each the pretrained variant fine-tuned with `protocol`; per task the primary metric, mean ±
     std over seeds, and in its own column the change from the previous row (arrow = direction of the value, as
     in 002). An optional `baseline` (label, init, protocol), e.g. ("scratch", "scratch", "full") for 002's Swin-B
     row, comes first. Best per task bold (lowest for metrics in `lower_is_better`).

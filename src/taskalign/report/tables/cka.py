@@ -1,37 +1,189 @@
-"""Seed 000 Table 6: layer-wise CKA between encoders."""
+"""Seed 000 Table 6: layer-wise CKA between the pretrained, the continual and ONE fine-tuned encoder (fine-tuned
+from the pretrained weights), Delta = CKA(continual, FT) - CKA(pretrained, FT), and its correlation across tasks
+with the performance gain of fine-tuning from the continual encoder."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import pandas as pd
 
+from taskalign.analysis.stats import correlation
 from taskalign.report.tables.model import MISSING, Table, finite
 
+PRETRAINED_CONTINUAL, FROM_CONTINUAL = "pretrained-continual", "continual-finetuned_from_continual"
+PRETRAINED_FT, CONTINUAL_FT = "pretrained-finetuned", "continual-finetuned"
+ROW_LABELS = {PRETRAINED_CONTINUAL: "Pretrained–Continual", PRETRAINED_FT: "Pretrained–Finetuned",
+              CONTINUAL_FT: "Continual–Finetuned", FROM_CONTINUAL: "Continual–Finetuned from continual"}
+DELTA_LABEL = "Δ (Continual − Pretrained, same FT)"
+ESTIMATORS = {"linear": "linear CKA (000 eq. 7)", "debiased": "debiased CKA"}
+AVG = "Avg."
+PERF = ("", "performance gain")
+NOT_ABOVE_NULL = "†"
+MIN_PERFORMANCE_DIFFERENCE = 0.002  # 000 section 2.5: tasks whose performance differs by ~0.2% or more
 
-def cka_table(cka: pd.DataFrame, digits: int = 3) -> Table:
-    """Seed 000 Table 6: rows = encoder layer plus the average over layers, columns = (task, encoder pair),
-    cell = linear CKA with the debiased CKA and the permutation-null linear CKA beside it. Repeated rows of one
-    (task, pair, layer), e.g. several seeds, are averaged.
 
-    cka: columns task, pair, layer, linear, debiased, null_linear, ci_low, ci_high.
-    """
-    values = ["linear", "debiased", "null_linear", "ci_low", "ci_high"]
-    mean = cka.groupby(["task", "pair", "layer"], sort=False)[values].mean()
-    groups = list(dict.fromkeys(zip(cka["task"], cka["pair"])))
-    layers = sorted(cka["layer"].unique())
-    labels = [f"L{layer}" for layer in layers] + ["Avg."]
-    columns = pd.MultiIndex.from_tuples(groups, names=["task", "pair"])
-    cells = pd.DataFrame(MISSING, index=pd.Index(labels, name="layer"), columns=columns)
-    raw = {label: {"layer": label} for label in labels}
-    for task, pair in groups:
-        block = mean.loc[(task, pair)].reindex(layers)
-        block.loc["Avg."] = block.mean()
-        block.index = labels
-        for label, row in block.iterrows():
-            if finite(row["linear"]):
-                cells.loc[label, (task, pair)] = (f"{row['linear']:.{digits}f} (d {row['debiased']:.{digits}f}, "
-                                                  f"null {row['null_linear']:.{digits}f})")
-            raw[label].update({f"{task}/{pair}/{name}": row[name] for name in values})
-    caption = ("Linear CKA between encoder pairs by layer and averaged over layers; in brackets the debiased CKA (d) "
-               "and the linear CKA of the permutation null.")
-    return Table(cells, pd.DataFrame(list(raw.values())), caption)
+def performance_gains(metrics: pd.DataFrame, variant: str, protocol: str = "full",
+                      lower_is_better: Collection[str] = ()) -> pd.DataFrame:
+    """Per task: primary metric of FT from continual minus FT from pretrained (`protocol`, seed means), sign flipped
+    for lower-is-better metrics so that positive means fine-tuning from the continual encoder is better. Columns
+    task, metric, pretrained, continual, gain; tasks without both runs are left out."""
+    rows = metrics[metrics["primary"].astype(bool) & (metrics["protocol"] == protocol)]
+    inits = {"pretrained": f"pretrained:{variant}", "continual": f"continual:{variant}"}
+    means = rows[rows["init"].isin(inits.values())].groupby(["task", "metric", "init"])["value"].mean().unstack("init")
+    means = means.reindex(columns=list(inits.values())).dropna().rename(columns={v: k for k, v in inits.items()})
+    means["gain"] = means["continual"] - means["pretrained"]
+    lower = means.index.get_level_values("metric").isin(list(lower_is_better))
+    means.loc[lower, "gain"] *= -1
+    return means.reset_index()[["task", "metric", "pretrained", "continual", "gain"]]
 
+
+def _diagonal(cka: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """Matching block layers of the pairs Table 6 shows (FT pairs of `protocol` only), with an integer layer."""
+    frame = cka.assign(protocol=cka["protocol"].fillna("").astype(str),
+                       seed=cka["seed"].fillna("").astype(str).str.removesuffix(".0"))
+    frame = frame[(frame["layer_a"] == frame["layer_b"]) & frame["layer_a"].str.startswith("block")
+                  & ((frame["pair"] == PRETRAINED_CONTINUAL) | (frame["protocol"] == protocol))]
+    return frame.assign(layer=frame["layer_a"].str.removeprefix("block").astype(int))
+
+
+def check_same_finetuned(diagonal: pd.DataFrame) -> None:
+    """The Pretrained- and Continual-Finetuned rows of one (task, protocol, seed) must compare with the same
+    fine-tuned encoder file: otherwise Delta compares two different models (what the table got wrong before)."""
+    ft = diagonal[diagonal["pair"].isin([PRETRAINED_FT, CONTINUAL_FT])]
+    column = "file_b" if "file_b" in ft.columns else "encoder_b"
+    files = ft.groupby(["task", "protocol", "seed"])[column].nunique()
+    if (files > 1).any():
+        raise ValueError(f"{PRETRAINED_FT} and {CONTINUAL_FT} must use the same fine-tuned encoder; they differ "
+                         f"for (task, protocol, seed) {list(files[files > 1].index)}")
+
+
+def _with_average(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (pair, seed): the block layers plus their average (layer AVG), as Table 6's last column."""
+    avg = frame.groupby(["pair", "seed"], sort=False)[["linear", "debiased"]].mean().reset_index().assign(layer=AVG)
+    return pd.concat([frame.assign(layer=frame["layer"].map(lambda n: f"L{n}")), avg], ignore_index=True)
+
+
+def _cka_cells(frame: pd.DataFrame, columns: list[str], digits: int) -> tuple[dict, dict, dict]:
+    """cells, daggers and raw values of one pair's row: the mean over seeds (± std over seeds when several)."""
+    cells, marks, raw = {}, {}, {}
+    for estimator, group in ESTIMATORS.items():
+        for column in columns:
+            values = frame[frame["layer"] == column]
+            mean, std, n = values[estimator].mean(), values[estimator].std(), values["seed"].nunique()
+            text = MISSING if not finite(mean) else f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+            p95, p = (values.get(f"null_{estimator}_{name}", pd.Series(dtype=float)) for name in ("p95", "p"))
+            cells[(group, column)] = text
+            marks[(group, column)] = NOT_ABOVE_NULL if (values[estimator] <= p95).any() else ""
+            raw.update({f"{estimator}/{column}": mean, f"{estimator}/{column}/seed_std": std,
+                        f"{estimator}/{column}/n_seeds": n,
+                        f"{estimator}/{column}/null_p95_max": p95.max(), f"{estimator}/{column}/null_p_max": p.max()})
+    return cells, marks, raw
+
+
+def _delta_cells(deltas: pd.DataFrame, layers: list[int], digits: int) -> tuple[dict, dict]:
+    cells, raw = {}, {}
+    names = {f"block{n}": f"L{n}" for n in layers} | {"avg": AVG}
+    for estimator, group in ESTIMATORS.items():
+        for name, column in names.items():
+            row = deltas[(deltas["estimator"] == estimator) & (deltas["layer"] == name)]
+            if row.empty:
+                cells[(group, column)] = MISSING
+                continue
+            r = row.iloc[0]
+            text = f"{r['delta']:+.{digits}f}" + (f" ± {r['seed_std']:.{digits}f}" if r["n_seeds"] > 1 else "")
+            if finite(r["ci_low"]):
+                text += f" [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]"
+            cells[(group, column)] = text
+            raw.update({f"{estimator}/{column}": r["delta"], f"{estimator}/{column}/seed_std": r["seed_std"],
+                        f"{estimator}/{column}/n_seeds": r["n_seeds"], f"{estimator}/{column}/ci_low": r["ci_low"],
+                        f"{estimator}/{column}/ci_high": r["ci_high"]})
+    return cells, raw
+
+
+def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str, threshold: float | None,
+           lower_is_better: Collection[str], protocol: str, digits: int) -> Table:
+    diagonal = _diagonal(cka, protocol)
+    check_same_finetuned(diagonal)
+    layers = sorted(diagonal["layer"].unique())
+    columns = [f"L{n}" for n in layers] + [AVG]
+    gains = performance_gains(metrics, variant, protocol, lower_is_better).set_index("task")
+    tasks = list(dict.fromkeys(diagonal["task"]))
+    if threshold is not None:
+        tasks = [t for t in tasks if t in gains.index and abs(gains.loc[t, "gain"]) >= threshold]
+    pairs = [PRETRAINED_CONTINUAL, PRETRAINED_FT, CONTINUAL_FT] + ([] if threshold is not None else [FROM_CONTINUAL])
+    means = deltas.assign(seed=deltas["seed"].astype(str), protocol=deltas["protocol"].fillna("").astype(str))
+    means = means[(means["seed"] == "mean") & (means["protocol"] == protocol)]
+    table_columns = [(group, c) for group in ESTIMATORS.values() for c in columns] + [PERF]
+    rows, marks, raw = {}, {}, []
+    for task in tasks:
+        frame = _with_average(diagonal[diagonal["task"] == task])
+        for pair in pairs:
+            if pair in set(frame["pair"]):
+                label = f"{task}: {ROW_LABELS[pair]}"
+                rows[label], marks[label], values = _cka_cells(frame[frame["pair"] == pair], columns, digits)
+                raw.append({"task": task, "row": ROW_LABELS[pair], "pair": pair, **values})
+        label = f"{task}: {DELTA_LABEL}"
+        rows[label], values = _delta_cells(means[means["task"] == task], layers, digits)
+        gain = gains.loc[task] if task in gains.index else None
+        rows[label][PERF] = MISSING if gain is None else f"{gain['gain']:+.{digits}f} ({gain['metric']})"
+        raw.append({"task": task, "row": DELTA_LABEL, "pair": "delta", **values,
+                    **({} if gain is None else {"metric": gain["metric"], "performance_pretrained": gain["pretrained"],
+                                                 "performance_continual": gain["continual"],
+                                                 "performance_gain": gain["gain"]})})
+    last = f"L{layers[-1]}" if layers else None
+    label = f"Correlation across tasks: Δ {last} vs performance gain"
+    rows[label], values = {}, {"row": "correlation", "layer": last}
+    for estimator, group in ESTIMATORS.items():
+        x = [means[(means["task"] == t) & (means["estimator"] == estimator) & (means["layer"] == f"block{layers[-1]}")]
+             ["delta"].mean() for t in tasks if t in gains.index] if layers else []
+        y = [gains.loc[t, "gain"] for t in tasks if t in gains.index]
+        r = correlation(x, y)
+        rows[label][(group, last)] = (MISSING if not finite(r["pearson_r"]) else
+                                      f"r {r['pearson_r']:+.2f} (p {r['pearson_p']:.3f}), "
+                                      f"ρ {r['spearman_rho']:+.2f} (p {r['spearman_p']:.3f}), n {r['n']}")
+        values.update({f"{estimator}/{key}": value for key, value in r.items()})
+    raw.append(values)
+    index = pd.Index(list(rows), name="encoder pair")
+    cells = pd.DataFrame([[rows[r].get(c, "") for c in table_columns] for r in rows], index=index,
+                         columns=pd.MultiIndex.from_tuples(table_columns, names=["estimator", "layer"]))
+    stars = pd.DataFrame([[marks.get(r, {}).get(c, "") for c in table_columns] for r in rows], index=index,
+                         columns=cells.columns)
+    selection = (f"tasks whose primary metric differs by at least {threshold:g} between FT from continual and FT from "
+                 "pretrained (000 analyses tasks differing by ~0.2% or more; all tasks: supplementary table)"
+                 if threshold is not None else "all tasks (the main table keeps those whose performance differs by "
+                 "at least the configured threshold)")
+    caption = (f"Layer-wise and average CKA between encoder pairs on each task's test images, {selection}. "
+               f"Finetuned = ONE encoder fine-tuned from the pretrained weights ({protocol} protocol), the same "
+               "file in both Finetuned rows; cells: mean ± std over fine-tuning seeds (no ± for one seed). "
+               "Left: the paper's biased linear CKA; right: debiased CKA (unbiased HSIC). "
+               f"{NOT_ABOVE_NULL}: not above the 95th percentile of the shuffled-rows null (biased CKA of unrelated "
+               "features is about d/(n+d)). Δ = CKA(continual, FT) − CKA(pretrained, FT): seed mean ± std over seeds "
+               "[95% interval over case subsamples without replacement, the same subsamples for both CKAs and all "
+               "seeds]. Performance gain: primary metric of FT from continual minus FT from pretrained, seed means, "
+               "on the metric's own scale, sign flipped where lower is better. Correlation: Pearson r and Spearman ρ "
+               f"across the tasks shown between Δ at {last} and the gain, permutation p (exact over all orderings "
+               "for up to 8 tasks, else 10000 random orderings). See docs/deviations.md.")
+    return Table(cells, pd.DataFrame(raw), caption, stars=stars)
+
+
+def cka_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str,
+              threshold: float = MIN_PERFORMANCE_DIFFERENCE, lower_is_better: Collection[str] = (),
+              protocol: str = "full", digits: int = 3) -> Table:
+    """Seed 000 Table 6 for the tasks whose performance gain (see performance_gains) is at least `threshold` in
+    absolute value: per task the rows Pretrained–Continual, Pretrained–Finetuned, Continual–Finetuned (the same
+    FT encoder, fine-tuned from the pretrained weights with `protocol`) and Δ, columns L<n> for the block layers
+    present and their average, linear CKA beside debiased CKA, and the correlation row.
+
+    cka: the CKA stage's CSV (results/analysis/cka.csv: task, pair, protocol, seed, file_b, layer_a, layer_b,
+    linear, debiased, null_<estimator>_p95, ...); deltas: its --deltas-out CSV; metrics: metrics.csv rows (task,
+    init, protocol, seed, metric, value, primary)."""
+    return _build(cka, deltas, metrics, variant=variant, threshold=threshold, lower_is_better=lower_is_better,
+                  protocol=protocol, digits=digits)
+
+
+def cka_supplementary_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str,
+                            lower_is_better: Collection[str] = (), protocol: str = "full", digits: int = 3) -> Table:
+    """cka_table for every task, with the encoder fine-tuned from continual (its own row) where computed."""
+    return _build(cka, deltas, metrics, variant=variant, threshold=None, lower_is_better=lower_is_better,
+                  protocol=protocol, digits=digits)

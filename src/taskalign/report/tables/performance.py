@@ -1,25 +1,43 @@
-"""Seed 000 Tables 2-5: performance per task and init, seed spread, intervals and paired significance marks."""
+"""Seed 000 Tables 2-5: performance per task and init, seed spread, the seed mean's interval and paired
+significance marks, with patients (not cases x seeds) as the unit of every resample and test."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Collection, Mapping
 
 import numpy as np
 import pandas as pd
 
-from taskalign.analysis.stats import delong_test, stars, wilcoxon_paired
-from taskalign.report.tables.model import MISSING, STARS_LEGEND, Table, best_cells, finite, mean_std
+from taskalign.analysis.stats import (bootstrap_p, patient_bootstrap_weights, patient_means, percentile_interval,
+                                      stars, weighted_auc, weighted_macro_auc, weighted_mean, weighted_specificity,
+                                      wilcoxon_paired)
+from taskalign.report.tables.model import MISSING, STARS_LEGEND, Table, best_cells, finite
 
-STAT_FIELDS = ("mean", "std", "ci_low", "ci_high", "n_seeds", "p_value", "stars")
+log = logging.getLogger(__name__)
+
+STAT_FIELDS = ("mean", "std", "ci_low", "ci_high", "n_seeds", "p_value", "stars", "test")
 _AUC_GE = re.compile(r"auc_ge(\d+)$")
+SPEC_POSITIVE_FROM, SPEC_SENSITIVITY = 3, 0.9  # spec_at_sens90: PI-RADS >= 3 at 90% sensitivity (pirads_metrics)
+PERCENT_DIGITS = 2  # 000 prints AUC as a percentage with two decimals (Table 2)
+BOOTSTRAP_TEST = "paired patient bootstrap of the seed-mean difference"
+WILCOXON_TEST = "Wilcoxon signed-rank on per-patient values averaged over seeds"
+
+
+def is_percent(metric: str) -> bool:
+    """Metrics 000 prints as percentages (AUCs, Table 2) and their kin (accuracy, specificity)."""
+    return metric in ("auc", "accuracy", "spec_at_sens90") or bool(_AUC_GE.match(metric))
+
+
+def is_curve(metric: str) -> bool:
+    """Metrics of the whole ROC curve: no per-case value, so they are compared by the paired bootstrap."""
+    return metric in ("auc", "spec_at_sens90") or bool(_AUC_GE.match(metric))
 
 
 def seed_stats(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std over seeds, seed count and (when given) the mean bootstrap CI, per (task, metric, init,
-    protocol)."""
+    """Mean and sample std over seeds and the seed count, per (task, metric, init, protocol)."""
     aggs = {"mean": ("value", "mean"), "std": ("value", "std"), "n_seeds": ("seed", "nunique")}
-    aggs.update({c: (c, "mean") for c in ("ci_low", "ci_high") if c in metrics.columns})
     return metrics.groupby(["task", "metric", "init", "protocol"], sort=False).agg(**aggs)
 
 
@@ -29,11 +47,10 @@ def _task_metrics(metrics: pd.DataFrame, task: str) -> list[str]:
     return list(dict.fromkeys([*primary, *rows["metric"]]))
 
 
-# --- paired tests -------------------------------------------------------------------------------------------------
+# --- per-case values and resampled metrics ------------------------------------------------------------------------
 
-def _case_score(metric: str, cases: pd.DataFrame) -> np.ndarray | None:
-    """The per-case quantity a paired test compares for `metric`; None when the metric has none
-    (spec_at_sens90 is an operating point of the whole ROC curve)."""
+def _case_values(metric: str, cases: pd.DataFrame) -> np.ndarray | None:
+    """The per-case quantity whose mean is `metric`; None for the ROC-curve metrics."""
     if metric in cases.columns:  # dice, dice_<structure>, empty_correct, ssim, l1
         return cases[metric].to_numpy(float)
     if metric == "mse":
@@ -41,65 +58,125 @@ def _case_score(metric: str, cases: pd.DataFrame) -> np.ndarray | None:
     if metric == "mae_ml":
         return (cases["pred"] - cases["true"]).abs().to_numpy(float)
     if metric == "accuracy":
-        return (cases["true"] == cases["pred"]).to_numpy(float)
-    prob_cols = [c for c in cases.columns if c.startswith("prob_")]
-    classes = [int(c[5:]) for c in prob_cols]
-    prob = cases[prob_cols].to_numpy(float)
-    if metric == "auc":
-        true = cases["true"].astype(int).map(classes.index).to_numpy()
-        return prob[np.arange(len(cases)), true]
-    ge = _AUC_GE.match(metric)
-    if ge:
-        return prob[:, [c >= int(ge[1]) for c in classes]].sum(axis=1)
+        return np.where(cases["true"].notna(), cases["true"] == cases["pred"], np.nan)
     return None
 
 
-def _seed_matched(cases: Mapping, task: str, run: tuple[str, str],
-                  base: tuple[str, str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Per-case rows of `run` and `base` on the cases both scored, stacked over the seeds both have, so row k of
-    one frame pairs with row k of the other."""
-    seeds = sorted(s for t, i, p, s in cases if t == task and (i, p) == run and (task, *base, s) in cases)
-    parts_a, parts_b = [], []
-    for seed in seeds:
-        a = cases[(task, *run, seed)].set_index("case_id")
-        b = cases[(task, *base, seed)].set_index("case_id")
-        common = a.index.intersection(b.index)
-        parts_a.append(a.loc[common])
-        parts_b.append(b.loc[common])
-    if not parts_a or sum(len(p) for p in parts_a) < 2:
+def metric_draws(metric: str, cases: pd.DataFrame, weights: np.ndarray) -> np.ndarray | None:
+    """`metric` of the cases under each row of (B, n) case weights (a patient resample; a row of ones is the
+    sample itself), shape (B,), as taskalign.evaluate.scoring.split_metrics defines it; None for a metric that
+    cannot be recomputed from the per-case rows. Rows with no `true` (cases a run did not score) weigh nothing."""
+    values = _case_values(metric, cases)
+    if values is not None:
+        return weighted_mean(values, weights)
+    if "true" not in cases.columns:
         return None
-    return pd.concat(parts_a), pd.concat(parts_b)
-
-
-def _paired_p(metric: str, a: pd.DataFrame, b: pd.DataFrame) -> float:
-    score_a, score_b = _case_score(metric, a), _case_score(metric, b)
-    if score_a is None or score_b is None:
-        return float("nan")
+    weights = weights * cases["true"].notna().to_numpy()
+    prob_cols = [c for c in cases.columns if c.startswith("prob_")]
+    classes = [int(c[5:]) for c in prob_cols]
+    prob = cases[prob_cols].fillna(0.0).to_numpy(float)
+    true = cases["true"].fillna(-1).to_numpy()
+    if metric == "auc":
+        index = np.array([classes.index(t) if t in classes else -1 for t in true])
+        return weighted_macro_auc(index, prob, weights)
     ge = _AUC_GE.match(metric)
     if ge:
-        return float(delong_test(a["true"].to_numpy() >= int(ge[1]), score_a, score_b)["p_value"])
-    scored = np.isfinite(score_a) & np.isfinite(score_b)  # lesion Dice: cases with a lesion only
-    return float(wilcoxon_paired(score_a[scored], score_b[scored])) if scored.sum() >= 2 else float("nan")
+        return weighted_auc(true >= int(ge[1]), prob[:, [c >= int(ge[1]) for c in classes]].sum(axis=1), weights)
+    if metric == "spec_at_sens90":
+        score = prob[:, [c >= SPEC_POSITIVE_FROM for c in classes]].sum(axis=1)
+        return weighted_specificity(true >= SPEC_POSITIVE_FROM, score, weights, SPEC_SENSITIVITY)
+    return None
 
 
-# --- builders -----------------------------------------------------------------------------------------------------
+def _patient_of(frames: list[pd.DataFrame], patients: Mapping | None) -> pd.Series:
+    """case_id -> patient_id over every case of the task's runs: `patients` if given, else the cases' patient_id
+    column, else the case itself."""
+    ids = pd.Index(sorted(set().union(*(f["case_id"] for f in frames))), name="case_id")
+    if patients is not None:
+        missing = ids.difference(list(patients))
+        if len(missing):
+            raise ValueError(f"no patient for cases {list(missing[:5])}")
+        return pd.Series([patients[c] for c in ids], index=ids)
+    known = pd.concat([f.set_index("case_id")["patient_id"] for f in frames if "patient_id" in f.columns])
+    known = known[~known.index.duplicated()]
+    return pd.Series(ids, index=ids).where(~ids.isin(known.index), known.reindex(ids))
+
+
+def _seed_frames(cases: Mapping, task: str, run: tuple[str, str], case_ids: pd.Index) -> list[pd.DataFrame]:
+    """The run's per-seed case frames, each reindexed to the task's case order (unscored cases: NaN rows)."""
+    seeds = sorted(s for t, i, p, s in cases if t == task and (i, p) == run)
+    return [cases[(task, *run, s)].set_index("case_id").reindex(case_ids).reset_index() for s in seeds]
+
+
+def _seed_averaged_patients(metric: str, frames: list[pd.DataFrame], patient: np.ndarray) -> np.ndarray | None:
+    """Per-patient values: each case averaged over seeds first, then a patient's cases averaged."""
+    values = [_case_values(metric, f) for f in frames]
+    if not values or values[0] is None:
+        return None
+    stacked = np.stack(values)
+    finite = np.isfinite(stacked)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_case = np.where(finite.any(axis=0), np.where(finite, stacked, 0).sum(axis=0) / finite.sum(axis=0), np.nan)
+    return patient_means(per_case, patient)
+
+
+def _paired_p(metric: str, run: list[pd.DataFrame], base: list[pd.DataFrame], run_draws, base_draws,
+              patient: np.ndarray) -> tuple[float, str]:
+    if is_curve(metric):
+        if run_draws is None or base_draws is None:
+            return float("nan"), ""
+        return bootstrap_p(run_draws - base_draws), BOOTSTRAP_TEST
+    a, b = _seed_averaged_patients(metric, run, patient), _seed_averaged_patients(metric, base, patient)
+    if a is None or b is None:
+        return float("nan"), ""
+    both = np.isfinite(a) & np.isfinite(b)  # lesion Dice: patients with a lesion only
+    return (wilcoxon_paired(a[both], b[both]), WILCOXON_TEST) if both.sum() >= 2 else (float("nan"), "")
+
+
+def _seed_mean_draws(metric: str, frames: list[pd.DataFrame], weights: np.ndarray) -> np.ndarray | None:
+    """(B,) seed mean of the metric, every seed recomputed on the same patient resamples."""
+    draws = [metric_draws(metric, f, weights) for f in frames]
+    return np.mean(draws, axis=0) if draws and draws[0] is not None else None
+
+
+def _check_recomputed(label: str, metric: str, frames: list[pd.DataFrame], mean: float) -> None:
+    """The intervals recompute the metric from cases.csv: warn when that disagrees with metrics.csv."""
+    full = _seed_mean_draws(metric, frames, np.ones((1, len(frames[0]))))
+    if full is not None and finite(mean) and not np.isclose(full[0], mean, rtol=1e-6, atol=1e-9):
+        log.warning("%s %s: recomputed from cases %.6g, metrics.csv %.6g", label, metric, full[0], mean)
+
+
+# --- builder ------------------------------------------------------------------------------------------------------
+
+def _cell(s: pd.Series, low: float, high: float, metric: str, digits: int) -> str:
+    scale, digits = (100.0, PERCENT_DIGITS) if is_percent(metric) else (1.0, digits)
+    if not finite(s["mean"]):
+        return MISSING
+    text = f"{s['mean'] * scale:.{digits}f}"
+    if s["n_seeds"] > 1 and finite(s["std"]):
+        text += f" ± {s['std'] * scale:.{digits}f}"
+    if finite(low) and finite(high):
+        text += f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+    return text
+
 
 def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str, int], pd.DataFrame],
                       tasks: list[str], baseline_init: str, lower_is_better: Collection[str], *,
-                      baseline_protocol: str = "full", digits: int = 3) -> Table:
+                      baseline_protocol: str = "full", digits: int = 3, patients: Mapping[str, str] | None = None,
+                      bootstrap: int = 2000, seed: int = 0, level: float = 0.95) -> Table:
     """Seed 000 Tables 2-5: one row per init (with its protocol when the init ran several), per task its metrics
-    (primary first); cell = mean ± sample std over seeds (std left out for one seed) and the seeds' mean 95% CI.
-    The best mean per column is bold (lowest for metrics in `lower_is_better`).
+    (primary first). Cell = mean ± sample std over seeds (no ± for one seed) [the `level` percentile interval of
+    the seed mean over `bootstrap` resamples of patients, every seed's metric recomputed on each resample]. AUCs,
+    accuracy and specificity in percent (000 Table 2), the rest as fractions / in their units. The best mean per
+    column is bold (lowest for metrics in `lower_is_better`).
 
-    Stars: two-sided paired test of each run against (baseline_init, baseline_protocol), on per-case values of
-    seed-matched runs joined on case_id and pooled over all seeds both runs have (so with 2 seeds a case gives 2
-    pairs). auc_ge<k> (PI-RADS binarised at >= k): DeLong on the score sum(prob_c, c >= k). The multiclass
-    one-vs-rest `auc` has no per-case DeLong form, so it is Wilcoxon on the probability of the true class; accuracy
-    is Wilcoxon on per-case correctness, mse on the squared standardised error, mae_ml on the absolute error in mL,
-    and any metric that is a per-case column (dice, dice_<structure>, ssim, l1) on that column. spec_at_sens90 has
-    no per-case value and gets no test. The baseline row and runs without seed-matched cases get no stars.
+    Marks: two-sided paired test of each run against (baseline_init, baseline_protocol), patients as the unit
+    (`patients`: case_id -> patient_id, else the cases' patient_id column). ROC metrics (auc, auc_ge<k>,
+    spec_at_sens90): the paired patient bootstrap of the seed-mean difference (the same resamples for both runs);
+    per-case metrics (Dice, SSIM, L1, squared / absolute errors, accuracy): Wilcoxon signed-rank on per-patient
+    values, each case averaged over the run's seeds first. The baseline row and runs without cases get no mark.
 
-    metrics: columns task, init, protocol, seed, metric, value, ci_low, ci_high, primary (metrics.csv).
+    metrics: columns task, init, protocol, seed, metric, value, primary (metrics.csv).
     cases: (task, init, protocol, seed) -> that run's cases.csv frame (case_id and the per-case columns).
     """
     rows = metrics[metrics["task"].isin(tasks)]
@@ -117,26 +194,37 @@ def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str,
     bold = pd.DataFrame(False, index=index, columns=columns)
     star_cells = pd.DataFrame("", index=index, columns=columns)
     raw = {label: {"init": init, "protocol": protocol} for label, (init, protocol) in zip(labels, runs)}
-    for task, metric in columns:
-        means = pd.Series(np.nan, index=index)
-        for label, run in zip(labels, runs):
-            if (task, metric, *run) not in stats.index:
-                continue
-            s = stats.loc[(task, metric, *run)]
-            paired = None if run == base else _seed_matched(cases, task, run, base)
-            p = _paired_p(metric, *paired) if paired else float("nan")
-            star = stars(p)
-            text = mean_std(s["mean"], s["std"], digits)
-            if finite(s["ci_low"]) and finite(s["ci_high"]):
-                text += f" [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
-            cells.loc[label, (task, metric)] = text
-            star_cells.loc[label, (task, metric)] = star
-            means[label] = s["mean"]
-            values = {**s[["mean", "std", "ci_low", "ci_high"]].to_dict(), "n_seeds": int(s["n_seeds"]),
-                      "p_value": p, "stars": star}
-            raw[label].update({f"{task}/{metric}/{name}": values[name] for name in STAT_FIELDS})
-        bold[(task, metric)] = best_cells(means, metric in lower_is_better)
-    caption = (f"Performance on {', '.join(tasks)}: mean ± std over seeds and mean 95% CI; best per column in bold; "
-               f"stars: paired test against {baseline_init} ({baseline_protocol}), {STARS_LEGEND}.")
+    for task in tasks:
+        task_frames = [frame for key, frame in cases.items() if key[0] == task]
+        patient = _patient_of(task_frames, patients) if task_frames else pd.Series(dtype=str)
+        weights = patient_bootstrap_weights(patient.to_numpy(), bootstrap, seed) if task_frames else None
+        frames = {run: _seed_frames(cases, task, run, patient.index) for run in runs}
+        for metric in _task_metrics(rows, task):
+            draws = {run: _seed_mean_draws(metric, f, weights) if f else None for run, f in frames.items()}
+            means = pd.Series(np.nan, index=index)
+            for label, run in zip(labels, runs):
+                if (task, metric, *run) not in stats.index:
+                    continue
+                s = stats.loc[(task, metric, *run)]
+                if frames[run]:
+                    _check_recomputed(f"{task} {label}", metric, frames[run], s["mean"])
+                low, high = percentile_interval(draws[run], level) if draws[run] is not None else (np.nan, np.nan)
+                p, test = (float("nan"), "") if run == base or not frames[run] or not frames.get(base) else \
+                    _paired_p(metric, frames[run], frames[base], draws[run], draws[base], patient.to_numpy())
+                star = stars(p)
+                cells.loc[label, (task, metric)] = _cell(s, low, high, metric, digits)
+                star_cells.loc[label, (task, metric)] = star
+                means[label] = s["mean"]
+                values = {"mean": s["mean"], "std": s["std"], "ci_low": low, "ci_high": high,
+                          "n_seeds": int(s["n_seeds"]), "p_value": p, "stars": star, "test": test}
+                raw[label].update({f"{task}/{metric}/{name}": values[name] for name in STAT_FIELDS})
+            bold[(task, metric)] = best_cells(means, metric in lower_is_better)
+    caption = (f"Performance on {', '.join(tasks)}: mean ± sample std over fine-tuning seeds (no ± for one seed) "
+               f"and, in brackets, the {level:.0%} percentile bootstrap interval of the seed mean ({bootstrap} "
+               "resamples of patients, every seed's metric recomputed on each resample); AUC, accuracy and "
+               "specificity in %, other metrics as fractions or in their units; best mean per column in bold. Marks: "
+               f"two-sided paired tests against {baseline_init} ({baseline_protocol}) with patients as the unit: "
+               "for AUC and specificity a paired patient bootstrap of the seed-mean difference, for the other "
+               "metrics a Wilcoxon signed-rank test on per-patient values averaged over seeds; "
+               f"{STARS_LEGEND}. See docs/deviations.md.")
     return Table(cells, pd.DataFrame(list(raw.values())), caption, bold, star_cells)
-
