@@ -280,7 +280,7 @@ def test_float16_cache_reads_back_as_float32_within_its_rounding(tmp_path):
     row, _, _ = sphere_case(tmp_path / "in")
     manifest = write_manifest(tmp_path / "checked.csv", [row])
     caches = {}
-    for name, cfg in (("default", {}), ("float32", {"cache_dtype": "float32"}), ("float16", {"cache_dtype": "float16"})):
+    for name, cfg in [("default", {})] + [(dtype, {"cache_dtype": dtype}) for dtype in ("float32", "float16")]:
         pp.preprocess_cohort(manifest, {**cfg, "qc_cases": 1}, tmp_path / name, tmp_path / f"{name}.csv",
                              tmp_path / f"qc-{name}")  # the QC montage draws the float16 image too
         dataset = CacheDataset(read_index([tmp_path / f"{name}.csv"]), masks=("prostate",))
