@@ -137,7 +137,7 @@ def measure_finetune(plan, geometry) -> dict[tuple[str, str, str], ModelBytes]:
     import torch
 
     from taskalign.tasks.spec import Task
-    from taskalign.train.finetune import apply_protocol, build_model
+    from taskalign.models.task_model import apply_protocol, build_model
 
     config = plan.config
     params = {"channels": config["preprocess"]["channels"], "head": plan.finetune["head"],

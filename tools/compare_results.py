@@ -1,6 +1,5 @@
-"""Compare two results/ trees (before and after a refactor): bytes, except what may differ without meaning
-
-anything: provenance lines (code version, config hash), wall-clock seconds (timing.json, history.csv), figure
+"""Compare two results/ trees (before and after a refactor): bytes, except what may differ without
+meaning anything: provenance lines (code version, config hash), wall-clock seconds (timing.json, history.csv), figure
 footers, safetensors key order (tensors and metadata compared instead), absolute paths in the cache index.
 Skipped: logs, benchmarks, resume state, QC montages. Usage: python tools/compare_results.py BEFORE AFTER [SUBDIR...]
 """
