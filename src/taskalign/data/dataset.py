@@ -67,7 +67,7 @@ class CacheDataset(Dataset):
     (1, D, H, W) float32 (zeros and `<mask>_present` False when the case lacks it); `index` (int, row in
     `self.index`). `transform` (e.g. MONAI dictionary transforms) is applied to the dict.
 
-    A key is an index, or (index, seed) from a shuffling loader (`taskalign.train.data.SeededShuffle`): the
+    A key is an index, or (index, seed) from a shuffling loader (`taskalign.tasks.loader.SeededShuffle`): the
     transform's random state is set from the seed (from the index alone when there is none), so an item is a
     function of its key whichever process loads it.
     """
