@@ -29,7 +29,9 @@ $(STAMP): requirements.txt pyproject.toml tools/install_pyradiomics.sh
 run: venv
 	$(BIN)/snakemake --cores $(CORES)
 
+# lint-imports checks the layers contract in pyproject.toml (arrows point down only) before the tests run.
 test: venv
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: venv

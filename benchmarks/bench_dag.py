@@ -65,16 +65,16 @@ JOB_IMPORTS = {
 
 def job_startup(imports: str, repeats: int) -> tuple[float, float]:
     """Best wall time of a fresh Python importing what a job imports: with `import monai` first
-    (taskalign.imports is then too late: MONAI imports transformers, scipy, scikit-learn and matplotlib, as it does
-    by default) and as the jobs do (taskalign first). Interleaved."""
+    (taskalign.cli.imports is then too late: MONAI imports transformers, scipy, scikit-learn and matplotlib, as it
+    does by default) and as the jobs do (taskalign.cli first). Interleaved."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    best = {"monai": float("inf"), "taskalign": float("inf")}
+    best = {"monai": float("inf"), "taskalign.cli": float("inf")}
     for _ in range(repeats):
         for first in best:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", f"import {first}, {imports}"], env=env, check=True)
             best[first] = min(best[first], time.perf_counter() - start)
-    return best["monai"], best["taskalign"]
+    return best["monai"], best["taskalign.cli"]
 
 
 def slurm_probe() -> float | None:
@@ -206,7 +206,7 @@ def run(quick: bool = False, pipeline: bool = False, run_dir: Path = REPO) -> li
         plain, guarded = job_startup(imports, repeats + 1)
         rows.append(row(SECTION, f"job start-up, {kind}: a fresh Python importing {imports}, MONAI with its "
                                  "optional transformers, scipy, scikit-learn and matplotlib imports (plain) / without "
-                                 "(taskalign.imports); every job pays it once", f"plain {fmt_time(plain)}",
+                                 "(taskalign.cli.imports); every job pays it once", f"plain {fmt_time(plain)}",
                         f"taskalign {fmt_time(guarded)}", plain / guarded, "-", None))
     rows += past_run(run_dir)
     if pipeline:

@@ -15,7 +15,7 @@ Fine-tuning share: taskalign.train.finetune.run_finetune on the real cache, with
 training loader, step time = the whole training epoch (loading + forward + backward + optimiser); validation,
 checkpointing and plotting are outside both. Measured twice on the same batches: loading in the main process
 (workers=0) and in one persistent worker process that prepares the next batch while the current step runs; the
-library (`taskalign.train.data.loader_workers`) uses the worker on CPU only with a core to spare beyond torch's
+library (`taskalign.tasks.loader.loader_workers`) uses the worker on CPU only with a core to spare beyond torch's
 threads. Augmentation runs with MONAI's metadata tracking off (`taskalign.data.dataset.untracked`).
 """
 
@@ -35,7 +35,7 @@ from benchmarks.common import REPO, fmt_time, row
 from benchmarks.common import seconds as _seconds
 from taskalign.data.preprocess import DEFAULTS
 from taskalign.runtime import available_cores
-from taskalign.train.data import loader_workers
+from taskalign.tasks.loader import loader_workers
 
 SECTION = "2 loading"
 CACHE_INDEX = REPO / "results" / "cache" / "promis.csv"
@@ -175,7 +175,7 @@ def finetune_setup(index_csv: Path, task_name: str, tiny: bool, epochs: int, enc
 def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp: Path,
                    workers: int | None = None, threads: int | None = None) -> dict:
     """Loader seconds and training-epoch seconds of a real run_finetune (scratch init, full protocol); `workers`
-    for the training loader (None: the library's default, `taskalign.train.data.loader_workers`), `threads` the
+    for the training loader (None: the library's default, `taskalign.tasks.loader.loader_workers`), `threads` the
     job's torch threads (the rule's `threads`)."""
     from taskalign.train import finetune
 
@@ -195,9 +195,17 @@ def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp
         def __len__(self):
             return len(self.loader)
 
-        def start_epoch(self):  # the next epoch's iterator, made during validation: its cost is loader time
+        def begin_epoch(self, epoch):
+            self.loader.begin_epoch(epoch)
+
+        def start_epoch(self, epoch):  # the next epoch's iterator, made during validation: its cost is loader time
             start = time.perf_counter()
-            self.loader.start_epoch()
+            self.loader.start_epoch(epoch)
+            clock["load"] += time.perf_counter() - start
+
+        def start_first_epoch(self):  # made while the model is built: loader time too
+            start = time.perf_counter()
+            self.loader.start_first_epoch()
             clock["load"] += time.perf_counter() - start
 
         def __iter__(self):

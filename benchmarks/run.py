@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick     # smaller sizes, about a minute or two
     python benchmarks/run.py --pipeline  # also run the whole test-config pipeline (~10 minutes)
     python benchmarks/run.py --only train analysis
+    python benchmarks/run.py --only scale        # the paper config's projected disk use (~1 minute)
     python benchmarks/run.py --only dag --run-dir ../fresh   # stage shares of the default run made there
 
 Every ratio compares two measurements taken side by side in this run (best of N each), so a shared, busy machine
@@ -26,7 +27,7 @@ for path in (REPO, REPO / "src"):
 
 from benchmarks.common import machine, markdown, plain_table, row  # noqa: E402
 
-SECTIONS = ("train", "loading", "analysis", "radiomics", "dag", "packing")
+SECTIONS = ("train", "loading", "analysis", "radiomics", "dag", "packing", "scale")
 
 
 def _section(name: str, quick: bool, pipeline: bool, run_dir: Path) -> list[dict]:
@@ -54,6 +55,10 @@ def _section(name: str, quick: bool, pipeline: bool, run_dir: Path) -> list[dict
         from benchmarks import bench_packing
 
         return bench_packing.run(quick=quick)
+    if name == "scale":
+        from benchmarks import bench_scale
+
+        return bench_scale.run(quick=quick)
     raise ValueError(name)
 
 

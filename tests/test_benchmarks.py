@@ -154,3 +154,35 @@ def test_stage_shares_come_from_the_snakemake_log(tmp_path):
     wall, analysis, _ = past_run(tmp_path)
     assert wall["value"] == "1.0 min wall" and wall["met"] == "yes"
     assert analysis["ratio_value"] == pytest.approx(60 / 75) and analysis["met"] == "NO"
+
+
+def test_disk_projection_adds_up_on_the_test_configs_plan():
+    """bench_scale on config/test.yaml's plan (small models): every folder's bytes are counted once in the final
+    figure, the new peak adds the resume state of two running jobs, and the new policy's changes are the ones
+    the issue asks for (no resume state kept, frozen runs without the encoder, the config's cache dtype)."""
+    from benchmarks import bench_scale
+
+    plan = bench_scale.paper_plan(REPO / "config" / "test.yaml")
+    measured = bench_scale.measure(plan)
+    projection = bench_scale.project(plan, measured)
+    today, new = projection["today"], projection["new"]
+    for policy in (today, new):
+        assert set(policy["folders"]) == set(bench_scale.FOLDERS)
+        assert policy["final"] == sum(policy["folders"].values())
+    jobs = bench_scale.training_jobs(plan, measured)
+    assert len(jobs) == len(plan.trained_variants) + len(plan.continual["variants"]) + len(plan.runs)
+    largest = max(m.resume_state for m in jobs.values())
+    assert new["peak"] - new["final"] == 2 * largest and today["peak"] == today["final"]
+    assert today["folders"]["resume"] == sum(m.resume_state for m in jobs.values()) and new["folders"]["resume"] == 0
+    frozen = [r for r in plan.runs if r.protocol == "frozen"]
+    saved = sum(m.file - m.trained_file for m in (measured.finetune[bench_scale.run_kind(r)] for r in frozen))
+    assert frozen and 0 < saved == today["folders"]["finetune"] - new["folders"]["finetune"]
+    assert new["folders"]["cache"] == today["folders"]["cache"]  # test.yaml keeps the float32 cache
+    cases, labelled = bench_scale.cases_of(plan)
+    assert measured.cache_image["float16"] < measured.cache_image["float32"]
+    assert today["folders"]["cache"] == cases * measured.cache_image["float32"] + labelled * 4 * measured.cache_mask
+    model = measured.finetune[bench_scale.run_kind(frozen[0])]
+    assert model.resume_state == 2 * model.weights + 2 * model.trainable and model.trainable < model.weights
+    rows = bench_scale.report(plan, measured, projection)
+    assert [r["measure"].split(":")[0] for r in rows[:len(bench_scale.FOLDERS)]] == \
+        [f"results/{f}" for f in bench_scale.FOLDERS]

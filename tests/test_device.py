@@ -3,9 +3,9 @@
 import subprocess
 import sys
 
-from taskalign.train.device import claim_gpu
+from taskalign.models.device import claim_gpu
 
-CLAIM = "from taskalign.train.device import claim_gpu; import sys, time; print(claim_gpu(2, sys.argv[1], 0.1), flush=True); time.sleep(float(sys.argv[2]))"
+CLAIM = "from taskalign.models.device import claim_gpu; import sys, time; print(claim_gpu(2, sys.argv[1], 0.1), flush=True); time.sleep(float(sys.argv[2]))"
 
 
 def test_concurrent_jobs_claim_distinct_gpus_and_a_third_waits(tmp_path):

@@ -18,7 +18,8 @@ from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.heads import encoder_model
 from taskalign.tasks.samples import TaskDataset, usable_rows
 from taskalign.tasks.spec import Task, check_combination
-from taskalign.train.finetune import apply_protocol, run_finetune
+from taskalign.models.task_model import apply_protocol
+from taskalign.train.finetune import run_finetune
 
 GEOMETRY = EncoderGeometry(3, (16, 32, 32), (4, 8, 8), 32, 64, 4, 2)
 CHANNELS = ["t2w", "dwi", "adc"]
@@ -140,8 +141,8 @@ def test_training_batches_do_not_depend_on_loader_workers(tiny_cache):
     """Augmentation and degradation follow the item seeds the sampler draws at the start of an epoch: loading in
     the main process or in a (persistent) worker gives the same batches, and leaves the global RNG that dropout
     draws from in the same state."""
-    from taskalign.train.data import make_loader
-    from taskalign.train.loop import seed_epoch
+    from taskalign.tasks.loader import make_loader
+    from taskalign.tasks.rng import seed_epoch
 
     rows = usable_rows(read_index([tiny_cache["anatomy"]], splits=["train"]), task("distortion"))
     runs = {}
@@ -176,21 +177,23 @@ class SeededItems(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_starting_epochs_ahead_changes_no_batch_or_weight(tmp_path, workers):
-    """`fit(start_epoch=...)` draws epoch e+1's order before validating epoch e, and `start_first_epoch` draws
-    epoch 1's before the model is built, so that a worker loads their first batches meanwhile. The run must equal
-    one without either bit for bit, even when validation draws from the global RNG (as MAE masking does), training
-    uses dropout and the model's initial weights come from the RNG the first epoch's order is drawn from."""
-    from taskalign.train.checkpoint import ResumeFile
-    from taskalign.train.data import make_loader
-    from taskalign.train.loop import adamw_warmup_cosine, fit, start_first_epoch, train_one_epoch
+    """`fit` has the training loader start epoch e+1 (draw its order) before validating epoch e, and
+    `start_first_epoch` draws epoch 1's before the model is built, so that a worker loads their first batches
+    meanwhile. The run must equal a plain loop that seeds each epoch as it starts, bit for bit, even when
+    validation draws from the global RNG (as MAE masking does), training uses dropout and the model's initial
+    weights come from the RNG the first epoch's order is drawn from."""
+    from taskalign.tasks.loader import make_loader
+    from taskalign.tasks.rng import preserved_rngs, seed_epoch
+    from taskalign.train.loop import Schedule, adamw_warmup_cosine, fit, train_one_epoch
+    from taskalign.train.resume import ResumeFile
+
+    cpu, epochs = torch.device("cpu"), 4
 
     def run(ahead: bool):
         torch.manual_seed(0)
-        loader = make_loader(SeededItems(), 4, shuffle=True, seed=0, device=torch.device("cpu"),
-                             workers=workers if ahead else 0)
-        resume = ResumeFile(tmp_path / f"resume-{ahead}", "x")
-        first_epoch = start_first_epoch(loader, resume, 0) if ahead else None
-        assert (first_epoch is not None) == ahead
+        loader = make_loader(SeededItems(), 4, shuffle=True, seed=0, device=cpu, workers=workers if ahead else 0)
+        if ahead:
+            loader.start_first_epoch()
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
         optimizer, scheduler = adamw_warmup_cosine(model.parameters(), lr=1e-2, weight_decay=0.0, warmup_steps=1,
                                                    total_steps=12)
@@ -200,20 +203,40 @@ def test_starting_epochs_ahead_changes_no_batch_or_weight(tmp_path, workers):
             seen.append(batch["x"])
             return {"total": ((net(batch["x"]) - batch["y"]) ** 2).mean()}
 
-        history, _ = fit(model=model, optimizer=optimizer, scheduler=scheduler, epochs=4,
-                         train_epoch=lambda epoch: train_one_epoch(model, loader, optimizer, scheduler,
-                                                                   torch.device("cpu"), loss_fn),
-                         validate=lambda: {"draw": float(torch.rand(()))}, monitor="val_draw", mode="max",
-                         resume=resume, stage="test", start_epoch=loader.start_epoch if ahead else None,
-                         first_epoch=first_epoch)
-        return seen, [row["train_total"] for row in history], model.state_dict()
+        def train_epoch(epoch):
+            return train_one_epoch(model, loader, optimizer, scheduler, cpu, loss_fn)
+
+        def validate():
+            return {"draw": float(torch.rand(()))}
+
+        if ahead:
+            history, _ = fit(model=model, schedule=Schedule(optimizer, scheduler, epochs, "val_draw", "max"),
+                             loader=loader, train_epoch=train_epoch, validate=validate,
+                             resume=ResumeFile(tmp_path / "resume", "x"), stage="test")
+            losses = [row["train_total"] for row in history]
+        else:
+            losses = []
+            for epoch in range(epochs):
+                seed_epoch(0, epoch)
+                losses.append(train_epoch(epoch)["total"])
+                with preserved_rngs():
+                    validate()
+        return seen, losses, model.state_dict()
 
     plain, ahead = run(False), run(True)
     assert len(plain[0]) == len(ahead[0]) == 12
-    assert start_first_epoch(None, ResumeFile(tmp_path / "resume-True", "x"), 0) is None  # resumes: not ahead
     assert all(torch.equal(a, b) for a, b in zip(plain[0], ahead[0]))
     assert plain[1] == ahead[1]
     assert all(torch.equal(plain[2][k], ahead[2][k]) for k in plain[2])
+
+
+def test_an_epoch_started_ahead_must_be_the_one_that_trains():
+    from taskalign.tasks.loader import make_loader
+
+    loader = make_loader(SeededItems(), 4, shuffle=True, seed=0, device=torch.device("cpu"), workers=0)
+    loader.start_first_epoch()
+    with pytest.raises(RuntimeError, match="epoch 1 was started ahead, but epoch 3 trains"):
+        loader.begin_epoch(2)
 
 
 @pytest.mark.parametrize("name", ["super_res", "distortion"])
@@ -231,7 +254,7 @@ def test_residual_restoration_models_start_as_the_identity(name):
 
 
 def test_mask_prior_counts_the_training_masks(tmp_path):
-    from taskalign.train.finetune import mask_prior
+    from taskalign.models.task_model import mask_prior
 
     zones = np.zeros((2, 4, 5), np.uint8)
     zones[0, :2] = 1  # 10 TZ voxels, 5 PZ, 25 background
@@ -256,7 +279,8 @@ def test_mask_prior_counts_the_training_masks(tmp_path):
 def test_segmentation_models_start_at_the_class_prior(name):
     # From a zero output bias every voxel starts at p = 0.5 (1/9 for the zones): the lesion UNet of the default
     # run stayed there (val Dice 0.007 after 12 epochs). Started at the prior, the mean prediction is near it.
-    from taskalign.models.heads import n_model_outputs, specialist_model, start_at_prior
+    from taskalign.models.heads import n_model_outputs, specialist_model
+    from taskalign.models.task_model import start_at_prior
 
     seg = Task.from_config(name, {"cohort": "anatomy", "inputs": CHANNELS})
     n = max(n_model_outputs(seg), 2)
@@ -283,7 +307,7 @@ def test_resnet_specialist_stem_stride_comes_from_the_config_and_old_files_keep_
     from safetensors.torch import save_file
 
     from taskalign.models.heads import specialist_model
-    from taskalign.train.finetune import load_task_model
+    from taskalign.models.task_model import load_task_model
 
     strided = specialist_model(task("volume_reg"), CHANNELS, {"channels": [4, 8, 16], "resnet_stem_stride": [1, 2, 2]})
     old = specialist_model(task("volume_reg"), CHANNELS, {"channels": [4, 8, 16]})

@@ -1,4 +1,5 @@
-"""taskalign.imports: MONAI is imported without its optional extras, and nothing computed changes."""
+"""taskalign.cli.imports: the entry points import MONAI without its optional extras, and nothing computed changes;
+the library itself changes nothing in the interpreter when imported."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def run(first: str) -> list[str]:
 
 
 def test_monai_is_imported_without_extras_and_outputs_are_unchanged():
-    guarded = run("import taskalign")
+    guarded = run("import taskalign.cli")  # what `python -m taskalign.cli.<stage>` imports first
     plain = run("import monai")  # monai first: the finder is not installed, MONAI imports every extra
     assert guarded[0] == "extras after monai: []"
     assert plain[0] == "extras after monai: ['matplotlib', 'scipy', 'sklearn', 'transformers']"
@@ -71,6 +72,14 @@ def test_monai_is_imported_without_extras_and_outputs_are_unchanged():
                      "augment_image", "augment_mask"]
     assert all(len(line.split()[1]) >= 8 for line in guarded[1:])
     assert guarded[1:] == plain[1:]
+
+
+def test_importing_the_library_leaves_the_import_system_alone():
+    # Snakemake imports taskalign.tasks.spec while it builds the DAG, users import taskalign in notebooks
+    program = ("import sys\nbefore = list(sys.meta_path)\nimport taskalign, taskalign.tasks.spec\n"
+               "print(sys.meta_path == before, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.split() == ["True", "False"]
 
 
 def imported_after(modules: list[str]) -> set[str]:
@@ -85,9 +94,9 @@ def test_jobs_import_only_what_they_use():
                               "taskalign.analysis.distances"])
     assert not {"torch", "monai"} & readers
     # Feature extraction runs every task's dataset, but only the distortion task's warp needs scipy.ndimage.
-    extraction = imported_after(["taskalign.analysis.features"])
+    extraction = imported_after(["taskalign.cli", "taskalign.analysis.features"])
     assert {"torch", "monai"} <= extraction
     assert "scipy.ndimage" not in extraction
     # Only the classification and regression metrics need scikit-learn (and with it scipy.stats).
-    training = imported_after(["taskalign.train.finetune", "taskalign.evaluate.evaluate"])
+    training = imported_after(["taskalign.cli", "taskalign.train.finetune", "taskalign.evaluate.evaluate"])
     assert not {"sklearn", "scipy.stats"} & training

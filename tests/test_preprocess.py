@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import torch
 from scipy import ndimage
 
 import taskalign.data.preprocess as pp
@@ -269,6 +270,37 @@ def test_cohort_is_deterministic_with_a_pool_and_writes_index_and_qc(tmp_path):
         assert a_meta == b_meta
     # One montage per split first: case0 (train) and case2 (val), not case1.
     assert sorted(p.name for p in (tmp_path / "qa").iterdir()) == ["case0.png", "case2.png"]
+
+
+def test_float16_cache_reads_back_as_float32_within_its_rounding(tmp_path):
+    """preprocess.cache_dtype: float16 halves image.npy; the dataset hands models float32 within float16's
+    rounding of robust z-scores; float32 writes exactly what the default does; masks and meta do not change."""
+    from taskalign.data.dataset import CacheDataset, read_index
+
+    row, _, _ = sphere_case(tmp_path / "in")
+    manifest = write_manifest(tmp_path / "checked.csv", [row])
+    caches = {}
+    for name, cfg in [("default", {})] + [(dtype, {"cache_dtype": dtype}) for dtype in ("float32", "float16")]:
+        pp.preprocess_cohort(manifest, {**cfg, "qc_cases": 1}, tmp_path / name, tmp_path / f"{name}.csv",
+                             tmp_path / f"qc-{name}")  # the QC montage draws the float16 image too
+        dataset = CacheDataset(read_index([tmp_path / f"{name}.csv"]), masks=("prostate",))
+        caches[name] = (tmp_path / name / "sphere", dataset[0])
+    (default_dir, _), (wide_dir, wide), (half_dir, half) = caches.values()
+    assert (wide_dir / "image.npy").read_bytes() == (default_dir / "image.npy").read_bytes()
+    assert np.load(half_dir / "image.npy").dtype == np.float16
+    assert (half_dir / "image.npy").stat().st_size < 0.51 * (wide_dir / "image.npy").stat().st_size
+    assert half["image"].dtype == wide["image"].dtype == torch.float32
+    exact = wide["image"]
+    assert exact.abs().max() < 8  # robust z-scores: float16's spacing there is at most 2^-8
+    assert torch.all((half["image"] - exact).abs() <= exact.abs() * 2.0**-11 + 2.0**-25)
+    assert not torch.equal(half["image"], exact)  # float16 really was stored
+    assert torch.equal(half["prostate"], wide["prostate"])
+    metas = [json.loads((d / "meta.json").read_text()) for d in (wide_dir, half_dir)]
+    assert [{k: v for k, v in m.items() if k != "seconds"} for m in metas][0] == \
+        {k: v for k, v in metas[1].items() if k != "seconds"}
+    assert (tmp_path / "qc-float16" / "sphere.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="cache_dtype"):
+        pp.resolve_config({"cache_dtype": "bfloat16"})
 
 
 def test_select_qc_cases_prefers_one_per_split():

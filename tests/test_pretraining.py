@@ -8,7 +8,7 @@ import torch
 from taskalign.data.dataset import CacheDataset, read_index
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.pretraining import PretrainingModel, info_nce, patchify, random_masking, unpatchify
-from taskalign.train.data import make_loader
+from taskalign.tasks.loader import make_loader
 from taskalign.train.loop import adamw_warmup_cosine, train_one_epoch
 
 GEOMETRY = EncoderGeometry(in_channels=3, img_size=(16, 32, 32), patch_size=(4, 8, 8), hidden_size=48, mlp_dim=96,

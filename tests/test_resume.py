@@ -89,7 +89,7 @@ def test_killed_run_resumes_and_ends_identical_to_an_uninterrupted_run(tiny_cach
 def test_resume_files_belong_to_the_inputs_content_not_their_paths(tiny_cache, tmp_path, caplog):
     """Snakemake reruns a job with the same paths when an upstream rule reran: a resume file written with the old
     encoder or cache must then be ignored, while the same content resumes."""
-    from taskalign.train.checkpoint import index_digest
+    from taskalign.train.resume import index_digest
     from taskalign.train.finetune import run_finetune
     from test_finetune import task
 
@@ -98,7 +98,7 @@ def test_resume_files_belong_to_the_inputs_content_not_their_paths(tiny_cache, t
 
     def run(out):
         caplog.clear()
-        with caplog.at_level("INFO", logger="taskalign.train.checkpoint"):
+        with caplog.at_level("INFO", logger="taskalign.train.resume"):
             run_finetune(task=task("volume_reg"), init="pretrained:mae", protocol="full", encoder_path=encoder,
                          indexes=[tiny_cache["anatomy"]], params=run_params, model_out=out / "model.safetensors",
                          history_csv=out / "history.csv", curve_png=out / "curve.png",

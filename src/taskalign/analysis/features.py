@@ -17,11 +17,11 @@ import torch
 from taskalign.analysis.feature_files import layer_names, write_features
 from taskalign.data.dataset import read_index
 from taskalign.models.checkpoint_io import load_encoder
+from taskalign.models.device import autocast, select_device, to_device
 from taskalign.models.encoder import Encoder
+from taskalign.tasks.loader import make_loader
 from taskalign.tasks.samples import TaskDataset, usable_rows
 from taskalign.tasks.spec import Task
-from taskalign.train.data import make_loader
-from taskalign.train.device import autocast, select_device, to_device
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def encoder_of(path: Path, source: str, task: Task, channels: list[str]) -> Enco
     """The encoder in an encoder file (`encoder`) or inside a fine-tuned task model (`finetuned`)."""
     if source == "encoder":
         return load_encoder(path)
-    from taskalign.train.finetune import load_task_model
+    from taskalign.models.task_model import load_task_model
 
     model, meta = load_task_model(path, task, channels)
     if not hasattr(model, "encoder"):

@@ -26,9 +26,9 @@ from sklearn.linear_model import RidgeCV
 
 from taskalign.data.dataset import CacheDataset, read_index
 from taskalign.models.checkpoint_io import load_encoder
+from taskalign.models.device import autocast, select_device, to_device
 from taskalign.models.encoder import Encoder
 from taskalign.runtime import atomic_path
-from taskalign.train.device import autocast, select_device, to_device
 
 log = logging.getLogger(__name__)
 

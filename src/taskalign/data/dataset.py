@@ -62,12 +62,12 @@ def item_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
 class CacheDataset(Dataset):
     """One item per cached case: a dict of tensors.
 
-    Keys: `image` (C, D, H, W) float32; `channels_present` (C,) bool; `metadata` (3,) float32 and
-    `metadata_known` (3,) bool (TR, TE, flip angle, normalised with METADATA_SCALES); each requested mask as
+    Keys: `image` (C, D, H, W) float32 (whatever the cache's dtype); `channels_present` (C,) bool; `metadata` (3,)
+    float32 and `metadata_known` (3,) bool (TR, TE, flip angle, normalised with METADATA_SCALES); each requested mask as
     (1, D, H, W) float32 (zeros and `<mask>_present` False when the case lacks it); `index` (int, row in
     `self.index`). `transform` (e.g. MONAI dictionary transforms) is applied to the dict.
 
-    A key is an index, or (index, seed) from a shuffling loader (`taskalign.train.data.SeededShuffle`): the
+    A key is an index, or (index, seed) from a shuffling loader (`taskalign.tasks.loader.SeededShuffle`): the
     transform's random state is set from the seed (from the index alone when there is none), so an item is a
     function of its key whichever process loads it.
     """
@@ -88,6 +88,7 @@ class CacheDataset(Dataset):
         image = np.load(case / "image.npy", mmap_mode="r")
         metadata, known = metadata_targets(row)
         item = {
+            # a float16 cache (preprocess.cache_dtype) is widened here: models and metrics always see float32
             "image": torch.from_numpy(np.array(image, dtype=np.float32)),
             "channels_present": torch.tensor([c in meta["channels_present"] for c in meta["channels"]]),
             "metadata": torch.from_numpy(metadata),

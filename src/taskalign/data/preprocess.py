@@ -56,7 +56,10 @@ DEFAULTS = {
     "channels": ["t2w", "dwi", "adc"],
     "clip_percentiles": [0.5, 99.5],
     "qc_cases": 4,
+    "cache_dtype": "float32",
 }
+# image.npy's dtype on disk; the dataset reads it back as float32 either way (schema: why float16 is safe)
+CACHE_DTYPES = ("float32", "float16")
 INT_FIELDS = ("pirads", "sector")
 FLOAT_FIELDS = ("volume_ml", "tr", "te", "flip_angle", "field_strength")
 CUT_WARNING_FRACTION = 0.05  # relative volume change between native and cache that meta.json warns about
@@ -83,6 +86,8 @@ def resolve_config(cfg: dict | None) -> dict:
     low, high = out["clip_percentiles"]
     if not 0 <= low < high <= 100:
         raise ValueError(f"preprocess.clip_percentiles must be 0 <= low < high <= 100, got {out['clip_percentiles']}")
+    if out["cache_dtype"] not in CACHE_DTYPES:
+        raise ValueError(f"preprocess.cache_dtype must be one of {CACHE_DTYPES}, got {out['cache_dtype']!r}")
     out["spacing_mm"] = [float(s) for s in out["spacing_mm"]]
     out["size"] = [int(s) for s in out["size"]]
     return out
@@ -207,6 +212,7 @@ def _sanity_warnings(case_id, paths, masks, mask_arrays, grid, row, sanity: Sani
 
 def preprocess_case(row: dict, cfg: dict, out_dir: Path, sanity: SanityConfig | None = None) -> dict:
     """Preprocess one manifest row into `out_dir/<case_id>/` (image.npy, masks, meta.json); returns the meta.
+    image.npy is computed in float32 and stored as `cfg["cache_dtype"]`.
 
     row: manifest row (absolute paths; empty string or NaN for absent files). cfg: the preprocess config slice.
     sanity: the anatomical checks (default levels and limits); their warnings go into meta.json.
@@ -298,7 +304,7 @@ def preprocess_case(row: dict, cfg: dict, out_dir: Path, sanity: SanityConfig | 
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        np.save(tmp / "image.npy", image)
+        np.save(tmp / "image.npy", image.astype(cfg["cache_dtype"], copy=False))
         for name, arr in mask_arrays.items():
             np.save(tmp / f"{name}.npy", arr)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")

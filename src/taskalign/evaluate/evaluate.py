@@ -16,12 +16,12 @@ import pandas as pd
 from taskalign.data.dataset import read_index
 from taskalign.evaluate.metrics import bootstrap_cis
 from taskalign.evaluate.scoring import case_scores, predict, split_metrics
+from taskalign.models.device import select_device
+from taskalign.models.task_model import load_task_model
 from taskalign.runtime import atomic_path
+from taskalign.tasks.loader import make_loader
 from taskalign.tasks.samples import TaskDataset, usable_rows
 from taskalign.tasks.spec import Task
-from taskalign.train.data import make_loader
-from taskalign.train.device import select_device
-from taskalign.train.finetune import load_task_model
 
 log = logging.getLogger(__name__)
 

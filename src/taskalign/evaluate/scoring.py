@@ -12,8 +12,8 @@ import torch
 
 from taskalign.data.labels import ZONE_LABELS
 from taskalign.evaluate.metrics import dice_per_class, multiclass_auc, pirads_metrics, regression_metrics, ssim_3d
-from taskalign.tasks.spec import PIRADS_CLASSES, Task
-from taskalign.train.device import autocast, to_device
+from taskalign.models.device import autocast, to_device
+from taskalign.tasks.spec import Task
 
 
 def output_to_prediction(task: Task, output: torch.Tensor) -> np.ndarray:
@@ -47,7 +47,7 @@ def predict(model, loader, task: Task, device):
 def case_scores(task: Task, prediction: np.ndarray, target: torch.Tensor, norm: dict) -> dict:
     """The per-case columns: probabilities and label, value and truth, Dice per class, or SSIM and L1."""
     if task.kind == "classification":
-        classes = PIRADS_CLASSES if task.name == "pirads_cls" else range(task.type.n_outputs)
+        classes = task.type.classes
         true = int(target)
         row = {"true": classes[true], "pred": classes[int(prediction.argmax())]}
         row.update({f"prob_{c}": float(p) for c, p in zip(classes, prediction)})
@@ -76,9 +76,8 @@ def case_scores(task: Task, prediction: np.ndarray, target: torch.Tensor, norm: 
 def split_metrics(task: Task, cases: pd.DataFrame, norm: dict) -> dict[str, float]:
     """The task's metrics over a set of per-case rows (a split or a bootstrap resample)."""
     if task.kind == "classification":
-        classes = PIRADS_CLASSES if task.name == "pirads_cls" else range(task.type.n_outputs)
-        prob = cases[[f"prob_{c}" for c in classes]].to_numpy()
-        if task.name == "pirads_cls":
+        prob = cases[[f"prob_{c}" for c in task.type.classes]].to_numpy()
+        if task.type.ordinal:
             metrics = pirads_metrics(cases["true"].to_numpy(), prob)
         else:
             metrics = {"auc": multiclass_auc(cases["true"].to_numpy(), prob, task.type.n_outputs)}

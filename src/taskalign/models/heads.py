@@ -92,21 +92,6 @@ def zero_output(layer: nn.Module) -> nn.Module:
     return layer
 
 
-def start_at_prior(model: nn.Module, task: Task, prior: torch.Tensor) -> None:
-    """Set a segmentation model's output bias to its training masks' class frequencies `prior` (n_model_outputs
-    values, summing to 1): logit(p) for one sigmoid channel, log(p) for softmax (the prior initialisation of
-    Lin et al. 2017, focal loss). From a zero bias every voxel starts at p = 0.5 (or 1/classes), and the
-    steps a short run has go to lowering the background: a lesion UNet stayed at val Dice 0.007 after 12 epochs,
-    0.17 with this. The output layer is the model's last convolution with that many output channels."""
-    n_out = n_model_outputs(task)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and m.out_channels == n_out]
-    if not layers or layers[-1].bias is None:
-        raise ValueError(f"{type(model).__name__}: no output convolution with {n_out} channels and a bias")
-    bias = torch.logit(prior[1:]) if n_out == 1 else torch.log(prior)
-    with torch.no_grad():
-        layers[-1].bias.copy_(bias.to(layers[-1].bias.dtype))
-
-
 def n_model_outputs(task: Task) -> int:
     """Multi-class segmentation adds a background channel (softmax); binary masks use one sigmoid channel."""
     if task.kind == "segmentation" and task.type.n_outputs > 1:
@@ -115,8 +100,10 @@ def n_model_outputs(task: Task) -> int:
 
 
 def residual_channel(task: Task, channels: list[str]) -> int | None:
-    """Super-resolution and distortion correction restore the T2W they are given: predict a residual on it."""
-    return channels.index("t2w") if task.name in ("super_res", "distortion") else None
+    """The input channel a restoration model adds its output to (super-resolution and distortion correction
+    restore the T2W they are given); None when the model predicts the target outright."""
+    residual = task.type.residual_input
+    return channels.index(residual) if residual is not None else None
 
 
 def encoder_model(task: Task, encoder: Encoder, channels: list[str], head: dict) -> nn.Module:
@@ -127,7 +114,7 @@ def encoder_model(task: Task, encoder: Encoder, channels: list[str], head: dict)
     if task.kind == "segmentation":
         return EncoderUperNet(encoder, n_out, tuple(head["layers"]), head["decoder_channels"])
     return EncoderRestoration(encoder, tuple(head["layers"]), head["decoder_channels"],
-                              residual_channel(task, channels), subpixel=task.name == "super_res")
+                              residual_channel(task, channels), subpixel=task.type.subpixel)
 
 
 def specialist_model(task: Task, channels: list[str], specialist: dict) -> nn.Module:

@@ -1,1 +1,2 @@
-"""Downstream tasks: specifications, samples and degradations."""
+"""Downstream tasks as data (specifications), their samples, degradations and losses, and the loaders that feed
+every stage."""

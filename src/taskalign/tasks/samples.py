@@ -3,7 +3,7 @@
 Augmentation (MONAI dictionary transforms) runs on the clean cached arrays first; restoration inputs are then
 degraded from the augmented image, so a distortion or a thick-slice acquisition is never itself rotated or zoomed.
 Training draws augmentation and degradations from the item seed its loader drew for the epoch
-(`taskalign.train.data.SeededShuffle`); val/test draw degradations from (seed, case), so every encoder is scored
+(`taskalign.tasks.loader.SeededShuffle`); val/test draw degradations from (seed, case), so every encoder is scored
 on the same degraded inputs.
 """
 
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from taskalign.data.dataset import CacheDataset, item_key
 from taskalign.tasks.degrade import downsample_depth, rectal_air_field, upsample_depth, warp
-from taskalign.tasks.spec import PIRADS_CLASSES, Task
+from taskalign.tasks.spec import Task
 
 
 def usable_rows(index: pd.DataFrame, task: Task) -> pd.DataFrame:
@@ -46,8 +46,7 @@ def augmentation(task: Task, augment: dict, masks: tuple[str, ...]):
     modes = ["bilinear"] + ["nearest"] * len(masks)
     prob = augment.get("prob", 0.0)
     transforms = []
-    # a left-right flip swaps the sides of the 20-sector scheme, so the sector task is never flipped
-    if augment.get("flip_prob", 0) > 0 and task.name != "sector_cls":
+    if augment.get("flip_prob", 0) > 0 and task.type.flips:
         transforms.append(RandFlipd(keys, prob=augment["flip_prob"], spatial_axis=2))
     if augment.get("rotate_deg", 0) > 0 and prob > 0:
         angle = math.radians(augment["rotate_deg"])
@@ -90,10 +89,9 @@ class TaskDataset(Dataset):
         rng = np.random.default_rng([self.seed, i, item_seed] if per_epoch else [self.seed, i])
         row = self.index.iloc[i]
         sample = {"index": i}
-        kind, name = self.task.kind, self.task.name
+        kind, degradation = self.task.kind, self.task.type.degradation
         if kind == "classification":
-            value = int(row[self.task.type.target])
-            sample["target"] = torch.tensor(PIRADS_CLASSES.index(value) if name == "pirads_cls" else value)
+            sample["target"] = torch.tensor(self.task.type.classes.index(int(row[self.task.type.target])))
         elif kind == "regression":
             value = (float(row[self.task.type.target]) - self.norm["offset"]) / self.norm["scale"]
             sample["target"] = torch.tensor([value], dtype=torch.float32)
@@ -101,18 +99,18 @@ class TaskDataset(Dataset):
             mask = torch.as_tensor(item[self.task.type.target]).round()
             sample["target"] = mask.long() if self.task.type.n_outputs > 1 else mask.float()
         else:
-            t2w = self.channels.index("t2w")
             target_channel = self.channels.index(self.task.type.target)
             sample["target"] = image[target_channel : target_channel + 1].clone()
-            if name == "super_res":
+            degraded = image[target_channel : target_channel + 1].numpy()  # a degradation acts on the target itself
+            if degradation == "thick_slices":
                 factor = self.task.options["factor"]
-                low = downsample_depth(image[t2w : t2w + 1].numpy(), factor)
+                low = downsample_depth(degraded, factor)
                 sample["low_res"] = torch.from_numpy(low)
-                image[t2w] = torch.from_numpy(upsample_depth(low, factor))[0]
-            elif name == "distortion":
+                image[target_channel] = torch.from_numpy(upsample_depth(low, factor))[0]
+            elif degradation == "rectal_air":
                 spacing = json.loads((Path(row["cache_dir"]) / "meta.json").read_text())["spacing_mm"]
                 field = rectal_air_field(np.asarray(item["rectum"])[0] > 0.5, spacing,
                                          self.task.options["amplitude_mm"], self.task.options["decay_mm"], rng)
-                image[t2w] = torch.from_numpy(warp(image[t2w : t2w + 1].numpy(), field))[0]
+                image[target_channel] = torch.from_numpy(warp(degraded, field))[0]
         sample["image"] = image * self.input_mask.view(-1, 1, 1, 1)
         return sample

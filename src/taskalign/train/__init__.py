@@ -1,1 +1,2 @@
-"""Training: device selection, resumable checkpoints, the epoch loop, pretraining and continual pretraining."""
+"""Training stages (pretraining, continual pretraining, fine-tuning) on one epoch loop, with resume files and
+history curves."""

@@ -14,13 +14,14 @@ from safetensors.torch import save_file
 
 from taskalign.data.dataset import CacheDataset, read_index
 from taskalign.models.checkpoint_io import load_encoder, save_encoder
+from taskalign.models.device import autocast, select_device, to_device
 from taskalign.models.lora import add_lora, lora_state_dict, merge_lora
 from taskalign.models.upernet import EncoderUperNet
 from taskalign.runtime import atomic_path
-from taskalign.train.checkpoint import ResumeFile, file_digest, fingerprint, index_digest
-from taskalign.train.data import make_loader
-from taskalign.train.device import autocast, select_device, to_device
-from taskalign.train.loop import adamw_warmup_cosine, fit, start_first_epoch, train_one_epoch, write_history
+from taskalign.tasks.loader import make_loader
+from taskalign.train.curves import write_history
+from taskalign.train.loop import Schedule, fit, train_one_epoch
+from taskalign.train.resume import ResumeFile, file_digest, fingerprint, index_digest
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
     log.info("%s: LoRA continual pretraining on %s (%d train, %d val cases), target %s", variant, index.name,
              len(train_set), len(val_set), target)
     resume = ResumeFile(resume_dir, fingerprint(params, file_digest(pretrained), index_digest(index)))
-    first_epoch = start_first_epoch(train_loader, resume, params["seed"])
+    if not resume.path.exists():  # a resumed run's next epoch is known once its model is restored
+        train_loader.start_first_epoch()
 
     model = segmentation_model(load_encoder(pretrained), params).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -74,17 +76,13 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
     def loss_fn(net, batch):
         return {"total": dice_loss(net(batch["image"]), batch[target])}
 
-    steps = len(train_loader)
-    optimizer, scheduler = adamw_warmup_cosine(
-        trainable, lr=params["lr"], weight_decay=params["weight_decay"],
-        warmup_steps=params["warmup_epochs"] * steps, total_steps=params["epochs"] * steps,
-    )
+    schedule = Schedule.warmup_cosine(trainable, params, len(train_loader), monitor="val_dice", mode="max")
     history, best = fit(
-        model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
-        train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, loss_fn),
+        model=model, schedule=schedule, loader=train_loader,
+        train_epoch=lambda epoch: train_one_epoch(model, train_loader, schedule.optimizer, schedule.scheduler, device,
+                                                  loss_fn),
         validate=lambda: validation_dice(model, val_loader, device, target),
-        monitor="val_dice", mode="max", resume=resume, stage=f"continual[{variant}]", seed=params["seed"],
-        start_epoch=train_loader.start_epoch, first_epoch=first_epoch,
+        resume=resume, stage=f"continual[{variant}]",
     )
     resume.load_best(model)
     model = model.cpu()

@@ -12,11 +12,11 @@ from taskalign.data.dataset import CacheDataset, read_index
 from taskalign.models.checkpoint_io import save_encoder
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.pretraining import PretrainingModel
-from taskalign.train.checkpoint import ResumeFile, fingerprint, index_digest
-from taskalign.train.data import holdout_patients, make_loader
-from taskalign.train.device import select_device
-from taskalign.train.loop import (adamw_warmup_cosine, evaluate_losses, fit, start_first_epoch, train_one_epoch,
-                                  write_history)
+from taskalign.models.device import select_device
+from taskalign.tasks.loader import holdout_patients, make_loader
+from taskalign.train.curves import write_history
+from taskalign.train.loop import Schedule, evaluate_losses, fit, train_one_epoch
+from taskalign.train.resume import ResumeFile, fingerprint, index_digest
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
                                drop_last=len(train_rows) >= 2 * batch)
     holdout_loader = make_loader(CacheDataset(holdout_rows), batch, shuffle=False, seed=seed, device=device)
     resume = ResumeFile(resume_dir, fingerprint(params, [index_digest(p) for p in indexes]))
-    first_epoch = start_first_epoch(train_loader, resume, seed)
+    if not resume.path.exists():  # a resumed run's next epoch is known once its model is restored
+        train_loader.start_first_epoch()
 
     encoder = Encoder(EncoderGeometry(**params["geometry"]))
     model = PretrainingModel(
@@ -56,17 +57,13 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
         weights=params["weights"],
         decoder_layers=params["decoder_layers"],
     ).to(device)
-    steps = len(train_loader)
-    optimizer, scheduler = adamw_warmup_cosine(
-        model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"],
-        warmup_steps=params["warmup_epochs"] * steps, total_steps=params["epochs"] * steps,
-    )
+    schedule = Schedule.warmup_cosine(model.parameters(), params, len(train_loader), monitor="val_total", mode="min")
     history, best = fit(
-        model=model, optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
-        train_epoch=lambda epoch: train_one_epoch(model, train_loader, optimizer, scheduler, device, pretraining_loss),
+        model=model, schedule=schedule, loader=train_loader,
+        train_epoch=lambda epoch: train_one_epoch(model, train_loader, schedule.optimizer, schedule.scheduler, device,
+                                                  pretraining_loss),
         validate=lambda: evaluate_losses(model, holdout_loader, device, pretraining_loss, seed=seed),
-        monitor="val_total", mode="min", resume=resume, stage=f"pretrain[{variant}]", seed=seed,
-        start_epoch=train_loader.start_epoch, first_epoch=first_epoch,
+        resume=resume, stage=f"pretrain[{variant}]",
     )
     meta = {"variant": variant, "objectives": params["objectives"], "epochs": params["epochs"]}
     save_encoder(model.encoder.cpu(), last_out, {**meta, "epoch": len(history)})

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from taskalign.runtime import atomic_path
+from taskalign.tasks.rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +41,6 @@ def index_digest(index: Path) -> str:
             stat = array.stat()
             digest.update(f"{array.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class ResumeFile:

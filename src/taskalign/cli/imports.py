@@ -6,6 +6,7 @@ scikit-learn and matplotlib. No MONAI API that taskalign calls (ViT and transfor
 losses, metrics and array transforms it uses) needs any of them. While the monai package itself is being
 imported, these read as absent, so MONAI's optional_import records them as missing; afterwards they import as
 usual for taskalign's own code (PEFT needs transformers, the evaluation scikit-learn, the figures matplotlib).
+Only the entry points install it (taskalign/cli/__init__.py): a library import must not change `sys.meta_path`.
 tests/test_imports.py checks that models, losses, metrics and augmentation give the same bytes either way.
 """
 
@@ -23,7 +24,7 @@ class AbsentWhileMonaiImports(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in OPTIONAL:
-            raise ModuleNotFoundError(f"{name} is not imported while monai is (taskalign.imports)", name=name)
+            raise ModuleNotFoundError(f"{name} is not imported while monai is (taskalign.cli.imports)", name=name)
         return None
 
 

@@ -1,0 +1,91 @@
+"""A task model as a whole: built around an encoder (or as a specialist), initialised at its masks' class prior,
+its trainable parameters set by the protocol, saved with the metadata that rebuilds it, and loaded again.
+
+Fine-tuning builds and saves it; evaluation and feature extraction load it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.heads import encoder_model, n_model_outputs, specialist_model
+from taskalign.runtime import atomic_path
+from taskalign.tasks.spec import Task
+
+
+def build_model(task: Task, init: str, encoder: Encoder | None, params: dict) -> nn.Module:
+    """The task model around `encoder` (None for the specialist). params: channels, head or specialist."""
+    if init == "specialist":
+        return specialist_model(task, params["channels"], params["specialist"])
+    if encoder is None:
+        raise ValueError(f"init {init} needs an encoder")
+    return encoder_model(task, encoder, params["channels"], params["head"])
+
+
+def apply_protocol(model: nn.Module, protocol: str) -> list[str]:
+    """Set requires_grad for the protocol; return the names of the trainable parameters."""
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and protocol != "full":
+        keep = 0 if protocol == "frozen" else int(protocol.split(":")[1])
+        n_blocks = len(encoder.blocks)
+        if keep > n_blocks:
+            raise ValueError(f"protocol {protocol}: the encoder has {n_blocks} blocks")
+        trainable = {f"blocks.{i}." for i in range(n_blocks - keep, n_blocks)} | ({"norm."} if keep else set())
+        for name, param in encoder.named_parameters():
+            param.requires_grad = any(name.startswith(prefix) for prefix in trainable)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def mask_prior(rows, task: Task) -> torch.Tensor:
+    """Class frequencies of the target masks over `rows` (their cache folders), background first: 2 values for a
+    binary mask, n_model_outputs for labels. One count is added per class, so that a class absent from these
+    cases still gets a finite log-prior."""
+    n_out = n_model_outputs(task)
+    n_classes = 2 if n_out == 1 else n_out
+    counts = np.ones(n_classes)
+    for case in rows["cache_dir"]:
+        mask = np.load(Path(case) / f"{task.type.target}.npy")
+        labels = (mask > 0) if n_out == 1 else mask
+        counts += np.bincount(labels.ravel().astype(np.int64), minlength=n_classes)[:n_classes]
+    return torch.as_tensor(counts / counts.sum())
+
+
+def start_at_prior(model: nn.Module, task: Task, prior: torch.Tensor) -> None:
+    """Set a segmentation model's output bias to its training masks' class frequencies `prior` (n_model_outputs
+    values, summing to 1): logit(p) for one sigmoid channel, log(p) for softmax (the prior initialisation of
+    Lin et al. 2017, focal loss). From a zero bias every voxel starts at p = 0.5 (or 1/classes), and the
+    steps a short run has go to lowering the background: a lesion UNet stayed at val Dice 0.007 after 12 epochs,
+    0.17 with this. The output layer is the model's last convolution with that many output channels."""
+    n_out = n_model_outputs(task)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and m.out_channels == n_out]
+    if not layers or layers[-1].bias is None:
+        raise ValueError(f"{type(model).__name__}: no output convolution with {n_out} channels and a bias")
+    bias = torch.logit(prior[1:]) if n_out == 1 else torch.log(prior)
+    with torch.no_grad():
+        layers[-1].bias.copy_(bias.to(layers[-1].bias.dtype))
+
+
+def save_task_model(model: nn.Module, path: Path, meta: dict) -> None:
+    """Weights as safetensors, `meta` (JSON values) as its metadata: init, geometry and architecture rebuild it."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
+def load_task_model(path: Path, task: Task, channels: list[str]) -> tuple[nn.Module, dict]:
+    """A fine-tuned model file -> (model in eval mode, metadata)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+    encoder = Encoder(EncoderGeometry(**{k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in meta["geometry"].items()})) if meta["geometry"] else None
+    model = build_model(task, meta["init"], encoder, {"channels": channels, **meta["architecture"]})
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model.eval(), meta
