@@ -39,7 +39,10 @@ def ablation_table(metrics: pd.DataFrame, steps: Sequence[tuple[str, str, Sequen
     rows += [(label, init, protocol, list(objectives)) for label, init, objectives in steps]
     if not rows:
         raise ValueError("ablation table: no steps")
-    tasks = list(dict.fromkeys(primary["task"]))
+    swept = pd.MultiIndex.from_tuples([(init, protocol) for _, init, protocol, _ in rows])
+    # the tasks the sweep fine-tuned: other runs of the same encoders (other protocols) are not part of this table
+    in_sweep = pd.MultiIndex.from_frame(primary[["init", "protocol"]]).isin(swept)
+    tasks = list(dict.fromkeys(primary.loc[in_sweep, "task"]))
     task_cols = [f"{t} ({primary.loc[primary['task'] == t, 'metric'].iloc[0]})" for t in tasks]
     columns = pd.MultiIndex.from_tuples([("objectives", o) for o in OBJECTIVES]
                                         + [(c, q) for c in task_cols for q in ("mean ± std", CHANGE)])
