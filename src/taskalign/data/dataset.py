@@ -63,18 +63,20 @@ class CacheDataset(Dataset):
     """One item per cached case: a dict of tensors.
 
     Keys: `image` (C, D, H, W) float32; `channels_present` (C,) bool; `metadata` (3,) float32 and
-    `metadata_known` (3,) bool (TR, TE, flip angle, normalised with METADATA_SCALES); each requested mask as
-    (1, D, H, W) float32 (zeros and `<mask>_present` False when the case lacks it); `index` (int, row in
-    `self.index`). `transform` (e.g. MONAI dictionary transforms) is applied to the dict.
+    `metadata_known` (3,) bool (TR, TE, flip angle, normalised with METADATA_SCALES); `spacing_mm` (3,) float64;
+    each requested mask and each requested field (e.g. `rectum_distance`, docs/data-contract.md) as (1, D, H, W)
+    float32 (zeros and `<name>_present` False when the case lacks it); `index` (int, row in `self.index`).
+    `transform` (e.g. MONAI dictionary transforms) is applied to the dict.
 
     A key is an index, or (index, seed) from a shuffling loader (`taskalign.train.data.SeededShuffle`): the
     transform's random state is set from the seed (from the index alone when there is none), so an item is a
     function of its key whichever process loads it.
     """
 
-    def __init__(self, index: pd.DataFrame, masks: tuple[str, ...] = (), transform=None):
+    def __init__(self, index: pd.DataFrame, masks: tuple[str, ...] = (), transform=None, fields: tuple[str, ...] = ()):
         self.index = index.reset_index(drop=True)
         self.masks = tuple(masks)
+        self.fields = tuple(fields)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -92,9 +94,10 @@ class CacheDataset(Dataset):
             "channels_present": torch.tensor([c in meta["channels_present"] for c in meta["channels"]]),
             "metadata": torch.from_numpy(metadata),
             "metadata_known": torch.from_numpy(known),
+            "spacing_mm": torch.tensor(meta["spacing_mm"], dtype=torch.float64),
             "index": i,
         }
-        for name in self.masks:
+        for name in (*self.masks, *self.fields):
             path = case / f"{name}.npy"
             present = path.exists()
             mask = np.load(path) if present else np.zeros(image.shape[1:], dtype=np.uint8)
