@@ -66,18 +66,28 @@ class CacheDataset(Dataset):
     `metadata_known` (3,) bool (TR, TE, flip angle, normalised with METADATA_SCALES); `spacing_mm` (3,) float64;
     each requested mask and each requested field (e.g. `rectum_distance`, docs/data-contract.md) as (1, D, H, W)
     float32 (zeros and `<name>_present` False when the case lacks it); `index` (int, row in `self.index`).
-    `transform` (e.g. MONAI dictionary transforms) is applied to the dict.
+    `transform` (e.g. MONAI dictionary transforms) is applied to the dict. `as_stored`: image, masks and fields in
+    the cache's dtypes (masks uint8), mapped from their files (copy-on-write) rather than copied, for a consumer that
+    converts them where it computes (`taskalign.tasks.samples.TaskDataset`): a paper-geometry image is 50 MB, and a
+    loader worker's copies of it cost more than everything else it does.
 
     A key is an index, or (index, seed) from a shuffling loader (`taskalign.train.data.SeededShuffle`): the
     transform's random state is set from the seed (from the index alone when there is none), so an item is a
     function of its key whichever process loads it.
     """
 
-    def __init__(self, index: pd.DataFrame, masks: tuple[str, ...] = (), transform=None, fields: tuple[str, ...] = ()):
+    def __init__(self, index: pd.DataFrame, masks: tuple[str, ...] = (), transform=None, fields: tuple[str, ...] = (),
+                 as_stored: bool = False):
         self.index = index.reset_index(drop=True)
         self.masks = tuple(masks)
         self.fields = tuple(fields)
         self.transform = transform
+        self.as_stored = as_stored
+
+    def _array(self, path: Path) -> torch.Tensor:
+        if self.as_stored:
+            return torch.from_numpy(np.load(path, mmap_mode="c"))
+        return torch.from_numpy(np.load(path).astype(np.float32, copy=False))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -87,10 +97,10 @@ class CacheDataset(Dataset):
         row = self.index.iloc[i].to_dict()
         case = Path(row["cache_dir"])
         meta = json.loads((case / "meta.json").read_text())
-        image = np.load(case / "image.npy", mmap_mode="r")
+        image = self._array(case / "image.npy")
         metadata, known = metadata_targets(row)
         item = {
-            "image": torch.from_numpy(np.array(image, dtype=np.float32)),
+            "image": image,
             "channels_present": torch.tensor([c in meta["channels_present"] for c in meta["channels"]]),
             "metadata": torch.from_numpy(metadata),
             "metadata_known": torch.from_numpy(known),
@@ -100,8 +110,9 @@ class CacheDataset(Dataset):
         for name in (*self.masks, *self.fields):
             path = case / f"{name}.npy"
             present = path.exists()
-            mask = np.load(path) if present else np.zeros(image.shape[1:], dtype=np.uint8)
-            item[name] = torch.from_numpy(mask.astype(np.float32))[None]
+            # an absent mask stored would be uint8, an absent field float32
+            absent = torch.uint8 if self.as_stored and name in self.masks else torch.float32
+            item[name] = (self._array(path) if present else torch.zeros(image.shape[1:], dtype=absent))[None]
             item[f"{name}_present"] = torch.tensor(present)
         if self.transform is None:
             return item

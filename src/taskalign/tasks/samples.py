@@ -42,7 +42,8 @@ class TaskDataset(Dataset):
     """Items as loader workers make them: the cached arrays and the item's random draws, no computation; a batch of
     them becomes the model's input and target on the training device through `on_device`.
 
-    Item keys: `index`; `image` (C, D, H, W) clean; the task's masks (1, D, H, W); `target` for classification and
+    Item keys: `index`; `image` (C, D, H, W) clean and the task's masks (1, D, H, W), as the cache stores them
+    (`CacheDataset(as_stored=True)`); `target` for classification and
     regression; `augment` (`draw_augmentation`) in training with augmentation; distortion also `spacing_mm` (3,),
     `rectum_distance` (1, D, H, W) with `rectum_distance_present`, and `distortion_scale`, the field's random part."""
 
@@ -55,7 +56,7 @@ class TaskDataset(Dataset):
         self.norm = norm or {}
         self.transform = augmentation(task, augment, task.type.masks) if train and augment else None
         fields = ("rectum_distance",) if task.type.degradation == "rectal_air" else ()
-        self.cache = CacheDataset(rows, masks=task.type.masks, fields=fields)
+        self.cache = CacheDataset(rows, masks=task.type.masks, fields=fields, as_stored=True)
         self.index = self.cache.index
         self.input_mask = torch.tensor([c in task.inputs for c in self.channels])
         self.target_channel = self.channels.index(task.type.target) if task.kind == "restoration" else None
