@@ -27,7 +27,7 @@ for path in (REPO, REPO / "src"):
 
 from benchmarks.common import machine, markdown, plain_table, row  # noqa: E402
 
-SECTIONS = ("train", "loading", "analysis", "radiomics", "dag", "packing", "scale")
+SECTIONS = ("train", "loading", "datapath", "analysis", "radiomics", "dag", "packing", "scale")
 
 
 def _section(name: str, quick: bool, pipeline: bool, run_dir: Path) -> list[dict]:
@@ -39,6 +39,10 @@ def _section(name: str, quick: bool, pipeline: bool, run_dir: Path) -> list[dict
         from benchmarks import bench_loading
 
         return bench_loading.run(quick=quick)
+    if name == "datapath":
+        from benchmarks import bench_datapath
+
+        return bench_datapath.run(quick=quick)
     if name == "analysis":
         from benchmarks import bench_analysis
 

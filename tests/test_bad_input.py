@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
@@ -222,3 +223,34 @@ def test_qc_montage_shows_the_smallest_lesion(tiny_cache, tmp_path):
     pixels = (mpimg.imread(png)[..., :3] * 255).round().astype(int)
     red = tuple(int(MASK_COLOURS["lesion"][i:i + 2], 16) for i in (1, 3, 5))
     assert (np.abs(pixels - red).sum(axis=-1) < 30).sum() >= 3, f"no lesion outline in {smallest.name}'s montage"
+
+
+def test_the_same_study_in_two_cohorts_is_found_by_its_voxels(tmp_path):
+    """Imported twice (here as NIfTI and as MHA, under other case and patient ids), a study is one study."""
+    from taskalign.cli import shared_studies as cli
+    from taskalign.data.shared_studies import describe, shared_studies
+
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.integers(0, 1000, (6, 16, 16)).astype(np.int16))
+    other = sitk.GetImageFromArray(rng.integers(0, 1000, (6, 16, 16)).astype(np.int16))
+    sitk.WriteImage(image, str(tmp_path / "a.nii.gz"))
+    image.SetSpacing((0.5, 0.5, 3.0))  # another header: the voxels decide
+    sitk.WriteImage(image, str(tmp_path / "b.mha"))
+    sitk.WriteImage(other, str(tmp_path / "c.mha"))
+    rows = {"picai": [("p1", "pp1", "train", "a.nii.gz")], "prostatex": [("x1", "px1", "test", "b.mha"),
+                                                                         ("x2", "px2", "test", "c.mha")]}
+    paths = []
+    for cohort, cases in rows.items():
+        frame = pd.DataFrame(cases, columns=["case_id", "patient_id", "split", "t2w"])
+        frame["t2w"] = [str(tmp_path / f) for f in frame["t2w"]]
+        paths.append(tmp_path / f"{cohort}.csv")
+        frame.to_csv(paths[-1], index=False)
+    out = tmp_path / "digests.csv"
+    args = ["--manifests", *map(str, paths), "--out", str(out)]
+    assert cli.main(args) == 1 and not out.exists()  # error by default, nothing written
+    assert cli.main([*args, "--level", "warning"]) == 0
+    digests = pd.read_csv(out)
+    assert digests.groupby("digest")["case_id"].apply(set).tolist().count({"p1", "x1"}) == 1
+    (line,) = describe(shared_studies(digests))
+    assert "cohort picai case p1 (patient pp1, split train" in line and "cohort prostatex case x1" in line
+    assert "b.mha" in line and "x2" not in line

@@ -55,7 +55,7 @@ def test_combinations_that_make_no_run_are_refused(init, protocol):
 
 def test_super_resolution_input_has_a_quarter_of_the_depth(tiny_cache):
     rows = usable_rows(read_index([tiny_cache["anatomy"]], splits=["val"]), task("super_res"))
-    sample = TaskDataset(rows, task("super_res"), CHANNELS, train=False, seed=0)[0]
+    sample = TaskDataset(rows, task("super_res"), CHANNELS, train=False, seed=0).sample(0)
     assert sample["low_res"].shape == (1, 4, 32, 32)
     assert sample["target"].shape == (1, 16, 32, 32) and sample["image"].shape == (3, 16, 32, 32)
     assert torch.count_nonzero(sample["image"][1:]) == 0  # T2W only
@@ -65,14 +65,14 @@ def test_super_resolution_input_has_a_quarter_of_the_depth(tiny_cache):
 def test_distortion_moves_tissue_near_the_rectum_only(tiny_cache):
     rows = usable_rows(read_index([tiny_cache["anatomy"]], splits=["val"]), task("distortion"))
     data = TaskDataset(rows, task("distortion"), CHANNELS, train=False, seed=0)
-    sample = data[0]
+    sample = data.sample(0)
     rectum = np.load(f"{rows.cache_dir[0]}/rectum.npy") > 0
     change = (sample["image"][0] - sample["target"][0]).abs().numpy()
     from scipy.ndimage import distance_transform_edt
 
     far = distance_transform_edt(~rectum, sampling=(4.0, 3.0, 3.0)) > 40
     assert change[rectum].mean() > 10 * max(change[far].mean(), 1e-6)
-    assert torch.equal(data[0]["image"], sample["image"])  # val/test degradations are fixed per case
+    assert torch.equal(data.sample(0)["image"], sample["image"])  # val/test degradations are fixed per case
 
 
 def _step(model, x):
@@ -153,7 +153,7 @@ def test_training_batches_do_not_depend_on_loader_workers(tiny_cache):
         batches = []
         for epoch in range(2):
             seed_epoch(0, epoch)
-            batches += [(b["index"], b["image"], b["target"]) for b in loader]
+            batches += [(b["index"], b["image"], b["target"]) for b in map(dataset.on_device, loader)]
             batches.append(torch.rand(3))  # the next draw from the global RNG (dropout's)
         runs[workers] = batches
     for a, b in zip(*runs.values(), strict=True):
@@ -324,15 +324,16 @@ def test_resnet_specialist_stem_stride_comes_from_the_config_and_old_files_keep_
 def test_augmentation_without_metadata_tracking_gives_the_same_arrays(tiny_cache):
     """CacheDataset augments with MONAI's metadata tracking off (faster): same arrays as MONAI's default."""
     from taskalign.data.dataset import CacheDataset
+    from taskalign.tasks.augment import augmentation
 
     rows = usable_rows(read_index([tiny_cache["anatomy"]], splits=["train"]), task("zone_seg"))
-    augmented = TaskDataset(rows, task("zone_seg"), CHANNELS, train=True, seed=0,
-                            augment={**params()["augment"], "prob": 1.0})
+    transform = augmentation(task("zone_seg"), {**params()["augment"], "prob": 1.0}, ("zones",))
+    augmented = CacheDataset(rows, masks=("zones",), transform=transform)
     raw = CacheDataset(rows, masks=("zones",))
     for i in range(len(rows)):
-        augmented.transform.set_random_state(seed=100 + i)
-        tracked = augmented.transform(raw[i])
-        untracked = augmented.cache[(i, 100 + i)]
+        transform.set_random_state(seed=100 + i)
+        tracked = transform(raw[i])
+        untracked = augmented[(i, 100 + i)]
         assert type(tracked["image"]).__name__ == "MetaTensor" and type(untracked["image"]) is torch.Tensor
         for key in ("image", "zones"):
             assert torch.equal(tracked[key].as_tensor(), untracked[key])

@@ -11,7 +11,7 @@ import torch
 
 from taskalign.data.labels import N_SECTORS, PIRADS_CLASSES
 from taskalign.tasks.losses import LOSSES, class_weights, task_loss
-from taskalign.tasks.samples import augmentation
+from taskalign.tasks.augment import augmentation
 from taskalign.tasks.spec import TASK_TYPES, Task, TaskType
 
 CHANNELS = ["t2w", "dwi", "adc"]

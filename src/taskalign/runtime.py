@@ -24,6 +24,19 @@ def available_cores(requested: int | None = None) -> int:
     return max(1, min(requested or allowed, allowed))
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file that must hold a mapping (a parameter or option file); ValueError naming the file otherwise."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what}: {path} is not a file")
+    mapping = yaml.safe_load(path.read_text())
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{what}: {path} does not hold a mapping")
+    return mapping
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path next to `path`; move it into place only if the block succeeds."""

@@ -78,6 +78,8 @@ rule check_manifest:
         lambda wildcards: PLAN.source_manifest(wildcards.cohort),
     output:
         layout.checked_manifest("{cohort}"),
+    wildcard_constraints:
+        cohort=name_pattern(COHORTS),
     params:
         check=check_params,
     priority: CRITICAL_PATH
@@ -93,9 +95,29 @@ rule check_manifest:
         " --params {params.check:q} 2> {log}"
 
 
+# Patient leakage across cohorts by image content, before anything is computed on the cohorts.
+rule shared_studies:
+    input:
+        [layout.checked_manifest(cohort) for cohort in COHORTS],
+    output:
+        layout.study_digests(),
+    params:
+        level=config["data"]["shared_studies"],
+    priority: CRITICAL_PATH
+    threads: config["data"]["threads"]
+    log:
+        "results/logs/data/shared_studies.log",
+    conda:
+        "../../envs/taskalign.yaml"
+    shell:
+        "python -m taskalign.cli.shared_studies --manifests {input} --level {params.level}"
+        " --workers {threads} --out {output} 2> {log}"
+
+
 rule preprocess:
     input:
-        layout.checked_manifest("{cohort}"),
+        manifest=layout.checked_manifest("{cohort}"),
+        studies=layout.study_digests(),
     output:
         cache=directory(layout.cache_dir("{cohort}")),
         index=layout.cache_index("{cohort}"),
@@ -114,6 +136,6 @@ rule preprocess:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.preprocess --manifest {input} --cache-dir {output.cache}"
+        "python -m taskalign.cli.preprocess --manifest {input.manifest} --cache-dir {output.cache}"
         " --index {output.index} --qc-dir {output.qc} --params {params.preprocess:q}"
         " --workers {threads} 2> {log}"

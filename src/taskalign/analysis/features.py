@@ -43,7 +43,7 @@ def token_means(encoder: Encoder, loader, layers: list[int], device: torch.devic
     encoder = encoder.to(device).eval()
     out: dict[str, list[np.ndarray]] = {name: [] for name in layer_names(layers)}
     for batch in loader:
-        batch = to_device(batch, device)
+        batch = loader.dataset.on_device(to_device(batch, device))  # the task's (degraded) inputs
         with autocast(device):
             normed, hidden = encoder(batch["image"])
         for n in layers:

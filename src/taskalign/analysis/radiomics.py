@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import yaml
+
+from taskalign.runtime import read_yaml_mapping
 
 if TYPE_CHECKING:
     from radiomics.featureextractor import RadiomicsFeatureExtractor
@@ -36,13 +37,7 @@ _CHANNELS: tuple[str, ...] = ()
 
 def load_params(path: str | Path) -> dict:
     """The pyradiomics parameter file as a dict (imageType, featureClass, setting)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pyradiomics parameter file {path} not found")
-    params = yaml.safe_load(path.read_text())
-    if not isinstance(params, dict):
-        raise ValueError(f"{path}: expected a mapping with imageType, featureClass and setting")
-    return params
+    return read_yaml_mapping(path, "pyradiomics parameter file (imageType, featureClass, setting)")
 
 
 def make_extractor(params: dict) -> RadiomicsFeatureExtractor:

@@ -62,20 +62,32 @@ def item_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
 class CacheDataset(Dataset):
     """One item per cached case: a dict of tensors.
 
-    Keys: `image` (C, D, H, W) float32 (whatever the cache's dtype); `channels_present` (C,) bool; `metadata` (3,)
-    float32 and `metadata_known` (3,) bool (TR, TE, flip angle, normalised with METADATA_SCALES); each requested mask as
-    (1, D, H, W) float32 (zeros and `<mask>_present` False when the case lacks it); `index` (int, row in
-    `self.index`). `transform` (e.g. MONAI dictionary transforms) is applied to the dict.
+    Keys: `image` (C, D, H, W) float32 (a float16 cache, preprocess.cache_dtype, widened); `channels_present` (C,) bool; `metadata` (3,) float32 and
+    `metadata_known` (3,) bool (TR, TE, flip angle, normalised with METADATA_SCALES); `spacing_mm` (3,) float64;
+    each requested mask and each requested field (e.g. `rectum_distance`, docs/data-contract.md) as (1, D, H, W)
+    float32 (zeros and `<name>_present` False when the case lacks it); `index` (int, row in `self.index`).
+    `transform` (e.g. MONAI dictionary transforms) is applied to the dict. `as_stored`: image, masks and fields in
+    the cache's dtypes (masks uint8), mapped from their files (copy-on-write) rather than copied, for a consumer that
+    converts them where it computes (`taskalign.tasks.samples.TaskDataset`): a paper-geometry image is 50 MB, and a
+    loader worker's copies of it cost more than everything else it does.
 
     A key is an index, or (index, seed) from a shuffling loader (`taskalign.tasks.loader.SeededShuffle`): the
     transform's random state is set from the seed (from the index alone when there is none), so an item is a
     function of its key whichever process loads it.
     """
 
-    def __init__(self, index: pd.DataFrame, masks: tuple[str, ...] = (), transform=None):
+    def __init__(self, index: pd.DataFrame, masks: tuple[str, ...] = (), transform=None, fields: tuple[str, ...] = (),
+                 as_stored: bool = False):
         self.index = index.reset_index(drop=True)
         self.masks = tuple(masks)
+        self.fields = tuple(fields)
         self.transform = transform
+        self.as_stored = as_stored
+
+    def _array(self, path: Path) -> torch.Tensor:
+        if self.as_stored:
+            return torch.from_numpy(np.load(path, mmap_mode="c"))
+        return torch.from_numpy(np.load(path).astype(np.float32, copy=False))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -85,21 +97,22 @@ class CacheDataset(Dataset):
         row = self.index.iloc[i].to_dict()
         case = Path(row["cache_dir"])
         meta = json.loads((case / "meta.json").read_text())
-        image = np.load(case / "image.npy", mmap_mode="r")
+        image = self._array(case / "image.npy")
         metadata, known = metadata_targets(row)
         item = {
-            # a float16 cache (preprocess.cache_dtype) is widened here: models and metrics always see float32
-            "image": torch.from_numpy(np.array(image, dtype=np.float32)),
+            "image": image,
             "channels_present": torch.tensor([c in meta["channels_present"] for c in meta["channels"]]),
             "metadata": torch.from_numpy(metadata),
             "metadata_known": torch.from_numpy(known),
+            "spacing_mm": torch.tensor(meta["spacing_mm"], dtype=torch.float64),
             "index": i,
         }
-        for name in self.masks:
+        for name in (*self.masks, *self.fields):
             path = case / f"{name}.npy"
             present = path.exists()
-            mask = np.load(path) if present else np.zeros(image.shape[1:], dtype=np.uint8)
-            item[name] = torch.from_numpy(mask.astype(np.float32))[None]
+            # an absent mask stored would be uint8, an absent field float32
+            absent = torch.uint8 if self.as_stored and name in self.masks else torch.float32
+            item[name] = (self._array(path) if present else torch.zeros(image.shape[1:], dtype=absent))[None]
             item[f"{name}_present"] = torch.tensor(present)
         if self.transform is None:
             return item

@@ -19,6 +19,8 @@ Decisions:
   voxel, so padding, out-of-view and signal-free voxels (raw 0) all get one value, `background` in meta.json:
   what no signal maps to (dark, like air), not the foreground mean (a mid-grey slab where there is no data).
   An absent channel is all zeros (the contract), listed in `channels_present` without it.
+- `rectum_distance.npy`: the distance in mm from the rectum mask, made once here for the distortion task, whose
+  training otherwise ran scipy's distance transform per sample and epoch (its random part is only a scale).
 
 meta.json geometry: `origin` and `crop_center` are LPS points (x, y, z) in mm, `origin` the centre of voxel
 [0, 0, 0]; `direction` is 3 x 3 with column j the physical direction of array axis W, H, D for j = 0, 1, 2 (ITK's
@@ -175,6 +177,16 @@ def _manifest_fields(row: dict) -> dict:
     return out
 
 
+def rectum_distance(rectum: np.ndarray, spacing_mm) -> np.ndarray | None:
+    """(D, H, W) float32: the Euclidean distance in mm from each voxel to the nearest rectum voxel (0 inside);
+    None for an empty mask, which has no distance to give."""
+    if not rectum.any():
+        return None
+    from scipy.ndimage import distance_transform_edt
+
+    return distance_transform_edt(rectum == 0, sampling=spacing_mm).astype(np.float32)
+
+
 def _voxel_ml(image: sitk.Image) -> float:
     return float(np.prod(image.GetSpacing())) / 1000.0
 
@@ -307,6 +319,9 @@ def preprocess_case(row: dict, cfg: dict, out_dir: Path, sanity: SanityConfig | 
         np.save(tmp / "image.npy", image.astype(cfg["cache_dtype"], copy=False))
         for name, arr in mask_arrays.items():
             np.save(tmp / f"{name}.npy", arr)
+        distance = rectum_distance(mask_arrays["rectum"], cfg["spacing_mm"]) if "rectum" in mask_arrays else None
+        if distance is not None:
+            np.save(tmp / "rectum_distance.npy", distance)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         _replace_dir(tmp, final)
     finally:

@@ -87,22 +87,25 @@ def pirads_without_lesion(pirads: str, lesion: np.ndarray, limit: float) -> str 
             "a PI-RADS >= 3 case with ISUP <= 1 has no lesion mask)")
 
 
+def relative_change(value: float, reference: float, limit: float) -> float | None:
+    """|value - reference| / reference when it exceeds `limit`; None within it or without a reference."""
+    if reference <= 0:
+        return None
+    change = abs(value - reference) / reference
+    return change if change > limit else None
+
+
 def volume_ml_mismatch(volume_ml: str, mask_ml: float, limit: float) -> str | None:
     given = _number(volume_ml)
-    if not given or mask_ml <= 0:
-        return None
-    difference = abs(given - mask_ml) / mask_ml
-    if difference <= limit:
+    difference = relative_change(given, mask_ml, limit) if given else None
+    if difference is None:
         return None
     return (f"volume_ml {given:g} mL (given in the manifest, e.g. a radiology report's estimate) differs from the "
             f"prostate mask's {mask_ml:.1f} mL by {difference:.0%} (limit {limit:.0%}); the tasks use volume_ml")
 
 
 def lesion_volume_change(native_ml: float, cache_ml: float, limit: float) -> str | None:
-    if native_ml <= 0:
-        return None
-    change = abs(cache_ml - native_ml) / native_ml
-    if change <= limit:
+    if relative_change(cache_ml, native_ml, limit) is None:
         return None
     return (f"lesion volume {cache_ml:.3f} mL in the cache vs {native_ml:.3f} mL native ({cache_ml / native_ml:.0%} "
             f"kept, limit +-{limit:.0%}): the cache grid is too coarse for this lesion")

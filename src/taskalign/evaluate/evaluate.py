@@ -45,7 +45,7 @@ def run_evaluation(*, task: Task, model_path: Path, indexes: list[Path], params:
         elif task.kind == "restoration" and len(volumes) < params["save_volumes"]:
             volumes[row["case_id"]] = prediction.astype(np.float16)
         if task.kind in ("segmentation", "restoration") and len(shown) < 4:
-            shown.append((row["case_id"], test[i]["image"].numpy(), target.numpy(), prediction))
+            shown.append((row["case_id"], test.sample(i)["image"].numpy(), target.numpy(), prediction))
     cases = pd.DataFrame(records)
     if cases.empty:
         raise ValueError(f"task {task.name}: no test cases with a {task.type.target} label")

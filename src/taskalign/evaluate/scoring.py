@@ -36,7 +36,7 @@ def predict(model, loader, task: Task, device):
     """Yield (dataset index, prediction, target) per case, model in eval mode."""
     model.eval()
     for batch in loader:
-        batch = to_device(batch, device)
+        batch = loader.dataset.on_device(to_device(batch, device))  # a TaskDataset's inputs and targets
         with autocast(device):
             outputs = model(batch["image"])
         for j in range(outputs.shape[0]):

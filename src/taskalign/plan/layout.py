@@ -60,6 +60,11 @@ def checked_manifest(cohort: str) -> str:
     return f"{RESULTS}/manifests/{cohort}.csv"
 
 
+def study_digests() -> str:
+    """A digest of every case's T2W voxels, all cohorts (the cross-cohort leakage check)."""
+    return f"{RESULTS}/manifests/study_digests.csv"
+
+
 def cache_dir(cohort: str) -> str:
     return f"{RESULTS}/cache/{cohort}"
 

@@ -1,27 +1,25 @@
-"""Task samples from the cache: the encoder input, the target, and the rows a task can use.
+"""Task samples from the cache: the rows a task can use, the items loader workers read, and the batched operations
+that make the encoder input and the target on the training device (`TaskDataset.on_device`).
 
-Augmentation (MONAI dictionary transforms) runs on the clean cached arrays first; restoration inputs are then
-degraded from the augmented image, so a distortion or a thick-slice acquisition is never itself rotated or zoomed.
-Training draws augmentation and degradations from the item seed its loader drew for the epoch
+Loader workers only read cached arrays and draw each item's random parameters (augmentation, the distortion's
+scale); augmentation and degradations run on a batch where the model trains (taskalign.tasks.augment,
+taskalign.tasks.degrade). Augmentation runs on the clean arrays first; restoration inputs are then degraded from the
+augmented image. Training draws augmentation and degradations from the item seed its loader drew for the epoch
 (`taskalign.tasks.loader.SeededShuffle`); val/test draw degradations from (seed, case), so every encoder is scored
 on the same degraded inputs.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
-from monai.transforms import (Compose, RandFlipd, RandRotated, RandScaleIntensityd, RandShiftIntensityd,
-                              RandZoomd)
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from taskalign.data.dataset import CacheDataset, item_key
-from taskalign.tasks.degrade import downsample_depth, rectal_air_field, upsample_depth, warp
+from taskalign.tasks.augment import apply_augmentation, augmentation, draw_augmentation
+from taskalign.tasks.degrade import (distance_to_mask, downsample_depth, rectal_air_shift, upsample_depth,
+                                     warp_along_h)
 from taskalign.tasks.spec import Task
 
 
@@ -40,30 +38,14 @@ def target_norm(rows: pd.DataFrame, task: Task) -> dict:
     return {"offset": float(values.mean()), "scale": float(values.std(ddof=0)) or 1.0}
 
 
-def augmentation(task: Task, augment: dict, masks: tuple[str, ...]):
-    """MONAI transforms on the clean image and masks (nearest for masks); None when nothing is enabled."""
-    keys = ["image", *masks]
-    modes = ["bilinear"] + ["nearest"] * len(masks)
-    prob = augment.get("prob", 0.0)
-    transforms = []
-    if augment.get("flip_prob", 0) > 0 and task.type.flips:
-        transforms.append(RandFlipd(keys, prob=augment["flip_prob"], spatial_axis=2))
-    if augment.get("rotate_deg", 0) > 0 and prob > 0:
-        angle = math.radians(augment["rotate_deg"])
-        transforms.append(RandRotated(keys, range_x=angle, prob=prob, mode=modes, padding_mode="border"))
-    if augment.get("zoom") and prob > 0:
-        low, high = augment["zoom"]
-        transforms.append(RandZoomd(keys, min_zoom=low, max_zoom=high, prob=prob, mode=["trilinear"] + ["nearest"] * len(masks),
-                                    padding_mode="edge", keep_size=True))
-    if augment.get("intensity", 0) > 0 and prob > 0:
-        transforms.append(RandScaleIntensityd("image", factors=augment["intensity"], prob=prob))
-        transforms.append(RandShiftIntensityd("image", offsets=augment["intensity"], prob=prob))
-    return Compose(transforms) if transforms else None
-
-
 class TaskDataset(Dataset):
-    """Items: `image` (C, D, H, W) encoder input (unused channels zeroed), `target`, `index`; super-resolution
-    also gives `low_res` (1, D / factor, H, W), the acquired thick-slice T2W."""
+    """Items as loader workers make them: the cached arrays and the item's random draws, no computation; a batch of
+    them becomes the model's input and target on the training device through `on_device`.
+
+    Item keys: `index`; `image` (C, D, H, W) clean and the task's masks (1, D, H, W), as the cache stores them
+    (`CacheDataset(as_stored=True)`); `target` for classification and
+    regression; `augment` (`draw_augmentation`) in training with augmentation; distortion also `spacing_mm` (3,),
+    `rectum_distance` (1, D, H, W) with `rectum_distance_present`, and `distortion_scale`, the field's random part."""
 
     def __init__(self, rows: pd.DataFrame, task: Task, channels: list[str], *, train: bool, seed: int,
                  augment: dict | None = None, norm: dict | None = None):
@@ -73,44 +55,89 @@ class TaskDataset(Dataset):
         self.seed = seed
         self.norm = norm or {}
         self.transform = augmentation(task, augment, task.type.masks) if train and augment else None
-        self.cache = CacheDataset(rows, masks=task.type.masks, transform=self.transform)
+        fields = ("rectum_distance",) if task.type.degradation == "rectal_air" else ()
+        self.cache = CacheDataset(rows, masks=task.type.masks, fields=fields, as_stored=True)
         self.index = self.cache.index
-        self.input_mask = torch.tensor([c in task.inputs for c in self.channels], dtype=torch.float32)
+        self.input_mask = torch.tensor([c in task.inputs for c in self.channels])
+        self.target_channel = self.channels.index(task.type.target) if task.kind == "restoration" else None
 
     def __len__(self) -> int:
         return len(self.cache)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         i, item_seed = item_key(key)
-        item = self.cache[key]  # the augmentation's random state comes from the key
-        image = torch.as_tensor(item["image"]).float()
-        # training degradations follow the item seed a shuffling loader drew for this epoch; val/test are fixed
-        per_epoch = self.train and item_seed is not None
-        rng = np.random.default_rng([self.seed, i, item_seed] if per_epoch else [self.seed, i])
+        item = self.cache[i]
+        sample = {"index": i, "image": item["image"], **{m: item[m] for m in self.task.type.masks}}
+        if self.transform is not None:  # the seed CacheDataset gave MONAI: the item's, else its index
+            sample["augment"] = draw_augmentation(self.transform, i if item_seed is None else item_seed)
         row = self.index.iloc[i]
-        sample = {"index": i}
-        kind, degradation = self.task.kind, self.task.type.degradation
-        if kind == "classification":
+        if self.task.kind == "classification":
             sample["target"] = torch.tensor(self.task.type.classes.index(int(row[self.task.type.target])))
-        elif kind == "regression":
+        elif self.task.kind == "regression":
             value = (float(row[self.task.type.target]) - self.norm["offset"]) / self.norm["scale"]
             sample["target"] = torch.tensor([value], dtype=torch.float32)
-        elif kind == "segmentation":
-            mask = torch.as_tensor(item[self.task.type.target]).round()
-            sample["target"] = mask.long() if self.task.type.n_outputs > 1 else mask.float()
-        else:
-            target_channel = self.channels.index(self.task.type.target)
-            sample["target"] = image[target_channel : target_channel + 1].clone()
-            degraded = image[target_channel : target_channel + 1].numpy()  # a degradation acts on the target itself
-            if degradation == "thick_slices":
-                factor = self.task.options["factor"]
-                low = downsample_depth(degraded, factor)
-                sample["low_res"] = torch.from_numpy(low)
-                image[target_channel] = torch.from_numpy(upsample_depth(low, factor))[0]
-            elif degradation == "rectal_air":
-                spacing = json.loads((Path(row["cache_dir"]) / "meta.json").read_text())["spacing_mm"]
-                field = rectal_air_field(np.asarray(item["rectum"])[0] > 0.5, spacing,
-                                         self.task.options["amplitude_mm"], self.task.options["decay_mm"], rng)
-                image[target_channel] = torch.from_numpy(warp(degraded, field))[0]
-        sample["image"] = image * self.input_mask.view(-1, 1, 1, 1)
+        if self.task.type.degradation == "rectal_air":
+            # training degradations follow the item seed a shuffling loader drew for this epoch; val/test are fixed
+            per_epoch = self.train and item_seed is not None
+            rng = np.random.default_rng([self.seed, i, item_seed] if per_epoch else [self.seed, i])
+            sample["distortion_scale"] = torch.tensor(rng.uniform(0.5, 1.0), dtype=torch.float64)
+            sample.update({k: item[k] for k in ("spacing_mm", "rectum_distance", "rectum_distance_present")})
         return sample
+
+    def on_device(self, batch: dict) -> dict:
+        """A collated batch of items, on the training device -> `image` (B, C, D, H, W) encoder input (unused
+        channels zeroed), `target`, `index`; super-resolution also `low_res` (B, 1, D / factor, H, W), the acquired
+        thick-slice T2W. Full precision whatever autocast the caller runs under."""
+        with torch.autocast(batch["image"].device.type, enabled=False):
+            return task_batch(batch, self.task, self.input_mask, self.target_channel)
+
+    def sample(self, i: int) -> dict:
+        """Item i as the model sees it, on the CPU (`on_device` of a batch of one, unbatched)."""
+        batch = self.on_device(default_collate([self[i]]))
+        return {k: v[0] if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def task_batch(batch: dict, task: Task, input_mask: torch.Tensor, target_channel: int | None) -> dict:
+    """`TaskDataset.on_device`: augmentation on the clean arrays, then the target and the degraded input. Restoration
+    inputs are degraded from the augmented image, so a distortion or a thick-slice acquisition is never itself
+    rotated or zoomed."""
+    image = batch["image"].float()
+    masks = {m: batch[m].float() for m in task.type.masks}
+    reshaped = torch.zeros(image.shape[0], dtype=torch.bool, device=image.device)
+    if "augment" in batch:
+        image, masks, reshaped = apply_augmentation(image, masks, batch["augment"])
+    out = {"index": batch["index"]}
+    if task.kind in ("classification", "regression"):
+        out["target"] = batch["target"]
+    elif task.kind == "segmentation":
+        mask = masks[task.type.target].round()
+        out["target"] = mask.long() if task.type.n_outputs > 1 else mask
+    else:
+        target = image[:, target_channel : target_channel + 1]
+        out["target"] = target
+        if task.type.degradation == "thick_slices":
+            out["low_res"] = downsample_depth(target, task.options["factor"])
+            degraded = upsample_depth(out["low_res"], task.options["factor"])
+        elif task.type.degradation == "rectal_air":
+            degraded = warp_along_h(target, distortion_shift(batch, masks["rectum"][:, 0] > 0.5, reshaped, task))
+        else:
+            degraded = target
+        image = torch.cat([image[:, :target_channel], degraded, image[:, target_channel + 1 :]], dim=1)
+    out["image"] = image * input_mask.to(image).view(1, -1, 1, 1, 1)
+    return out
+
+
+def distortion_shift(batch: dict, rectum: torch.Tensor, reshaped: torch.Tensor, task: Task) -> torch.Tensor:
+    """The rectal-air shift (B, D, H, W) of each item's (augmented) rectum. The distance from it is the cache's
+    `rectum_distance` (flipped with the item), or, for an item rotated or zoomed (its mask was resampled) or a
+    cache without the file, the exact distance transform of its mask, here on the device."""
+    distance = batch["rectum_distance"][:, 0].float()
+    if "augment" in batch and "flip" in batch["augment"]:
+        flip = batch["augment"]["flip"].to(distance.device).view(-1, 1, 1, 1)
+        distance = torch.where(flip, distance.flip(-1), distance)
+    stale = (reshaped | ~batch["rectum_distance_present"]) & rectum.flatten(1).any(dim=1)
+    if stale.any():
+        rows = stale.nonzero()[:, 0]
+        distance = distance.index_put((rows,), distance_to_mask(rectum[rows], batch["spacing_mm"][rows]))
+    return rectal_air_shift(rectum, distance, batch["spacing_mm"], task.options["amplitude_mm"],
+                            task.options["decay_mm"], batch["distortion_scale"])

@@ -78,6 +78,7 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
     loss = task_loss(task, class_weights(task, train_set.index), device)
 
     def loss_fn(net, b):
+        b = train_set.on_device(b)  # augmentation and degradations, batched where the model trains
         return {"total": loss(net(b["image"]), b["target"])}
 
     metric = task.type.metric

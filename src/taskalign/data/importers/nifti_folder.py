@@ -26,8 +26,8 @@ import re
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from taskalign.runtime import read_yaml_mapping
 from taskalign.data.importers.common import (
     CohortImportError,
     binarise,
@@ -119,12 +119,10 @@ def _compile_mapping(mapping) -> dict[str, re.Pattern]:
     if mapping is None:
         raise CohortImportError("the nifti importer needs option mapping: {column: regex} or a YAML file of it")
     if isinstance(mapping, (str, Path)):
-        path = Path(mapping)
-        if not path.is_file():
-            raise CohortImportError(f"option mapping: {path} is not a file")
-        mapping = yaml.safe_load(path.read_text())
-        if not isinstance(mapping, dict):
-            raise CohortImportError(f"option mapping: {path} does not hold a {{column: regex}} mapping")
+        try:
+            mapping = read_yaml_mapping(mapping, "option mapping ({column: regex})")
+        except ValueError as err:
+            raise CohortImportError(str(err)) from None
     unknown = sorted(set(mapping) - set(FILE_COLUMNS))
     if unknown:
         raise CohortImportError(f"option mapping: unknown column(s) {unknown}; columns are {FILE_COLUMNS}")
