@@ -224,14 +224,18 @@ def test_analysis_tables_hold_values_in_valid_ranges(workdir):
     mmd = pd.read_csv(workdir / "results/analysis/mmd.csv")
     assert set(mmd["distance"]) == {"d2r", "d2p", "d2s"}
     assert (mmd.loc[mmd["estimator"] == "biased", "value"] >= 0).all() and mmd["p_value"].between(0, 1).all()
-    assert mmd.groupby("task")["sigma"].nunique().eq(1).all(), "one sigma per task for the three distances"
+    assert mmd["sigma"].nunique() == 1, "one sigma for every task, model and distance"
+    models = [f"pretrained:{m['variant']}/{m['protocol']}" for m in CONFIG["analysis"]["models"]]
+    assert set(mmd["model"]) == set(models)
     rpg = pd.read_csv(workdir / "results/analysis/rpg.csv")
     assert set(rpg["reference"]) <= {"random", "specialist"} and np.isfinite(rpg["rpg"]).all()
+    assert set(rpg["model"]) == set(models)
     correlations = pd.read_csv(workdir / "results/analysis/rpg_correlations.csv")
-    tasks_per_reference = rpg.groupby("reference")["task"].nunique()
-    assert (correlations["n"] == correlations["reference"].map(tasks_per_reference)).all()
+    tasks_per_pair = rpg.groupby(["model", "reference"])["task"].nunique()
+    assert (correlations["n"] == [tasks_per_pair[m, r] for m, r in zip(correlations["model"],
+                                                                       correlations["reference"])]).all()
     lens = pd.read_csv(workdir / "results/analysis/lens.csv")
-    assert (lens.groupby("task")["rank"].min() == 1).all() and (lens["change"] >= 0).all()
+    assert (lens.groupby("task")["rank"].min() == 1).all() and (lens["p_fwer"] >= lens["p_value"]).all()
     assert set(lens["group"]) <= {"intensity", "shape", "texture"}
     summary = pd.read_csv(workdir / "results/analysis/lens_summary.csv")
     assert summary["perm_p"].between(0, 1).all()
@@ -244,8 +248,8 @@ def test_analysis_tables_hold_values_in_valid_ranges(workdir):
 
 def test_every_paper_table_and_figure_is_written_with_provenance(workdir):
     tables = ["000_table1_cohorts", "000_table2_classification", "000_table3_regression", "000_table4_segmentation",
-              "000_table5_restoration", "000_table6_cka", "001_table1_compute", "002_table5_ablation",
-              "003_lens_summary"]
+              "000_table5_restoration", "000_table6_cka", "000_table6_cka_supplementary", "001_table1_compute",
+              "002_table5_ablation", "003_lens_summary"]
     records = list((workdir / "results/provenance").glob("config-*.json"))
     assert len(records) == 1, "the dry runs above must not write config records"
     assert json.loads(records[0].read_text())["data"]["cohorts"].keys() == CONFIG["data"]["cohorts"].keys()

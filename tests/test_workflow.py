@@ -24,7 +24,11 @@ def test_paper_config_plans_its_dag():
     counts = job_counts(proc.stdout)
     assert counts["cohort"] == 5 and counts["preprocess"] == 5 and counts["check_manifest"] == 5
     # 8 tasks x (random frozen + 4 inits full + pretrained frozen and partial:2) x 3 seeds
-    assert counts["finetune"] == counts["evaluate"] == 8 * 7 * 3
+    # 8 tasks x 3 seeds x (random frozen + 4 inits full + pretrained:mae frozen and partial:2 + 001's second FM
+    # pretrained:multitask partial:2 + 002's ablation steps not run otherwise: ablation2, mt_no_contrastive and
+    # multitask, each frozen; its first step, mae frozen, is already there)
+    assert counts["finetune"] == counts["evaluate"] == 8 * 3 * (7 + 1 + 3)
+    assert counts["pretrain"] == 6 and counts["mmd"] == 1  # 5 configured variants + ablation2
 
 
 def test_misspelt_key_is_an_error_that_names_it(tmp_path):
