@@ -51,7 +51,12 @@ def test_config_digest_is_stable_and_names_the_record():
 def test_cka_pairs_and_analysis_tasks(plan):
     pairs = plan.cka_pairs("zone_seg")
     assert pairs[0]["pair"] == "pretrained-continual"
-    assert {p["pair"] for p in pairs} == {"pretrained-continual", "pretrained-finetuned", "continual-finetuned"}
+    assert {p["pair"] for p in pairs} == {"pretrained-continual", "pretrained-finetuned", "continual-finetuned",
+                                          "continual-finetuned_from_continual"}
+    # 000 Table 6: both Finetuned rows of a seed compare with ONE fine-tuned encoder, the pretrained init's
+    ft = {(p["protocol"], p["seed"]): p["b"] for p in pairs if p["pair"] == "pretrained-finetuned"}
+    assert ft and all(p["b"] == ft[p["protocol"], p["seed"]] for p in pairs if p["pair"] == "continual-finetuned")
+    assert all("/pretrained-mae/" in path for path in ft.values())
     assert plan.mmd_tasks == ["volume_reg", "zone_seg", "super_res"]
     assert plan.lens_runs("zone_seg") == [layout.Run("zone_seg", "pretrained:mae", "full", 0)]
     assert plan.radiomics_cohorts == ["anatomy", "promis", "ucl"]
