@@ -9,7 +9,7 @@ from pathlib import Path
 
 from taskalign.cli.training import add_training_options, training_options
 from taskalign.runtime import setup_logging
-from taskalign.train.preemption import stop_signals_recorded
+from taskalign.train.preemption import stop_signals_held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from taskalign.train.finetune import run_finetune
 
     params = json.loads(args.params)
-    with stop_signals_recorded():  # before loader workers fork: they inherit the handler
+    with stop_signals_held():  # before loader workers fork: they inherit the blocked mask
         run_finetune(task=Task.from_config(args.task, params["task"]), init=args.init, protocol=args.protocol,
                      encoder_path=args.encoder, indexes=args.index, params=params, model_out=args.model,
                      history_csv=args.history, curve_png=args.curve, timing_json=args.timing,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from taskalign.cli.training import add_training_options, training_options
 from taskalign.runtime import setup_logging
-from taskalign.train.preemption import stop_signals_recorded
+from taskalign.train.preemption import stop_signals_held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("taskalign.pretrain")
     from taskalign.train.pretrain import run_pretraining
 
-    with stop_signals_recorded():  # before loader workers fork: they inherit the handler
+    with stop_signals_held():  # before loader workers fork: they inherit the blocked mask
         run_pretraining(variant=args.variant, indexes=args.index, params=json.loads(args.params),
                         encoder_out=args.encoder, last_out=args.last, history_csv=args.history, curve_png=args.curve,
                         resume_dir=args.resume_dir, threads=args.threads,
