@@ -203,22 +203,22 @@ def test_starting_epochs_ahead_changes_no_batch_or_weight(tmp_path, workers):
             seen.append(batch["x"])
             return {"total": ((net(batch["x"]) - batch["y"]) ** 2).mean()}
 
-        def train_epoch(epoch):
-            return train_one_epoch(model, loader, optimizer, scheduler, cpu, loss_fn)
+        def train_epoch(progress=None):
+            return train_one_epoch(model, loader, optimizer, scheduler, cpu, loss_fn, progress)
 
         def validate():
             return {"draw": float(torch.rand(()))}
 
         if ahead:
-            history, _ = fit(model=model, schedule=Schedule(optimizer, scheduler, epochs, "val_draw", "max"),
-                             loader=loader, train_epoch=train_epoch, validate=validate,
-                             resume=ResumeFile(tmp_path / "resume", "x"), stage="test")
-            losses = [row["train_total"] for row in history]
+            fitted = fit(model=model, schedule=Schedule(optimizer, scheduler, epochs, "val_draw", "max"),
+                         loader=loader, train_epoch=train_epoch, validate=validate,
+                         resume=ResumeFile(tmp_path / "resume", "x"), stage="test")
+            losses = [row["train_total"] for row in fitted.history]
         else:
             losses = []
             for epoch in range(epochs):
                 seed_epoch(0, epoch)
-                losses.append(train_epoch(epoch)["total"])
+                losses.append(train_epoch()["total"])
                 with preserved_rngs():
                     validate()
         return seen, losses, model.state_dict()
@@ -338,3 +338,52 @@ def test_augmentation_without_metadata_tracking_gives_the_same_arrays(tiny_cache
         for key in ("image", "zones"):
             assert torch.equal(tracked[key].as_tensor(), untracked[key])
     assert not torch.equal(untracked["image"], raw[len(rows) - 1]["image"]), "the augmentation ran"
+
+
+@pytest.mark.parametrize("protocol, stored_blocks", [("frozen", set()), ("partial:2", {2, 3})])
+def test_a_run_with_a_frozen_encoder_stores_what_it_trained_and_names_the_encoder(tiny_cache, tmp_path, protocol,
+                                                                                   stored_blocks):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from taskalign.models.checkpoint_io import load_encoder
+    from taskalign.models.task_model import load_task_model
+
+    torch.manual_seed(0)
+    encoder = tmp_path / "pretrain" / "encoder.safetensors"
+    save_encoder(Encoder(GEOMETRY), encoder)
+    out = tmp_path / "finetune" / "run"
+    p = {**params(epochs=1), "task": TASKS["zone_seg"]}
+    run_finetune(task=task("zone_seg"), init="pretrained:mae", protocol=protocol, encoder_path=encoder,
+                 indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                 history_csv=out / "history.csv", curve_png=out / "curve.png", timing_json=out / "timing.json",
+                 resume_dir=tmp_path / "resume")
+    stored = load_file(str(out / "model.safetensors"))
+    blocks = {int(k.split(".")[2]) for k in stored if k.startswith("encoder.blocks.")}
+    assert blocks == stored_blocks and "encoder.patch_embedding.position_embeddings" not in stored
+    assert any(not k.startswith("encoder.") for k in stored), "the head is stored"
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        reference = json.loads(f.metadata()["encoder"])
+    assert reference["file"] == "../../pretrain/encoder.safetensors", "relative to the model file"
+
+    model, _ = load_task_model(out / "model.safetensors", task("zone_seg"), CHANNELS)
+    original = load_encoder(encoder).state_dict()
+    for key, value in model.encoder.state_dict().items():
+        expected = stored.get(f"encoder.{key}", original[key])
+        assert torch.equal(value, expected), key
+    run_evaluation(task=task("zone_seg"), model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
+                   params={**p, "bootstrap": 10, "save_volumes": 0}, metrics_csv=out / "metrics.csv",
+                   cases_csv=out / "cases.csv", predictions_npz=out / "pred.npz", montage_png=out / "montage.png")
+
+    torch.manual_seed(1)
+    save_encoder(Encoder(GEOMETRY), encoder)  # rewritten upstream since the run
+    with pytest.raises(ValueError, match="sha256"):
+        load_task_model(out / "model.safetensors", task("zone_seg"), CHANNELS)
+
+
+def test_compile_is_used_on_cuda_only_unless_asked_for():
+    from taskalign.train.loop import TrainingOptions
+
+    model = torch.nn.Linear(2, 2)
+    for setting in ("auto", "off"):
+        assert TrainingOptions(compile=setting).training_module(model, torch.device("cpu")) is model

@@ -245,3 +245,40 @@ def test_patch_matmul_embedding_equals_the_convolution(monkeypatch):
                                plain.patch_embedding.patch_embeddings.weight.grad, rtol=1e-4, atol=1e-6)
     odd = torch.randn(1, 3, 9, 33, 35)  # sizes the patches do not tile: the convolution's semantics
     torch.testing.assert_close(fast.patch_embedding.patch_embeddings(odd), plain.patch_embedding.patch_embeddings(odd))
+
+
+def test_every_attention_block_uses_fused_attention_with_the_same_numbers():
+    """MONAI's SABlock with use_flash_attention runs torch's scaled_dot_product_attention; on CPU it equals the
+    explicit softmax(QK^T)V to float tolerance, in the encoder and the MAE decoder."""
+    from monai.networks.blocks.selfattention import SABlock
+
+    torch.manual_seed(0)
+    model = PretrainingModel(Encoder(TINY), objectives=["reconstruction"], channels=["t2w", "dwi", "adc"],
+                             mask_ratio=0.5, weights={"reconstruction": 1.0}, decoder_layers=1).eval()
+    blocks = [m for m in model.modules() if isinstance(m, SABlock)]
+    assert len(blocks) == TINY.num_layers + 1 and all(b.use_flash_attention for b in blocks)
+    x = torch.randn(2, 3, *TINY.img_size)
+    with torch.no_grad():
+        fused = model.encoder(x)[0]
+        for block in blocks:
+            block.use_flash_attention = False
+        explicit = model.encoder(x)[0]
+    assert torch.allclose(fused, explicit, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(fused, torch.zeros_like(fused))
+
+
+def test_encoder_file_is_read_once_and_built_on_the_device_it_is_asked_for(tmp_path):
+    import hashlib
+
+    from taskalign.models.checkpoint_io import EncoderFile
+
+    torch.manual_seed(0)
+    path = tmp_path / "enc.safetensors"
+    save_encoder(Encoder(TINY), path)
+    encoder_file = EncoderFile.read(path)
+    assert encoder_file.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    built = encoder_file.build("cpu")
+    reference = load_encoder(path)
+    assert all(torch.equal(built.state_dict()[k], v) for k, v in reference.state_dict().items())
+    with torch.device("meta"):  # the build honours the device it is given, not the ambient one
+        assert encoder_file.build("cpu").cls_token.device.type == "cpu"

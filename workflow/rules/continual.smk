@@ -10,6 +10,8 @@ def continual_params(wildcards):
 
 
 
+# `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
+# switch reach the job in its command from config, not params: changing them reruns nothing.
 rule continual:
     input:
         encoder=layout.pretrained_encoder("{variant}"),
@@ -35,7 +37,8 @@ rule continual:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.continual --variant {wildcards.variant} --pretrained {input.encoder}"
+        "exec python -m taskalign.cli.continual --variant {wildcards.variant} --pretrained {input.encoder}"
         " --index {input.index} --params {params.continual:q} --encoder {output.encoder}"
         " --adapter {output.adapter} --history {output.history} --curve {output.curve}"
-        " --resume-dir {params.resume_dir} --threads {threads} 2> {log}"
+        " --resume-dir {params.resume_dir} --checkpoint-minutes {config[continual][checkpoint_minutes]}"
+        " --compile {config[continual][compile]} --threads {threads} 2> {log}"

@@ -27,6 +27,8 @@ def finetune_encoder(wildcards):
     return PLAN.init_encoder(PLAN.inits[wildcards.init]) or []
 
 
+# `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
+# switch reach the job in its command from config, not params: changing them reruns nothing.
 rule finetune:
     input:
         encoder=finetune_encoder,
@@ -56,10 +58,11 @@ rule finetune:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.finetune --task {wildcards.task} --init {params.init:q}"
+        "exec python -m taskalign.cli.finetune --task {wildcards.task} --init {params.init:q}"
         " --protocol {params.protocol:q} {params.encoder} --index {input.index}"
         " --params {params.finetune:q} --model {output.model} --history {output.history}"
         " --curve {output.curve} --timing {output.timing} --resume-dir {params.resume_dir}"
+        " --checkpoint-minutes {config[finetune][checkpoint_minutes]} --compile {config[finetune][compile]}"
         " --threads {threads} 2> {log}"
 
 

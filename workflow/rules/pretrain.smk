@@ -23,6 +23,8 @@ def import_encoder_params(wildcards):
 
 
 
+# `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
+# switch reach the job in its command from config, not params: changing them reruns nothing.
 rule pretrain:
     input:
         [layout.cache_index(c) for c in PRETRAIN["cohorts"]],
@@ -49,9 +51,10 @@ rule pretrain:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.pretrain --variant {wildcards.variant} --index {input}"
+        "exec python -m taskalign.cli.pretrain --variant {wildcards.variant} --index {input}"
         " --params {params.pretrain:q} --encoder {output.encoder} --last {output.last}"
         " --history {output.history} --curve {output.curve} --resume-dir {params.resume_dir}"
+        " --checkpoint-minutes {config[pretrain][checkpoint_minutes]} --compile {config[pretrain][compile]}"
         " --threads {threads} 2> {log}"
 
 

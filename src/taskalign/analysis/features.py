@@ -25,13 +25,13 @@ from taskalign.tasks.spec import Task
 
 log = logging.getLogger(__name__)
 
-def encoder_of(path: Path, source: str, task: Task, channels: list[str]) -> Encoder:
-    """The encoder in an encoder file (`encoder`) or inside a fine-tuned task model (`finetuned`)."""
+def encoder_of(path: Path, source: str, task: Task, channels: list[str], device: torch.device) -> Encoder:
+    """The encoder in an encoder file (`encoder`) or inside a fine-tuned task model (`finetuned`), on `device`."""
     if source == "encoder":
-        return load_encoder(path)
+        return load_encoder(path, device)
     from taskalign.models.task_model import load_task_model
 
-    model, meta = load_task_model(path, task, channels)
+    model, meta = load_task_model(path, task, channels, device)
     if not hasattr(model, "encoder"):
         raise ValueError(f"{path}: init {meta['init']} has no foundation-model encoder to extract features from")
     return model.encoder
@@ -55,7 +55,7 @@ def token_means(encoder: Encoder, loader, layers: list[int], device: torch.devic
 def extract(*, task: Task, model_path: Path, source: str, indexes: list[Path], params: dict, out_npz: Path,
             threads: int | None = None) -> None:
     device = select_device(threads)
-    encoder = encoder_of(model_path, source, task, params["channels"])
+    encoder = encoder_of(model_path, source, task, params["channels"], device)
     unknown = [n for n in params["layers"] if not 0 <= n < len(encoder.blocks)]
     if unknown:
         raise ValueError(f"analysis.layers {unknown}: {model_path} has blocks 0..{len(encoder.blocks) - 1}")

@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from taskalign.cli.training import add_training_options, training_options
 from taskalign.runtime import setup_logging
+from taskalign.train.preemption import stop_signals_held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,13 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve", required=True, type=Path)
     parser.add_argument("--resume-dir", required=True, type=Path)
     parser.add_argument("--threads", type=int, default=None)
+    add_training_options(parser)
     args = parser.parse_args(argv)
     setup_logging("taskalign.continual")
     from taskalign.train.continual import run_continual
 
-    run_continual(variant=args.variant, pretrained=args.pretrained, index=args.index, params=json.loads(args.params),
-                  encoder_out=args.encoder, adapter_out=args.adapter, history_csv=args.history,
-                  curve_png=args.curve, resume_dir=args.resume_dir, threads=args.threads)
+    with stop_signals_held():  # before loader workers fork: they inherit the blocked mask
+        run_continual(variant=args.variant, pretrained=args.pretrained, index=args.index, params=json.loads(args.params),
+                      encoder_out=args.encoder, adapter_out=args.adapter, history_csv=args.history,
+                      curve_png=args.curve, resume_dir=args.resume_dir, threads=args.threads,
+                      options=training_options(args))
     return 0
 
 

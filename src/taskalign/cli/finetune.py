@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from taskalign.cli.training import add_training_options, training_options
 from taskalign.runtime import setup_logging
+from taskalign.train.preemption import stop_signals_held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,16 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing", required=True, type=Path)
     parser.add_argument("--resume-dir", required=True, type=Path)
     parser.add_argument("--threads", type=int, default=None)
+    add_training_options(parser)
     args = parser.parse_args(argv)
     setup_logging("taskalign.finetune")
     from taskalign.tasks.spec import Task
     from taskalign.train.finetune import run_finetune
 
     params = json.loads(args.params)
-    run_finetune(task=Task.from_config(args.task, params["task"]), init=args.init, protocol=args.protocol,
-                 encoder_path=args.encoder, indexes=args.index, params=params, model_out=args.model,
-                 history_csv=args.history, curve_png=args.curve, timing_json=args.timing,
-                 resume_dir=args.resume_dir, threads=args.threads)
+    with stop_signals_held():  # before loader workers fork: they inherit the blocked mask
+        run_finetune(task=Task.from_config(args.task, params["task"]), init=args.init, protocol=args.protocol,
+                     encoder_path=args.encoder, indexes=args.index, params=params, model_out=args.model,
+                     history_csv=args.history, curve_png=args.curve, timing_json=args.timing,
+                     resume_dir=args.resume_dir, threads=args.threads,
+                     options=training_options(args))
     return 0
 
 

@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from taskalign.cli.training import add_training_options, training_options
 from taskalign.runtime import setup_logging
+from taskalign.train.preemption import stop_signals_held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,13 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve", required=True, type=Path)
     parser.add_argument("--resume-dir", required=True, type=Path, help="epoch checkpoints (not a declared output)")
     parser.add_argument("--threads", type=int, default=None)
+    add_training_options(parser)
     args = parser.parse_args(argv)
     setup_logging("taskalign.pretrain")
     from taskalign.train.pretrain import run_pretraining
 
-    run_pretraining(variant=args.variant, indexes=args.index, params=json.loads(args.params),
-                    encoder_out=args.encoder, last_out=args.last, history_csv=args.history, curve_png=args.curve,
-                    resume_dir=args.resume_dir, threads=args.threads)
+    with stop_signals_held():  # before loader workers fork: they inherit the blocked mask
+        run_pretraining(variant=args.variant, indexes=args.index, params=json.loads(args.params),
+                        encoder_out=args.encoder, last_out=args.last, history_csv=args.history, curve_png=args.curve,
+                        resume_dir=args.resume_dir, threads=args.threads,
+                        options=training_options(args))
     return 0
 
 

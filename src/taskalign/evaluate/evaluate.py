@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 def run_evaluation(*, task: Task, model_path: Path, indexes: list[Path], params: dict, metrics_csv: Path,
                    cases_csv: Path, predictions_npz: Path, montage_png: Path, threads: int | None = None) -> pd.DataFrame:
     device = select_device(threads)
-    model, meta = load_task_model(model_path, task, params["channels"])
-    model = model.to(device)
+    model, meta = load_task_model(model_path, task, params["channels"], device)
     rows = usable_rows(read_index(indexes, splits=["test"]), task)
     test = TaskDataset(rows, task, params["channels"], train=False, seed=params["seed"], norm=meta["norm"])
     loader = make_loader(test, params["batch_size"], shuffle=False, seed=params["seed"], device=device)

@@ -11,6 +11,7 @@ added to the class token itself, which gives the same token into block 0.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.runtime import atomic_path
@@ -55,11 +58,54 @@ def geometry_of(path: Path) -> EncoderGeometry:
     return EncoderGeometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
-def load_encoder(path: Path) -> Encoder:
-    """Rebuild an encoder saved by `save_encoder` (strict: every key, every shape)."""
-    encoder = Encoder(geometry_of(path))
-    encoder.load_state_dict(load_file(str(path)), strict=True)
-    return encoder
+@dataclass(frozen=True)
+class EncoderFile:
+    """An encoder file read once: its tensors (CPU), geometry and the sha256 of its bytes (what resume
+    fingerprints and frozen task models name it by)."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    geometry: EncoderGeometry
+    sha256: str
+
+    @classmethod
+    def read(cls, path: Path) -> "EncoderFile":
+        data = Path(path).read_bytes()
+        return cls(Path(path), load_safetensors(data), geometry_of(path), hashlib.sha256(data).hexdigest())
+
+    def build(self, device: torch.device | str = "cpu") -> Encoder:
+        """The encoder built on `device` (its random init runs there: no CPU build then copy on a GPU; on CPU the
+        same RNG draws as ever), then loaded strictly: every key, every shape."""
+        with torch.device(device):
+            encoder = Encoder(self.geometry)
+        encoder.load_state_dict(self.state, strict=True)
+        return encoder
+
+
+def load_encoder(path: Path, device: torch.device | str = "cpu") -> Encoder:
+    """Rebuild an encoder saved by `save_encoder` on `device`."""
+    return EncoderFile.read(path).build(device)
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the frozen parameters (requires_grad False): what training changed, plus buffers.
+    Tensors are the model's own (no copy)."""
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A snapshot of `state` in host memory that later training steps do not change."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `trained_state` output; every key the model has must come from it unless the model holds it frozen."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise KeyError(f"state does not fit the model: missing {sorted(set(missing) - frozen)[:5]}, "
+                       f"unexpected {sorted(unexpected)[:5]}")
 
 
 def timm_to_encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:

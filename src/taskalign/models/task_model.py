@@ -1,12 +1,14 @@
 """A task model as a whole: built around an encoder (or as a specialist), initialised at its masks' class prior,
 its trainable parameters set by the protocol, saved with the metadata that rebuilds it, and loaded again.
 
-Fine-tuning builds and saves it; evaluation and feature extraction load it.
+Fine-tuning builds and saves it; evaluation and feature extraction load it. A model whose encoder was (partly)
+frozen does not store the encoder again: its file holds what the run trained and names the encoder file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from taskalign.models.checkpoint_io import EncoderFile, trained_state
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.heads import encoder_model, n_model_outputs, specialist_model
 from taskalign.runtime import atomic_path
@@ -73,19 +76,50 @@ def start_at_prior(model: nn.Module, task: Task, prior: torch.Tensor) -> None:
         layers[-1].bias.copy_(bias.to(layers[-1].bias.dtype))
 
 
-def save_task_model(model: nn.Module, path: Path, meta: dict) -> None:
-    """Weights as safetensors, `meta` (JSON values) as its metadata: init, geometry and architecture rebuild it."""
+def save_task_model(model: nn.Module, path: Path, meta: dict, encoder_file: EncoderFile | None = None) -> None:
+    """Weights as safetensors, `meta` (JSON values) as its metadata: init, geometry and architecture rebuild it.
+
+    When `encoder_file` is the file the model's encoder came from and some encoder parameters stayed frozen,
+    those are left out and the metadata's "encoder" names the file (path relative to the model file) and its
+    sha256: a frozen ViT-B run stores its head, not 86M parameters again."""
+    state = model.state_dict()
+    frozen = set(state) - set(trained_state(model))
+    if frozen and encoder_file is not None:
+        if any(not key.startswith("encoder.") for key in frozen):
+            raise ValueError(f"{path}: frozen parameters outside the encoder cannot be named by an encoder file")
+        state = {k: v for k, v in state.items() if k not in frozen}
+        meta = {**meta, "encoder": {"file": os.path.relpath(encoder_file.path, Path(path).parent),
+                                    "sha256": encoder_file.sha256}}
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
                   metadata={k: json.dumps(v) for k, v in meta.items()})
 
 
-def load_task_model(path: Path, task: Task, channels: list[str]) -> tuple[nn.Module, dict]:
-    """A fine-tuned model file -> (model in eval mode, metadata)."""
+def referenced_encoder_state(model_path: Path, reference: dict) -> dict[str, torch.Tensor]:
+    """The frozen encoder parameters a model file names, under the task model's `encoder.` keys; refused when the
+    encoder file's bytes are not the ones the model was trained on."""
+    path = Path(model_path).parent / reference["file"]
+    if not path.exists():
+        raise FileNotFoundError(f"{model_path}: its frozen encoder {path} does not exist")
+    encoder = EncoderFile.read(path)
+    if encoder.sha256 != reference["sha256"]:
+        raise ValueError(f"{model_path}: its frozen encoder {path} has sha256 {encoder.sha256[:12]}..., the model "
+                         f"was trained on {reference['sha256'][:12]}...; the encoder was rewritten since (rerun "
+                         "the fine-tune)")
+    return {f"encoder.{k}": v for k, v in encoder.state.items()}
+
+
+def load_task_model(path: Path, task: Task, channels: list[str],
+                    device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """A fine-tuned model file -> (model on `device` in eval mode, metadata). Built on `device` directly."""
     with safe_open(str(path), framework="pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
-    encoder = Encoder(EncoderGeometry(**{k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in meta["geometry"].items()})) if meta["geometry"] else None
-    model = build_model(task, meta["init"], encoder, {"channels": channels, **meta["architecture"]})
-    model.load_state_dict(load_file(str(path)), strict=True)
+    state = load_file(str(path))
+    if "encoder" in meta:
+        state = {**referenced_encoder_state(path, meta["encoder"]), **state}
+    with torch.device(device):
+        encoder = Encoder(EncoderGeometry(**{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in meta["geometry"].items()})) if meta["geometry"] else None
+        model = build_model(task, meta["init"], encoder, {"channels": channels, **meta["architecture"]})
+    model.load_state_dict(state, strict=True)
     return model.eval(), meta

@@ -13,15 +13,15 @@ from monai.transforms import RandFlipd
 from safetensors.torch import save_file
 
 from taskalign.data.dataset import CacheDataset, read_index
-from taskalign.models.checkpoint_io import load_encoder, save_encoder
+from taskalign.models.checkpoint_io import EncoderFile, load_trained_state, save_encoder
 from taskalign.models.device import autocast, select_device, to_device
 from taskalign.models.lora import add_lora, lora_state_dict, merge_lora
 from taskalign.models.upernet import EncoderUperNet
 from taskalign.runtime import atomic_path
 from taskalign.tasks.loader import make_loader
 from taskalign.train.curves import write_history
-from taskalign.train.loop import Schedule, fit, train_one_epoch
-from taskalign.train.resume import ResumeFile, file_digest, fingerprint, index_digest
+from taskalign.train.loop import Schedule, TrainingOptions, fit, train_one_epoch
+from taskalign.train.resume import ResumeFile, fingerprint, index_digest
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def validation_dice(model, loader, device, target: str) -> dict[str, float]:
 
 def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, encoder_out: Path,
                   adapter_out: Path, history_csv: Path, curve_png: Path, resume_dir: Path,
-                  threads: int | None = None) -> list[dict]:
+                  threads: int | None = None, options: TrainingOptions = TrainingOptions()) -> list[dict]:
     device = select_device(threads)
     torch.manual_seed(params["seed"])
     target = params["target"]
@@ -63,11 +63,14 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
     val_loader = make_loader(val_set, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
     log.info("%s: LoRA continual pretraining on %s (%d train, %d val cases), target %s", variant, index.name,
              len(train_set), len(val_set), target)
-    resume = ResumeFile(resume_dir, fingerprint(params, file_digest(pretrained), index_digest(index)))
+    encoder_file = EncoderFile.read(pretrained)  # the one read of it
+    resume = ResumeFile(resume_dir, fingerprint(params, encoder_file.sha256, index_digest(index)),
+                        options.checkpoint_minutes)
     if not resume.path.exists():  # a resumed run's next epoch is known once its model is restored
         train_loader.start_first_epoch()
 
-    model = segmentation_model(load_encoder(pretrained), params).to(device)
+    with torch.device(device):  # built where it trains: no CPU build then copy on a GPU
+        model = segmentation_model(encoder_file.build(device), params)
     trainable = [p for p in model.parameters() if p.requires_grad]
     log.info("trainable parameters: %d of %d", sum(p.numel() for p in trainable),
              sum(p.numel() for p in model.parameters()))
@@ -77,14 +80,16 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
         return {"total": dice_loss(net(batch["image"]), batch[target])}
 
     schedule = Schedule.warmup_cosine(trainable, params, len(train_loader), monitor="val_dice", mode="max")
-    history, best = fit(
+    stepped = options.training_module(model, device)
+    fitted = fit(
         model=model, schedule=schedule, loader=train_loader,
-        train_epoch=lambda epoch: train_one_epoch(model, train_loader, schedule.optimizer, schedule.scheduler, device,
-                                                  loss_fn),
+        train_epoch=lambda progress: train_one_epoch(stepped, train_loader, schedule.optimizer, schedule.scheduler,
+                                                     device, loss_fn, progress),
         validate=lambda: validation_dice(model, val_loader, device, target),
         resume=resume, stage=f"continual[{variant}]",
     )
-    resume.load_best(model)
+    history, best = fitted.history, fitted.best
+    load_trained_state(model, fitted.best_state)
     model = model.cpu()
     adapter_state = {**{f"lora.{k}": v for k, v in lora_state_dict(model.encoder).items()},
                      **{k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}}
@@ -95,5 +100,6 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
     save_encoder(merged, encoder_out, {"variant": variant, "stage": "continual", "target": target,
                                        "epoch": best["epoch"], "val_dice": best["score"]})
     write_history(history, history_csv, curve_png, f"continual pretraining {variant}: validation Dice ({target})")
+    resume.remove()
     log.info("%s: best validation Dice %.4f at epoch %d", variant, best["score"], best["epoch"])
     return history

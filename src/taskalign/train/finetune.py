@@ -18,7 +18,7 @@ import torch
 
 from taskalign.data.dataset import read_index
 from taskalign.evaluate.scoring import score_loader
-from taskalign.models.checkpoint_io import load_encoder
+from taskalign.models.checkpoint_io import EncoderFile, load_trained_state
 from taskalign.models.device import select_device
 from taskalign.models.task_model import apply_protocol, build_model, mask_prior, save_task_model, start_at_prior
 from taskalign.runtime import atomic_path
@@ -27,8 +27,8 @@ from taskalign.tasks.losses import class_weights, task_loss
 from taskalign.tasks.samples import TaskDataset, target_norm, usable_rows
 from taskalign.tasks.spec import Task, check_combination
 from taskalign.train.curves import write_history
-from taskalign.train.loop import Schedule, fit, train_one_epoch
-from taskalign.train.resume import ResumeFile, file_digest, fingerprint, index_digest
+from taskalign.train.loop import Schedule, TrainingOptions, fit, train_one_epoch
+from taskalign.train.resume import ResumeFile, fingerprint, index_digest
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,10 @@ def task_datasets(task: Task, indexes: list[Path], params: dict) -> tuple[TaskDa
 
 def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | None, indexes: list[Path],
                  params: dict, model_out: Path, history_csv: Path, curve_png: Path, timing_json: Path,
-                 resume_dir: Path, threads: int | None = None) -> list[dict]:
+                 resume_dir: Path, threads: int | None = None,
+                 options: TrainingOptions = TrainingOptions()) -> list[dict]:
     device = select_device(threads)
+    cpu_started = time.process_time()
     seed = params["seed"]
     torch.manual_seed(seed)
     train_set, val_set, norm = task_datasets(task, indexes, params)
@@ -60,18 +62,19 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
                                drop_last=len(train_set) >= 2 * batch)
     val_loader = make_loader(val_set, batch, shuffle=False, seed=seed, device=device)
     check_combination(init, protocol)
+    encoder_file = EncoderFile.read(encoder_path) if encoder_path is not None else None  # the one read of it
     resume = ResumeFile(resume_dir, fingerprint(
-        params, task.name, init, protocol, file_digest(encoder_path) if encoder_path else None,
-        [index_digest(p) for p in indexes]))
+        params, task.name, init, protocol, encoder_file.sha256 if encoder_file else None,
+        [index_digest(p) for p in indexes]), options.checkpoint_minutes)
     if not resume.path.exists():  # a resumed run's next epoch is known once its model is restored
         train_loader.start_first_epoch()
 
-    encoder = load_encoder(encoder_path) if encoder_path is not None else None
-    model = build_model(task, init, encoder, params)
+    with torch.device(device):  # built where it trains: no CPU build then copy on a GPU
+        encoder = encoder_file.build(device) if encoder_file is not None else None
+        model = build_model(task, init, encoder, params)
     if task.kind == "segmentation":
         start_at_prior(model, task, mask_prior(train_set.index, task))
     trainable = apply_protocol(model, protocol)
-    model = model.to(device)
     log.info("%s %s %s seed %d: %d train, %d val cases; %d of %d parameters trainable", task.name, init, protocol,
              seed, len(train_set), len(val_set), sum(p.numel() for p in model.parameters() if p.requires_grad),
              sum(p.numel() for p in model.parameters()))
@@ -84,27 +87,37 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
     metric = task.type.metric
     schedule = Schedule.warmup_cosine([p for p in model.parameters() if p.requires_grad], params, len(train_loader),
                                       monitor=f"val_{metric}", mode="max" if task.type.higher_is_better else "min")
-    started, cpu_started = time.time(), time.process_time()
-    history, best = fit(
+    stepped = options.training_module(model, device)
+    fitted = fit(
         model=model, schedule=schedule, loader=train_loader,
-        train_epoch=lambda epoch: train_one_epoch(model, train_loader, schedule.optimizer, schedule.scheduler,
-                                                  device, loss_fn),
+        train_epoch=lambda progress: train_one_epoch(stepped, train_loader, schedule.optimizer, schedule.scheduler,
+                                                     device, loss_fn, progress),
         validate=lambda: score_loader(model, val_loader, task, device, norm)[1],
         resume=resume, stage=f"finetune[{task.name}/{init}/{protocol}/seed{seed}]",
     )
-    resume.load_best(model)
+    history, best = fitted.history, fitted.best
+    load_trained_state(model, fitted.best_state)
     meta = {"task": task.name, "init": init, "protocol": protocol, "seed": seed, "norm": norm,
             "geometry": asdict(encoder.geometry) if encoder is not None else None,
             "architecture": {k: params[k] for k in ("head", "specialist") if k in params},
             "best_epoch": best["epoch"], f"val_{metric}": best["score"], "trainable": len(trainable)}
-    save_task_model(model, model_out, meta)
-    # time of this process only: a resumed run adds the epochs it trained, not the ones before the preemption
-    epoch_seconds = sum(row["seconds"] for row in history)
-    timing = {"wall_seconds_this_run": time.time() - started, "cpu_seconds_this_run": time.process_time() - cpu_started,
-              "epoch_seconds_total": epoch_seconds, "device": device.type,
-              "device_hours": epoch_seconds / 3600 if device.type == "cuda" else 0.0, "epochs": len(history)}
-    with atomic_path(timing_json) as tmp:
-        tmp.write_text(json.dumps(timing, indent=2))
+    save_task_model(model, model_out, meta, encoder_file)
+    write_timing(timing_json, resume, history, device, cpu_started)
     write_history(history, history_csv, curve_png, f"{task.name} {init} {protocol} seed {seed}: val {metric}")
+    resume.remove()
     log.info("%s: best val %s %.4f at epoch %d", task.name, metric, best["score"], best["epoch"])
     return history
+
+
+def write_timing(path: Path, resume: ResumeFile, history: list[dict], device: torch.device,
+                 cpu_started: float) -> None:
+    """`wall_seconds` and `device_hours` summed over the job's attempts (a preempted job's earlier processes
+    included; device hours are the seconds in epochs, on CUDA only); `*_this_run` for this process alone."""
+    clock = resume.clock
+    timing = {"wall_seconds": clock.wall_seconds(),
+              "device_hours": clock.epoch_seconds() / 3600 if device.type == "cuda" else 0.0,
+              "wall_seconds_this_run": clock.wall_this_run(), "cpu_seconds_this_run": time.process_time() - cpu_started,
+              "epoch_seconds_total": sum(row["seconds"] for row in history), "device": device.type,
+              "epochs": len(history)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(timing, indent=2))

@@ -6,20 +6,40 @@ import logging
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 from monai.optimizers import WarmupCosineSchedule
 
+from taskalign.models.checkpoint_io import cpu_copy, load_trained_state, trained_state
 from taskalign.models.device import autocast, to_device
 from taskalign.tasks.loader import EpochAheadLoader
-from taskalign.tasks.rng import preserved_rngs
+from taskalign.tasks.rng import preserved_rngs, rng_state, set_rng_state
+from taskalign.train.preemption import Stopped, stop_requested
 from taskalign.train.resume import ResumeFile
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How a job trains, not what it learns: no part of the resume fingerprint, and no rerun trigger.
+
+    checkpoint_minutes: cadence of resume-state writes (0: after every epoch). compile: "auto" (on CUDA only),
+    "on" or "off": the training forward and backward through `torch.compile` (CUDA graphs: mode reduce-overhead),
+    against the kernel-launch cost of small-batch steps."""
+
+    checkpoint_minutes: float = 10.0
+    compile: str = "off"
+
+    def training_module(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The module training steps call: `model` itself, or compiled (it shares the parameters)."""
+        if self.compile == "on" or (self.compile == "auto" and device.type == "cuda"):
+            return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
+        return model
 
 
 def adamw_warmup_cosine(params, *, lr: float, weight_decay: float, warmup_steps: int, total_steps: int):
@@ -29,11 +49,41 @@ def adamw_warmup_cosine(params, *, lr: float, weight_decay: float, warmup_steps:
     return optimizer, scheduler
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device, loss_fn: LossFn) -> dict[str, float]:
-    """One pass over `loader`; `loss_fn(model, batch)` returns named losses with "total". Returns their means."""
+@dataclass
+class EpochProgress:
+    """Where an epoch stands after `step` training steps: its running loss sums, the learning rate it started at
+    and its seconds so far; `rngs`, the RNG states after its last step, when a stop interrupted it."""
+
+    step: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    lr: float | None = None
+    seconds: float = 0.0
+    rngs: dict | None = None
+
+    def means(self) -> dict[str, float]:
+        return {name: total / max(self.step, 1) for name, total in self.sums.items()}
+
+
+class EpochInterrupted(Exception):
+    """A stop was requested; the epoch's progress holds its state after the last step."""
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, device, loss_fn: LossFn,
+                    progress: EpochProgress | None = None) -> dict[str, float]:
+    """One pass over `loader`; `loss_fn(model, batch)` returns named losses with "total". Returns their means.
+
+    A stop request ends the epoch after the current step (EpochInterrupted, `progress` up to date). An epoch
+    resumed from such a progress draws its first `progress.step` batches again without training on them (the
+    loader's order and each item's randomness come from the epoch's seed), then continues from the RNG states
+    saved after that step: the same steps as without the stop."""
+    progress = progress if progress is not None else EpochProgress()
     model.train()
-    sums, n = defaultdict(float), 0
-    for batch in loader:
+    batches = iter(loader)
+    if progress.step:
+        for _ in range(progress.step):
+            next(batches)
+        set_rng_state(progress.rngs)
+    for batch in batches:
         batch = to_device(batch, device)
         with autocast(device):
             losses = loss_fn(model, batch)
@@ -43,9 +93,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, loss_fn: LossFn
         if scheduler is not None:
             scheduler.step()
         for name, value in losses.items():
-            sums[name] += float(value.detach())
-        n += 1
-    return {name: total / max(n, 1) for name, total in sums.items()}
+            progress.sums[name] = progress.sums.get(name, 0.0) + float(value.detach())
+        progress.step += 1
+        if stop_requested() is not None:
+            progress.rngs = rng_state()
+            raise EpochInterrupted
+    return progress.means()
 
 
 @torch.no_grad()
@@ -90,31 +143,78 @@ class Schedule:
         return best is None or (score < best if self.mode == "min" else score > best)
 
 
-def fit(*, model: torch.nn.Module, schedule: Schedule, loader: EpochAheadLoader,
-        train_epoch: Callable[[int], dict[str, float]], validate: Callable[[], dict[str, float]],
-        resume: ResumeFile, stage: str) -> tuple[list[dict], dict]:
-    """Run epochs (resuming after the last completed one), checkpoint each, keep the best model's weights.
+@dataclass
+class Fitted:
+    """What `fit` returns: one history row per epoch, the best record {"epoch", "score"} and the best epoch's
+    trained state (`trained_state`, host memory)."""
 
-    Returns the history (one dict per epoch) and the best record {"epoch", "score"}; the best weights are in
-    `resume.best_path`. Every epoch's randomness (batch order, augmentation, dropout, masking) comes from RNGs the
-    training `loader` reseeds from (seed, epoch), so a resumed run matches an uninterrupted one bit for bit on
-    CPU. The loader starts the next epoch before validation, so that its first batches load meanwhile;
-    validation leaves the RNGs as it found them, so the batches and weights are the same."""
-    optimizer, scheduler, epochs = schedule.optimizer, schedule.scheduler, schedule.epochs
-    history, best, start = [], {"epoch": None, "score": None}, 0
-    restored = resume.load(model=model, optimizer=optimizer, scheduler=scheduler)
+    history: list[dict]
+    best: dict
+    best_state: dict[str, torch.Tensor]
+
+
+def resume_state(model, schedule: Schedule, epoch: int, progress: EpochProgress | None, history: list[dict],
+                 best: dict, best_state) -> dict:
+    """What a stopped job resumes from: the epoch to train (and how far it got), trained parameters (frozen
+    ones come from the job's inputs again), optimiser, scheduler, RNG states, history and the best so far."""
+    return {"epoch": epoch, "progress": asdict(progress) if progress is not None else None,
+            "model": trained_state(model), "optimizer": schedule.optimizer.state_dict(),
+            "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
+            "rng": rng_state(), "history": history, "best": best, "best_state": best_state}
+
+
+def restore(state: dict, model, schedule: Schedule) -> None:
+    load_trained_state(model, state["model"])
+    schedule.optimizer.load_state_dict(state["optimizer"])
+    if schedule.scheduler is not None and state["scheduler"] is not None:
+        schedule.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+
+
+def fit(*, model: torch.nn.Module, schedule: Schedule, loader: EpochAheadLoader,
+        train_epoch: Callable[[EpochProgress], dict[str, float]], validate: Callable[[], dict[str, float]],
+        resume: ResumeFile, stage: str) -> Fitted:
+    """Run epochs (resuming where a stopped attempt left off), keep the best epoch's weights in memory.
+
+    `train_epoch(progress)` trains one epoch from `progress` (`train_one_epoch`). The resume state is written
+    when `resume.due()` at an epoch's end, and when a stop is requested (SIGTERM/SIGUSR1): after the current
+    step, then the job exits non-zero (`Stopped`). Every epoch's randomness (batch order, augmentation,
+    dropout, masking) comes from RNGs the training `loader` reseeds from (seed, epoch), so a resumed run matches
+    an uninterrupted one bit for bit on CPU. The loader starts the next epoch before validation, so that its
+    first batches load meanwhile; validation leaves the RNGs as it found them, so the batches and weights are
+    the same."""
+    optimizer, epochs = schedule.optimizer, schedule.epochs
+    history, best, best_state = [], {"epoch": None, "score": None}, None
+    epoch, progress = 0, EpochProgress()
+    restored = resume.load()
     if restored is not None:
-        history, best, start = restored["history"], restored["best"], restored["epoch"] + 1
-    for epoch in range(start, epochs):
+        restore(restored, model, schedule)
+        history, best, best_state, epoch = (restored["history"], restored["best"], restored["best_state"],
+                                            restored["epoch"])
+        if restored["progress"] is not None:
+            progress = EpochProgress(**restored["progress"])
+        log.info("resuming from %s at epoch %d, step %d", resume.path, epoch + 1, progress.step)
+    while epoch < epochs:
         loader.begin_epoch(epoch)
         started = time.time()
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        row.update({f"train_{k}": v for k, v in train_epoch(epoch).items()})
+        if progress.lr is None:
+            progress.lr = optimizer.param_groups[0]["lr"]
+        try:
+            train = train_epoch(progress)
+        except EpochInterrupted:
+            progress.seconds += time.time() - started
+            resume.clock.epochs_this_run += time.time() - started
+            resume.save(resume_state(model, schedule, epoch, progress, history, best, best_state))
+            log.info("%s: stopped by signal %d after step %d of epoch %d", stage, stop_requested(), progress.step,
+                     epoch + 1)
+            raise Stopped(stop_requested())
+        row = {"epoch": epoch + 1, "lr": progress.lr, **{f"train_{k}": v for k, v in train.items()}}
         if epoch + 1 < epochs:
             loader.start_epoch(epoch + 1)
         with preserved_rngs():
             row.update({f"val_{k}": v for k, v in validate().items()})
-        row["seconds"] = time.time() - started
+        row["seconds"] = progress.seconds + time.time() - started
+        resume.clock.epochs_this_run += time.time() - started
         history.append(row)
         score = row[schedule.monitor]
         losses = [v for k, v in row.items() if k.startswith("train_")]
@@ -124,12 +224,16 @@ def fit(*, model: torch.nn.Module, schedule: Schedule, loader: EpochAheadLoader,
             log.warning("%s: %s undefined after epoch %d; the epoch cannot be selected", stage, schedule.monitor,
                         epoch + 1)
         elif schedule.improves(score, best["score"]):
-            best = {"epoch": epoch + 1, "score": score}
-            resume.save_best(model)
+            best, best_state = {"epoch": epoch + 1, "score": score}, cpu_copy(trained_state(model))
         if best["score"] is None and epoch + 1 == epochs:  # never defined: the last epoch is the model
-            best = {"epoch": epoch + 1, "score": score}
-            resume.save_best(model)
-        resume.save(epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, history=history, best=best)
+            best, best_state = {"epoch": epoch + 1, "score": score}, cpu_copy(trained_state(model))
         shown = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith(("train_", "val_")))
         log.info("%s epoch %d/%d  %s  (%.1f s)", stage, epoch + 1, epochs, shown, row["seconds"])
-    return history, best
+        epoch, progress = epoch + 1, EpochProgress()
+        signum = stop_requested()
+        if epoch < epochs and (signum is not None or resume.due()):
+            resume.save(resume_state(model, schedule, epoch, None, history, best, best_state))
+            if signum is not None:
+                log.info("%s: stopped by signal %d after epoch %d", stage, signum, epoch)
+                raise Stopped(signum)
+    return Fitted(history, best, best_state)

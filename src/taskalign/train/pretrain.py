@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 
 from taskalign.data.dataset import CacheDataset, read_index
-from taskalign.models.checkpoint_io import save_encoder
+from taskalign.models.checkpoint_io import load_trained_state, save_encoder
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.pretraining import PretrainingModel
 from taskalign.models.device import select_device
 from taskalign.tasks.loader import holdout_patients, make_loader
 from taskalign.train.curves import write_history
-from taskalign.train.loop import Schedule, evaluate_losses, fit, train_one_epoch
+from taskalign.train.loop import Schedule, TrainingOptions, evaluate_losses, fit, train_one_epoch
 from taskalign.train.resume import ResumeFile, fingerprint, index_digest
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ def pretraining_loss(model, batch):
 
 
 def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_out: Path, last_out: Path,
-                    history_csv: Path, curve_png: Path, resume_dir: Path, threads: int | None = None) -> list[dict]:
+                    history_csv: Path, curve_png: Path, resume_dir: Path, threads: int | None = None,
+                    options: TrainingOptions = TrainingOptions()) -> list[dict]:
     """Train one pretraining variant; write the best (held-out loss) and last encoders, history and curve.
 
     `params`: geometry (EncoderGeometry fields), channels, objectives, mask_ratio, weights, decoder_layers,
@@ -44,32 +45,35 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
     train_loader = make_loader(CacheDataset(train_rows), batch, shuffle=True, seed=seed, device=device,
                                drop_last=len(train_rows) >= 2 * batch)
     holdout_loader = make_loader(CacheDataset(holdout_rows), batch, shuffle=False, seed=seed, device=device)
-    resume = ResumeFile(resume_dir, fingerprint(params, [index_digest(p) for p in indexes]))
+    resume = ResumeFile(resume_dir, fingerprint(params, [index_digest(p) for p in indexes]), options.checkpoint_minutes)
     if not resume.path.exists():  # a resumed run's next epoch is known once its model is restored
         train_loader.start_first_epoch()
 
-    encoder = Encoder(EncoderGeometry(**params["geometry"]))
-    model = PretrainingModel(
-        encoder,
-        objectives=params["objectives"],
-        channels=params["channels"],
-        mask_ratio=params["mask_ratio"],
-        weights=params["weights"],
-        decoder_layers=params["decoder_layers"],
-    ).to(device)
+    with torch.device(device):  # built where it trains: no CPU build then copy on a GPU
+        model = PretrainingModel(
+            Encoder(EncoderGeometry(**params["geometry"])),
+            objectives=params["objectives"],
+            channels=params["channels"],
+            mask_ratio=params["mask_ratio"],
+            weights=params["weights"],
+            decoder_layers=params["decoder_layers"],
+        )
     schedule = Schedule.warmup_cosine(model.parameters(), params, len(train_loader), monitor="val_total", mode="min")
-    history, best = fit(
+    stepped = options.training_module(model, device)
+    fitted = fit(
         model=model, schedule=schedule, loader=train_loader,
-        train_epoch=lambda epoch: train_one_epoch(model, train_loader, schedule.optimizer, schedule.scheduler, device,
-                                                  pretraining_loss),
+        train_epoch=lambda progress: train_one_epoch(stepped, train_loader, schedule.optimizer, schedule.scheduler,
+                                                     device, pretraining_loss, progress),
         validate=lambda: evaluate_losses(model, holdout_loader, device, pretraining_loss, seed=seed),
         resume=resume, stage=f"pretrain[{variant}]",
     )
+    history, best = fitted.history, fitted.best
     meta = {"variant": variant, "objectives": params["objectives"], "epochs": params["epochs"]}
-    save_encoder(model.encoder.cpu(), last_out, {**meta, "epoch": len(history)})
-    resume.load_best(model)
-    save_encoder(model.encoder.cpu(), encoder_out, {**meta, "epoch": best["epoch"], "val_total": best["score"]})
+    save_encoder(model.encoder, last_out, {**meta, "epoch": len(history)})
+    load_trained_state(model, fitted.best_state)
+    save_encoder(model.encoder, encoder_out, {**meta, "epoch": best["epoch"], "val_total": best["score"]})
     write_history(history, history_csv, curve_png, f"pretraining {variant}: {', '.join(params['objectives'])}")
+    resume.remove()
     log.info("%s: best held-out loss %.4g at epoch %d", variant, best["score"], best["epoch"])
     if not math.isfinite(best["score"]):
         raise FloatingPointError(f"{variant}: non-finite held-out loss")

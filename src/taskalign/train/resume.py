@@ -1,4 +1,6 @@
-"""Resumable training state, kept outside Snakemake's declared outputs (which are deleted before a rerun).
+"""Resumable training state, kept outside Snakemake's declared outputs (which are deleted before a rerun), and
+only while a job runs: written on a time cadence and when the scheduler asks the job to stop, removed once the
+job's outputs are written (a paper-scale state with optimiser moments is gigabytes per run).
 
 A resume file is only used when its fingerprint (a hash of the run's parameters and of its inputs' content) matches
 the current run, so a config change or an upstream rerun (new encoder, regenerated cache) starts training afresh
@@ -10,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from taskalign.runtime import atomic_path
-from taskalign.tasks.rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +28,6 @@ log = logging.getLogger(__name__)
 def fingerprint(*parts) -> str:
     """Stable hash of JSON-serialisable parts (parameters, input digests)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (an encoder checkpoint): a rerun upstream that changes it invalidates resume files."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def index_digest(index: Path) -> str:
@@ -43,41 +41,51 @@ def index_digest(index: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class AttemptClock:
+    """Time summed over a job's attempts (a preempted job's earlier processes included): wall seconds since each
+    attempt opened its resume file, and seconds spent in epochs (training + validation)."""
+
+    wall_before: float = 0.0
+    epochs_before: float = 0.0
+    epochs_this_run: float = 0.0
+    opened: float = field(default_factory=time.time)
+
+    def wall_this_run(self) -> float:
+        return time.time() - self.opened
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + self.wall_this_run()
+
+    def epoch_seconds(self) -> float:
+        return self.epochs_before + self.epochs_this_run
+
+
 class ResumeFile:
-    """`<dir>/last.pt`: model, optimiser, scheduler, RNG states, epoch, history and best score after each epoch."""
+    """`<dir>/last.pt`: the training state a stopped job resumes from (see `taskalign.train.loop.fit`), plus the
+    attempt clock's totals. `due()` says when `minutes` have passed since this process last wrote it (or
+    started)."""
 
-    def __init__(self, directory: Path, run_fingerprint: str):
-        self.path = Path(directory) / "last.pt"
-        self.best_path = Path(directory) / "best_model.pt"
+    def __init__(self, directory: Path, run_fingerprint: str, minutes: float = 10.0):
+        self.directory = Path(directory)
+        self.path = self.directory / "last.pt"
         self.fingerprint = run_fingerprint
+        self.minutes = minutes
+        self.clock = AttemptClock()
+        self._written = time.monotonic()
 
-    def save_best(self, model) -> None:
-        """The best model's weights so far; kept here so that a preempted job does not lose them."""
-        with atomic_path(self.best_path) as tmp:
-            torch.save({"fingerprint": self.fingerprint, "model": model.state_dict()}, tmp)
+    def due(self) -> bool:
+        return time.monotonic() - self._written >= self.minutes * 60
 
-    def load_best(self, model) -> None:
-        state = torch.load(self.best_path, map_location="cpu", weights_only=True)
-        if state["fingerprint"] != self.fingerprint:
-            raise RuntimeError(f"{self.best_path} belongs to a run with other settings")
-        model.load_state_dict(state["model"])
-
-    def save(self, *, epoch: int, model, optimizer, scheduler, history: list[dict], best: dict) -> None:
-        state = {
-            "fingerprint": self.fingerprint,
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(),
-            "history": history,
-            "best": best,
-        }
+    def save(self, state: dict) -> None:
+        totals = {"wall_seconds": self.clock.wall_seconds(), "epoch_seconds": self.clock.epoch_seconds()}
         with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+            torch.save({**state, "fingerprint": self.fingerprint, "totals": totals}, tmp)
+        self._written = time.monotonic()
+        log.info("resume state written to %s", self.path)
 
-    def load(self, *, model, optimizer, scheduler) -> dict | None:
-        """Restore everything and return {"epoch", "history", "best"}, or None when there is nothing to resume."""
+    def load(self) -> dict | None:
+        """The saved state (the clock continues from its totals), or None when there is nothing to resume."""
         if not self.path.exists():
             return None
         # Our own file, written by save(); it holds RNG states (tuples, numpy arrays), hence not weights_only.
@@ -85,10 +93,10 @@ class ResumeFile:
         if state.get("fingerprint") != self.fingerprint:
             log.info("ignoring %s: written by a run with other settings", self.path)
             return None
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        log.info("resuming from %s after epoch %d", self.path, state["epoch"] + 1)
-        return {"epoch": state["epoch"], "history": state["history"], "best": state["best"]}
+        self.clock.wall_before = state["totals"]["wall_seconds"]
+        self.clock.epochs_before = state["totals"]["epoch_seconds"]
+        return state
+
+    def remove(self) -> None:
+        """Once the job's outputs are written: nothing is left to resume."""
+        shutil.rmtree(self.directory, ignore_errors=True)
