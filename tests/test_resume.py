@@ -153,11 +153,15 @@ def test_the_resume_state_is_written_on_its_cadence_only(tmp_path):
     assert state["totals"]["wall_seconds"] > 0
 
 
-def test_resume_files_belong_to_the_inputs_content_not_their_paths(tiny_cache, tmp_path, caplog):
+def test_resume_files_belong_to_the_inputs_content_not_their_paths(tiny_cache, tmp_path, caplog, monkeypatch):
     """Snakemake reruns a job with the same paths when an upstream rule reran: a resume file written with the old
-    encoder or cache must then be ignored, while the same content resumes."""
-    from taskalign.train.resume import index_digest
+    encoder or cache must then be ignored, while the same content resumes. (The state written after epoch 1 is
+    kept here as if the job had been stopped before its outputs.)"""
     from taskalign.train.finetune import run_finetune
+    from taskalign.train.loop import TrainingOptions
+    from taskalign.train.resume import ResumeFile, index_digest
+
+    monkeypatch.setattr(ResumeFile, "remove", lambda self: None)
     from test_finetune import task
 
     encoder, resume = tmp_path / "encoder.safetensors", tmp_path / "resume"
@@ -165,11 +169,12 @@ def test_resume_files_belong_to_the_inputs_content_not_their_paths(tiny_cache, t
 
     def run(out):
         caplog.clear()
-        with caplog.at_level("INFO", logger="taskalign.train.resume"):
+        with caplog.at_level("INFO", logger="taskalign.train"):
             run_finetune(task=task("volume_reg"), init="pretrained:mae", protocol="full", encoder_path=encoder,
                          indexes=[tiny_cache["anatomy"]], params=run_params, model_out=out / "model.safetensors",
                          history_csv=out / "history.csv", curve_png=out / "curve.png",
-                         timing_json=out / "timing.json", resume_dir=resume)
+                         timing_json=out / "timing.json", resume_dir=resume,
+                         options=TrainingOptions(checkpoint_minutes=0))
         return "resuming from" in caplog.text
 
     torch.manual_seed(0)

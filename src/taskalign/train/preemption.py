@@ -1,12 +1,14 @@
 """Stop requests from the scheduler: SLURM sends SIGTERM to a job step 5 minutes before its time limit or when it
 is preempted (the profile's `--signal=TERM@300`, then `slurm-requeue`); SIGUSR1 asks the same by hand.
 
-The job blocks both signals, so they stay pending instead of ending it, and the training loop polls for them
-after every step: it writes its resume state and raises `Stopped`, and the job exits with 128 + the signal number
-(143 for SIGTERM), a failure that the requeued rerun resumes from. Blocking rather than handling them matters
-for loader workers: forked from the job, they inherit the blocked mask and keep serving batches when SLURM
-signals every process of the step (torch's workers otherwise die on SIGTERM, and the main process with them).
-The same mask keeps multiprocessing's exit-time SIGTERM from ending them, so they are ended when the block ends.
+A handler records the signal instead of ending the job, and the
+training loop polls for it after every step: it writes its resume state and raises `Stopped`, and the job exits
+with 128 + the signal number (143 for SIGTERM), a failure that the requeued rerun resumes from. The main thread
+also blocks both signals before any loader worker forks: the workers inherit the blocked mask and keep serving
+batches when SLURM signals every process of the step (torch's workers otherwise die on SIGTERM, and the main
+process with them). A signal sent to the job reaches a thread that does not block it (the handler records it) or
+stays pending (polled too). The mask also keeps multiprocessing's exit-time SIGTERM from ending the workers, so
+they are ended when the block ends.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import multiprocessing
 import signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_received: list[int] = []
 
 
 class Stopped(SystemExit):
@@ -26,10 +29,14 @@ class Stopped(SystemExit):
         self.signum = signum
 
 
+def _record(signum, frame) -> None:
+    _received.append(signum)
+
+
 def stop_requested() -> int | None:
-    """A stop signal pending while `stop_signals_held` is active (SIGTERM first), or None."""
+    """A stop signal received or pending while `stop_signals_held` is active (SIGTERM first), or None."""
     pending = signal.sigpending()
-    return next((int(signum) for signum in STOP_SIGNALS if signum in pending), None)
+    return next((int(signum) for signum in STOP_SIGNALS if signum in pending or signum in _received), None)
 
 
 @contextlib.contextmanager
@@ -37,14 +44,18 @@ def stop_signals_held():
     """While the block runs, SIGTERM and SIGUSR1 wait for `stop_requested` instead of ending the process. Enter
     it before any loader worker starts. Signals still pending at the end are consumed, not delivered."""
     before = set(multiprocessing.active_children())
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    handlers = {signum: signal.signal(signum, _record) for signum in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
         end_children(set(multiprocessing.active_children()) - before)
         while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
             pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        _received.clear()
 
 
 def end_children(children: set) -> None:
