@@ -64,6 +64,7 @@ class Measured:
 
     cache_image: dict[str, int]  # image.npy per case, by dtype
     cache_mask: int  # one mask .npy per case
+    cache_field: int  # rectum_distance.npy (float32) per case of a distortion task's cohort (new policy)
     encoder_file: int  # an encoder .safetensors (pretrained, last, random, continual merged)
     pretrain: dict[str, ModelBytes]  # by trained variant; `file` is the encoder file
     continual: ModelBytes  # `file` is adapter.safetensors (LoRA + adapter + decoder)
@@ -262,9 +263,10 @@ def measure(plan) -> Measured:
     image = {dtype: file_bytes(lambda path, d=dtype: np.save(path, np.zeros((geometry.in_channels, *size), d)))
              for dtype in ("float32", "float16")}
     mask = file_bytes(lambda path: np.save(path, np.zeros(size, np.uint8)))
+    field = file_bytes(lambda path: np.save(path, np.zeros(size, np.float32)))
     encoder_state = new_encoder(geometry).state_dict()
     encoder_file = safetensors_bytes(encoder_state, {"geometry": json.dumps(str(geometry)), "variant": '"mae"'})
-    return Measured(cache_image=image, cache_mask=mask, encoder_file=encoder_file,
+    return Measured(cache_image=image, cache_mask=mask, cache_field=field, encoder_file=encoder_file,
                     pretrain=measure_pretrain(plan, geometry), continual=measure_continual(plan, geometry),
                     finetune=measure_finetune(plan, geometry), predictions=measure_predictions(plan),
                     features=measure_features(plan))
@@ -299,6 +301,9 @@ def project(plan, measured: Measured) -> dict:
 
     cases, labelled = cases_of(plan)
     masks = labelled * len(MASK_COLUMNS) * measured.cache_mask
+    # the distortion's distance field, precomputed only in the cohorts a distortion task reads
+    fields = measured.cache_field * sum(sum(plan.split_sizes(c).values()) for c in plan.cohorts
+                                        if plan.cache_fields(c) and plan.cohorts[c].get("labelled", True))
     jobs = training_jobs(plan, measured)
     largest = max(jobs.items(), key=lambda item: item[1].resume_state)
     encoders = 2 * len(plan.trained_variants) + 1 + len(plan.imported_variants)  # best + last each; random
@@ -314,7 +319,8 @@ def project(plan, measured: Measured) -> dict:
     for policy in POLICIES:
         frozen_head_only = policy == "new"
         folders = {
-            "cache": cases * measured.cache_image["float32" if policy == "today" else cache_dtype] + masks,
+            "cache": (cases * measured.cache_image["float32" if policy == "today" else cache_dtype] + masks
+                      + (fields if policy == "new" else 0)),
             "finetune": sum(m.trained_file if (frozen_head_only and r.protocol == "frozen") else m.file
                             for r in plan.runs for m in [measured.finetune[run_kind(r)]]),
             "resume": sum(m.resume_state for m in jobs.values()) if policy == "today" else 0,

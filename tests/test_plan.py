@@ -205,3 +205,8 @@ def test_the_ablation_is_cumulative_reuses_variants_and_is_fine_tuned(plan):
                                                "pretrained:multitask"]
     assert all(r.task == "volume_reg" for r in ablation_runs)
     assert "002_table5_ablation" in paper.paper_tables(plan)
+
+
+def test_only_a_distortion_cohort_caches_the_distance_field(plan):
+    assert plan.cache_fields("anatomy") == ["rectum_distance"]  # distortion's cohort in the test config
+    assert plan.cache_fields("promis") == [] and plan.cache_fields("corpus") == []

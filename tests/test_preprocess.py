@@ -248,6 +248,16 @@ def test_interrupted_write_leaves_no_half_written_case(tmp_path, monkeypatch):
     assert np.array_equal(np.load(cache / "sphere" / "image.npy"), before)
 
 
+def test_the_distance_field_is_written_only_when_asked_for(tiny_cache):
+    """The plan asks for it in the distortion task's cohort only (tests/conftest.py: anatomy); elsewhere it would
+    cost as much disk as the image."""
+    for cohort, expected in (("anatomy", True), ("corpus", False)):
+        case_dirs = pd.read_csv(tiny_cache[cohort])["cache_dir"]
+        assert all((Path(d) / "rectum_distance.npy").exists() == expected for d in case_dirs), cohort
+    with pytest.raises(ValueError, match="fields"):
+        pp.resolve_config({"fields": ["anything"]})
+
+
 def test_cohort_is_deterministic_with_a_pool_and_writes_index_and_qc(tmp_path):
     rows = []
     for i, split in enumerate(["train", "train", "val"]):

@@ -123,7 +123,8 @@ rule preprocess:
         index=layout.cache_index("{cohort}"),
         qc=directory(layout.qc_dir("{cohort}")),
     params:
-        preprocess=as_json({**config["preprocess"], **SANITY}),
+        preprocess=lambda wildcards: as_json({**config["preprocess"], **SANITY,
+                                              "fields": PLAN.cache_fields(wildcards.cohort)}),
     priority: CRITICAL_PATH
     threads: config["data"]["threads"]
     resources:

@@ -19,7 +19,8 @@ Decisions:
   voxel, so padding, out-of-view and signal-free voxels (raw 0) all get one value, `background` in meta.json:
   what no signal maps to (dark, like air), not the foreground mean (a mid-grey slab where there is no data).
   An absent channel is all zeros (the contract), listed in `channels_present` without it.
-- `rectum_distance.npy`: the distance in mm from the rectum mask, made once here for the distortion task, whose
+- `rectum_distance.npy` (when `cfg["fields"]` asks for it: the cohorts of a distortion task): the distance in mm
+  from the rectum mask, made once here for the distortion task, whose
   training otherwise ran scipy's distance transform per sample and epoch (its random part is only a scale).
 
 meta.json geometry: `origin` and `crop_center` are LPS points (x, y, z) in mm, `origin` the centre of voxel
@@ -59,7 +60,9 @@ DEFAULTS = {
     "clip_percentiles": [0.5, 99.5],
     "qc_cases": 4,
     "cache_dtype": "float32",
+    "fields": [],  # per-case arrays the cohort's tasks need precomputed (the plan's cache_fields)
 }
+FIELDS = ("rectum_distance",)
 # image.npy's dtype on disk; the dataset reads it back as float32 either way (schema: why float16 is safe)
 CACHE_DTYPES = ("float32", "float16")
 INT_FIELDS = ("pirads", "sector")
@@ -88,6 +91,8 @@ def resolve_config(cfg: dict | None) -> dict:
     low, high = out["clip_percentiles"]
     if not 0 <= low < high <= 100:
         raise ValueError(f"preprocess.clip_percentiles must be 0 <= low < high <= 100, got {out['clip_percentiles']}")
+    if set(out["fields"]) - set(FIELDS):
+        raise ValueError(f"preprocess fields must be among {FIELDS}, got {out['fields']}")
     if out["cache_dtype"] not in CACHE_DTYPES:
         raise ValueError(f"preprocess.cache_dtype must be one of {CACHE_DTYPES}, got {out['cache_dtype']!r}")
     out["spacing_mm"] = [float(s) for s in out["spacing_mm"]]
@@ -319,7 +324,9 @@ def preprocess_case(row: dict, cfg: dict, out_dir: Path, sanity: SanityConfig | 
         np.save(tmp / "image.npy", image.astype(cfg["cache_dtype"], copy=False))
         for name, arr in mask_arrays.items():
             np.save(tmp / f"{name}.npy", arr)
-        distance = rectum_distance(mask_arrays["rectum"], cfg["spacing_mm"]) if "rectum" in mask_arrays else None
+        # only for cohorts a distortion task reads (the plan says which): 4 bytes a voxel, as much as the image
+        wanted = "rectum_distance" in cfg["fields"] and "rectum" in mask_arrays
+        distance = rectum_distance(mask_arrays["rectum"], cfg["spacing_mm"]) if wanted else None
         if distance is not None:
             np.save(tmp / "rectum_distance.npy", distance)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")

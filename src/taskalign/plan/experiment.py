@@ -197,6 +197,12 @@ class Plan:
         spec = self.cohorts[cohort]
         return spec["path"] if spec["source"] == "manifest" else layout.cohort_manifest(cohort)
 
+    def cache_fields(self, cohort: str) -> list[str]:
+        """Per-case arrays preprocessing precomputes for the tasks on this cohort (the distortion's distance field)."""
+        rectal_air = any(TASK_TYPES[t].degradation == "rectal_air" for t, spec in self.tasks.items()
+                         if spec["cohort"] == cohort)
+        return ["rectum_distance"] if rectal_air else []
+
     def task_cohort(self, task: str) -> str:
         return self.tasks[task]["cohort"]
 
