@@ -317,11 +317,11 @@ def project(plan, measured: Measured) -> dict:
     cache_dtype = plan.config["preprocess"].get("cache_dtype", "float32")
     out = {}
     for policy in POLICIES:
-        frozen_head_only = policy == "new"
+        trained_only = policy == "new"  # frozen and partial:k runs store what they trained, naming their encoder
         folders = {
             "cache": (cases * measured.cache_image["float32" if policy == "today" else cache_dtype] + masks
                       + (fields if policy == "new" else 0)),
-            "finetune": sum(m.trained_file if (frozen_head_only and r.protocol == "frozen") else m.file
+            "finetune": sum(m.trained_file if (trained_only and m.trained_file) else m.file
                             for r in plan.runs for m in [measured.finetune[run_kind(r)]]),
             "resume": sum(m.resume_state for m in jobs.values()) if policy == "today" else 0,
             **shared,
@@ -406,15 +406,11 @@ def lead_rows(plan, measured: Measured, projection: dict) -> list[dict]:
 
     _, labelled = cases_of(plan)
     one_mask_file = labelled * (len(MASK_COLUMNS) - 1) * measured.cache_mask
-    partial = sum(m.file - m.trained_file for r in plan.runs if r.protocol.startswith("partial:")
-                  for m in [measured.finetune[run_kind(r)]])
     final = projection["new"]["final"]
     return [row("scale", f"lead (not built): the {len(MASK_COLUMNS)} masks of a case as one uint8 array (3 binary "
-                f"masks as bits beside the zone labels) saves {gb(one_mask_file)}; partial:k runs storing only "
-                f"their trained blocks + head saves {gb(partial)}", f"new {gb(final)}",
-                f"{gb(final - one_mask_file)} / {gb(final - one_mask_file - partial)}",
-                (final - one_mask_file - partial) / final, f"<= {gb(FINAL_GOAL_BYTES)}",
-                final - one_mask_file - partial <= FINAL_GOAL_BYTES, ratio_fmt="{:.0%}")]
+                f"masks as bits beside the zone labels) saves {gb(one_mask_file)}", f"new {gb(final)}",
+                gb(final - one_mask_file), (final - one_mask_file) / final, f"<= {gb(FINAL_GOAL_BYTES)}",
+                final - one_mask_file <= FINAL_GOAL_BYTES, ratio_fmt="{:.0%}")]
 
 
 def paper_plan(config_path: Path = REPO / "config" / "paper.yaml"):
