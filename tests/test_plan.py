@@ -210,3 +210,23 @@ def test_the_ablation_is_cumulative_reuses_variants_and_is_fine_tuned(plan):
 def test_only_a_distortion_cohort_caches_the_distance_field(plan):
     assert plan.cache_fields("anatomy") == ["rectum_distance"]  # distortion's cohort in the test config
     assert plan.cache_fields("promis") == [] and plan.cache_fields("corpus") == []
+
+
+def test_the_order_of_tasks_and_cohorts_in_the_config_changes_no_report_params(plan):
+    """The report rules' params (named inputs, settings) are rerun triggers: a config saved with its keys in
+    another order must rerun nothing."""
+    import json
+
+    config = copy.deepcopy(TEST_CONFIG)
+    config["tasks"] = dict(reversed(list(config["tasks"].items())))
+    config["data"]["cohorts"] = dict(reversed(list(config["data"]["cohorts"].items())))
+    shuffled = plan_of(config)
+
+    def params(p):
+        names = paper.paper_tables(p) + paper.paper_figures(p)
+        inputs = {n: paper.table_inputs(p, n) if n in paper.paper_tables(p) else paper.figure_inputs(p, n)
+                  for n in names}
+        return json.dumps([inputs, paper.report_settings(p, figure=True)], sort_keys=True)
+
+    assert sorted(paper.paper_tables(plan)) == sorted(paper.paper_tables(shuffled))
+    assert params(plan) == params(shuffled)

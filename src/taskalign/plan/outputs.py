@@ -63,8 +63,9 @@ def paper_outputs(plan: Plan, paper: str | None = None) -> list[str]:
 
 
 def run_files(stage: str, runs: list[layout.Run], name: str) -> list[list]:
-    """[[task, init, protocol, seed, path], ...]: per-run inputs as the builders receive them."""
-    return [[*run, layout.run_file(stage, run, name)] for run in runs]
+    """[[task, init, protocol, seed, path], ...]: per-run inputs as the builders receive them, sorted, so that the
+    order of tasks in the config (a params value of the report rules) reruns nothing."""
+    return [[*run, layout.run_file(stage, run, name)] for run in sorted(runs)]
 
 
 def compared_runs(plan: Plan) -> list[layout.Run]:
@@ -84,7 +85,7 @@ def table_inputs(plan: Plan, name: str) -> dict:
         tasks = [t for t in plan.tasks if TASK_TYPES[t].kind == PERFORMANCE_TABLES[name]]
         return {"metrics": layout.collected_metrics(), "cases": run_files("evaluate", plan.runs_of(tasks), "cases.csv")}
     if name == "000_table1_cohorts":
-        return {"manifests": [layout.checked_manifest(c) for c in plan.cohorts]}
+        return {"manifests": sorted(layout.checked_manifest(c) for c in plan.cohorts)}
     if name == "001_table1_compute":
         return {"timings": run_files("finetune", compared_runs(plan), "timing.json")}
     cka = {"cka": layout.analysis_file("cka.csv"), "deltas": layout.analysis_file("cka_deltas.csv"),
@@ -137,7 +138,7 @@ def report_settings(plan: Plan, figure: bool = False) -> dict:
         "ablation": {"steps": [[f"{label} ({v})", f"pretrained:{v}", objs] for label, v, objs in plan.ablation_steps],
                      "protocol": (plan.pretrain.get("ablation") or {}).get("protocol")},
         "objective_sets": {v: spec["objectives"] for v, spec in plan.variants.items() if spec["source"] == "train"},
-        "other_cohorts": [c for c in plan.cohorts if c not in task_cohorts],
+        "other_cohorts": sorted(c for c in plan.cohorts if c not in task_cohorts),
     }
     if figure:
         settings.update(style=plan.config["report"]["style"], overlay_cases=plan.config["report"]["overlay_cases"])
