@@ -84,6 +84,15 @@ def test_real_cohorts_run_through_importers_check_and_preprocessing(shared_data,
     cfg["tasks"] = {name: {**spec, "cohort": "picai"} for name, spec in cfg["tasks"].items()}
     config = tmp_path / "real.yaml"
     config.write_text(yaml.safe_dump(cfg))
+    # The two samples are one study (PI-CAI 10795 is ProstateX-0001's MRI): the leakage check must say so and, by
+    # default, stop before preprocessing
+    refused = run_snakemake("data", "--cores", "2", "--configfile", str(config), cwd=tmp_path, check=False)
+    assert refused.returncode != 0 and not (tmp_path / "results/cache/picai.csv").exists()
+    log = (tmp_path / "results/logs/data/shared_studies.log").read_text()
+    assert "the same T2W voxels occur in 2 cohorts: cohort picai case 10795_1000811" in log
+    assert "cohort prostatex case ProstateX-0001" in log
+    cfg["data"]["shared_studies"] = "warning"  # here on purpose: the two importers' routes are compared
+    config.write_text(yaml.safe_dump(cfg))
     run_snakemake("data", "--cores", "2", "--configfile", str(config), cwd=tmp_path)
     picai = pd.read_csv(tmp_path / "results/cache/picai.csv")
     prostatex = pd.read_csv(tmp_path / "results/cache/prostatex.csv")
@@ -136,6 +145,9 @@ def test_every_configured_run_is_evaluated_with_metrics_in_range(workdir):
     for block in CONFIG["finetune"]["runs"]:
         tasks = CONFIG["tasks"] if block.get("tasks", "all") == "all" else block["tasks"]
         expected |= {(t, i, p) for t in tasks for i in block["inits"] for p in block.get("protocols", ["full"])}
+    ablation = CONFIG["pretrain"]["ablation"]  # 002 Table 5's sweep: its steps' encoders fine-tuned too
+    steps = {"mae", "ablation2", "ablation3", "multitask"}
+    expected |= {(t, f"pretrained:{v}", ablation["protocol"]) for t in ablation["tasks"] for v in steps}
     assert set(zip(runs["task"], runs["init"], runs["protocol"])) == expected
     unbounded = {"mse", "mae_ml", "l1"}
     values = runs[~runs["metric"].isin(unbounded)]["value"].dropna()

@@ -3,23 +3,10 @@
 # Per-task jobs, then one table per analysis under results/analysis/.
 
 
-def radiomics_params_file():
-    """A relative path is taken from the working directory, else from the repository (which ships the default)."""
-    path = Path(ANALYSIS["radiomics"]["params"])
-    return str(path if path.is_absolute() or path.exists() else Path(workflow.basedir) / path)
 
 
-def lens_inputs(wildcards):
-    task = wildcards.task
-    return {"radiomics": layout.radiomics_table(PLAN.task_cohort(task)),
-            "pretrained": layout.base_features(task, f"pretrained-{PLAN.analysed}"),
-            "finetuned": [layout.run_features(run) for run in PLAN.lens_runs(task)]}
 
 
-def mmd_input_files(inputs):
-    return sorted({path for tasks in inputs.values() for files in tasks.values()
-                   for key in ("random", "pretrained", "finetuned", "scratch")
-                   for path in ([files[key]] if isinstance(files[key], str) else files[key])})
 
 
 # Each analysis's per-task parts, collected into one table per analysis.
@@ -53,7 +40,7 @@ rule cka:
 
 rule mmd:
     input:
-        mmd_input_files(PLAN.mmd_inputs()),
+        PLAN.mmd_input_files(),
     output:
         layout.analysis_file("mmd.csv"),
     params:
@@ -141,7 +128,7 @@ rule radiomics:
 
 rule lens:
     input:
-        unpack(lens_inputs),
+        unpack(lambda wildcards: PLAN.lens_inputs(wildcards.task)),
     output:
         table=layout.analysis_file("lens/{task}.csv"),
         summary=layout.analysis_file("lens/{task}_summary.csv"),

@@ -8,6 +8,8 @@ from snakemake.utils import validate
 
 from taskalign.plan import Plan, layout
 import taskalign.plan.outputs as paper
+from taskalign.plan import params
+from taskalign.plan.params import as_json
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -55,16 +57,12 @@ def name_pattern(names):
     return "|".join(names) if names else "(?!x)x"
 
 
-def as_json(value):
-    """Config slices reach the CLIs as one JSON argument, so a change to them changes the command."""
-    return json.dumps(value, sort_keys=True)
-
-
-def run_of(wildcards):
-    """The fine-tuning run a {task}/{init}/{protocol}/seed{seed} job stands for."""
-    return layout.Run(wildcards.task, PLAN.inits[wildcards.init], PLAN.protocols[wildcards.protocol],
-                      int(wildcards.seed))
-
 
 def task_index(wildcards):
     return PLAN.task_index(wildcards.task)
+
+
+def radiomics_params_file():
+    """A relative path is taken from the working directory, else from the repository (which ships the default)."""
+    path = Path(ANALYSIS["radiomics"]["params"])
+    return str(path if path.is_absolute() or path.exists() else Path(workflow.basedir) / path)

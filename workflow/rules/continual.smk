@@ -3,10 +3,6 @@
 CONTINUAL = config["continual"]
 
 
-def continual_params(wildcards):
-    keys = ["target", "layers", "rank", "alpha", "dropout", "decoder_channels", "epochs", "batch_size", "lr",
-            "warmup_epochs", "weight_decay"]
-    return as_json({**{k: CONTINUAL[k] for k in keys}, "seed": config["seed"]})
 
 
 
@@ -22,7 +18,7 @@ rule continual:
         history=layout.continual_file("{variant}", "history.csv"),
         curve=layout.continual_file("{variant}", "dice_curve.png"),
     params:
-        continual=continual_params,
+        continual=as_json(params.continual(PLAN)),
         resume_dir=layout.resume_dir("continual", "{variant}"),
     priority: CRITICAL_PATH
     threads: CONTINUAL["threads"]

@@ -2,28 +2,12 @@
 COHORTS = config["data"]["cohorts"]
 
 
-# The anatomical sanity checks (taskalign.data.sanity) run wherever masks are read: import, check, preprocess.
-SANITY = {"checks": config["data"]["checks"], "check_limits": config["data"]["check_limits"]}
 
 
-def phantom_params(wildcards):
-    spec = COHORTS[wildcards.cohort]
-    train, val, test = spec["splits"]
-    return as_json({"phantom": config["data"]["phantom"], "splits": {"train": train, "val": val, "test": test},
-                    "labelled": spec["labelled"]})
 
 
-def import_params(wildcards):
-    spec = COHORTS[wildcards.cohort]
-    return as_json({"kind": spec["source"], "source": spec["path"], "options": spec.get("options", {}),
-                    "mask_grid": spec["mask_grid"], **SANITY})
 
 
-def check_params(wildcards):
-    split = config["data"]["split"]
-    return as_json({"split_fractions": split["fractions"], "split_seed": split["seed"],
-                    "stratify_by": split["stratify_by"], "require": config["data"]["require"],
-                    "mask_grid": COHORTS[wildcards.cohort]["mask_grid"], **SANITY})
 
 
 
@@ -35,7 +19,7 @@ rule cohort:
     wildcard_constraints:
         cohort=name_pattern(PLAN.cohorts_from("phantom")),
     params:
-        phantom=phantom_params,
+        phantom=lambda wildcards: as_json(params.phantom(PLAN, wildcards.cohort)),
     priority: CRITICAL_PATH
     threads: config["data"]["threads"]
     resources:
@@ -58,7 +42,7 @@ rule import_cohort:
     wildcard_constraints:
         cohort=name_pattern(PLAN.imported_cohorts),
     params:
-        spec=import_params,
+        spec=lambda wildcards: as_json(params.importer(PLAN, wildcards.cohort)),
     priority: CRITICAL_PATH
     threads: 1
     resources:
@@ -81,7 +65,7 @@ rule check_manifest:
     wildcard_constraints:
         cohort=name_pattern(COHORTS),
     params:
-        check=check_params,
+        check=lambda wildcards: as_json(params.check(PLAN, wildcards.cohort)),
     priority: CRITICAL_PATH
     resources:
         mem_mb=4000,
@@ -123,8 +107,7 @@ rule preprocess:
         index=layout.cache_index("{cohort}"),
         qc=directory(layout.qc_dir("{cohort}")),
     params:
-        preprocess=lambda wildcards: as_json({**config["preprocess"], **SANITY,
-                                              "fields": PLAN.cache_fields(wildcards.cohort)}),
+        preprocess=lambda wildcards: as_json(params.preprocess(PLAN, wildcards.cohort)),
     priority: CRITICAL_PATH
     threads: config["data"]["threads"]
     resources:

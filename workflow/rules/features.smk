@@ -3,9 +3,6 @@
 # and the encoder inside each fine-tuned model (frozen runs reuse their starting encoder's features).
 
 
-def features_params(wildcards):
-    return as_json({"task": PLAN.task_spec(wildcards.task), "channels": config["preprocess"]["channels"],
-                    "layers": ANALYSIS["layers"], "batch_size": ANALYSIS["batch_size"], "seed": config["seed"]})
 
 
 rule features:
@@ -18,7 +15,7 @@ rule features:
         task=name_pattern(TASKS),
         encoder=name_pattern(PLAN.base_encoders),
     params:
-        features=features_params,
+        features=lambda wildcards: as_json(params.features(PLAN, wildcards.task)),
     threads: ANALYSIS["threads"]
     resources:
         mem_mb=8000,
@@ -42,7 +39,7 @@ rule finetuned_features:
     wildcard_constraints:
         **RUN_CONSTRAINTS,
     params:
-        features=features_params,
+        features=lambda wildcards: as_json(params.features(PLAN, wildcards.task)),
     threads: ANALYSIS["threads"]
     resources:
         mem_mb=8000,

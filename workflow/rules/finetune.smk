@@ -8,30 +8,17 @@ RUN_CONSTRAINTS = {"task": name_pattern(TASKS), "init": name_pattern(PLAN.inits)
                    "protocol": name_pattern(PLAN.protocols), "seed": r"\d+"}
 
 
-def finetune_params(wildcards):
-    """Only what the run depends on: a head change does not rerun specialists and vice versa, a change to one
-    task's settings reruns that task only."""
-    architecture = "specialist" if PLAN.inits[wildcards.init] == "specialist" else "head"
-    return as_json({**PLAN.finetune_settings(wildcards.task), "augment": FINETUNE["augment"],
-                    architecture: FINETUNE[architecture], "task": PLAN.task_spec(wildcards.task),
-                    "channels": config["preprocess"]["channels"], "seed": int(wildcards.seed)})
 
 
-def evaluate_params(wildcards):
-    return as_json({"task": PLAN.task_spec(wildcards.task), "channels": config["preprocess"]["channels"],
-                    "seed": int(wildcards.seed), "batch_size": PLAN.finetune_settings(wildcards.task)["batch_size"],
-                    "bootstrap": EVALUATE["bootstrap"], "save_volumes": EVALUATE["save_volumes"]})
 
 
-def finetune_encoder(wildcards):
-    return PLAN.init_encoder(PLAN.inits[wildcards.init]) or []
 
 
 # `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
 # switch reach the job in its command from config, not params: changing them reruns nothing.
 rule finetune:
     input:
-        encoder=finetune_encoder,
+        encoder=lambda wildcards: PLAN.init_encoder(PLAN.inits[wildcards.init]) or [],
         index=task_index,
     output:
         model=layout.run_file("finetune", RUN, "model.safetensors"),
@@ -41,7 +28,8 @@ rule finetune:
     wildcard_constraints:
         **RUN_CONSTRAINTS,
     params:
-        finetune=finetune_params,
+        finetune=lambda wildcards: as_json(params.finetune(PLAN, wildcards.task, PLAN.inits[wildcards.init],
+                                                                int(wildcards.seed))),
         init=lambda wildcards: PLAN.inits[wildcards.init],
         protocol=lambda wildcards: PLAN.protocols[wildcards.protocol],
         encoder=lambda wildcards, input: f"--encoder {input.encoder}" if input.encoder else "",
@@ -78,7 +66,7 @@ rule evaluate:
     wildcard_constraints:
         **RUN_CONSTRAINTS,
     params:
-        evaluate=evaluate_params,
+        evaluate=lambda wildcards: as_json(params.evaluate(PLAN, wildcards.task, int(wildcards.seed))),
     threads: EVALUATE["threads"]
     resources:
         mem_mb=8000,

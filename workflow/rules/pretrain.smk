@@ -2,24 +2,10 @@
 PRETRAIN = config["pretrain"]
 
 
-def encoder_geometry():
-    """EncoderGeometry fields from the config (taskalign.models.encoder)."""
-    encoder = config["encoder"]
-    return {"in_channels": len(config["preprocess"]["channels"]), "img_size": config["preprocess"]["size"],
-            **{k: encoder[k] for k in ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads")}}
 
 
-def pretrain_params(wildcards):
-    keys = ["mask_ratio", "weights", "decoder_layers", "epochs", "batch_size", "lr", "warmup_epochs",
-            "weight_decay", "holdout_fraction"]
-    return as_json({**{k: PRETRAIN[k] for k in keys}, "objectives": PLAN.variants[wildcards.variant]["objectives"],
-                    "geometry": encoder_geometry(), "channels": config["preprocess"]["channels"],
-                    "seed": config["seed"]})
 
 
-def import_encoder_params(wildcards):
-    spec = PLAN.variants[wildcards.variant]
-    return as_json({"geometry": encoder_geometry(), "path": spec["path"], "layout": spec.get("layout", "timm")})
 
 
 
@@ -36,7 +22,7 @@ rule pretrain:
     wildcard_constraints:
         variant=name_pattern(PLAN.trained_variants),
     params:
-        pretrain=pretrain_params,
+        pretrain=lambda wildcards: as_json(params.pretrain(PLAN, wildcards.variant)),
         resume_dir=layout.resume_dir("pretrain", "{variant}"),
     priority: CRITICAL_PATH
     threads: PRETRAIN["threads"]
@@ -62,7 +48,7 @@ rule random_encoder:
     output:
         layout.pretrained_encoder("random"),
     params:
-        spec=as_json({"geometry": encoder_geometry(), "seed": config["seed"]}),
+        spec=as_json(params.random_encoder(PLAN)),
     priority: CRITICAL_PATH
     log:
         "results/logs/pretrain/random.log",
@@ -78,7 +64,7 @@ rule import_encoder:
     wildcard_constraints:
         variant=name_pattern(PLAN.imported_variants),
     params:
-        spec=import_encoder_params,
+        spec=lambda wildcards: as_json(params.imported_encoder(PLAN, wildcards.variant)),
     priority: CRITICAL_PATH
     log:
         "results/logs/pretrain/{variant}.log",

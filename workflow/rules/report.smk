@@ -3,17 +3,13 @@
 # each output's input files; the builders get them by name (--inputs) and open nothing else.
 
 
-def table_inputs(wildcards):
-    return paper.table_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")
 
 
-def figure_inputs(wildcards):
-    return paper.figure_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")
 
 
 rule table:
     input:
-        lambda wildcards: paper.input_paths(table_inputs(wildcards)),
+        lambda wildcards: paper.input_paths(paper.table_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")),
     output:
         csv=layout.table_files("{paper}_{what}")[0],
         md=layout.table_files("{paper}_{what}")[1],
@@ -30,7 +26,7 @@ rule table:
         paper=r"\d{3}",
         what=r"table\w+|lens_summary",
     params:
-        inputs=lambda wildcards: as_json(table_inputs(wildcards)),
+        inputs=lambda wildcards: as_json(paper.table_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")),
         settings=as_json(paper.report_settings(PLAN)),
     log:
         "results/logs/report/{paper}_{what}.log",
@@ -43,7 +39,7 @@ rule table:
 
 rule figure:
     input:
-        lambda wildcards: paper.input_paths(figure_inputs(wildcards)),
+        lambda wildcards: paper.input_paths(paper.figure_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")),
     output:
         png=report(
             layout.figure_files("{paper}_{what}")[0],
@@ -57,7 +53,7 @@ rule figure:
         paper=r"\d{3}",
         what=r"fig\w+|lens_\w+",
     params:
-        inputs=lambda wildcards: as_json(figure_inputs(wildcards)),
+        inputs=lambda wildcards: as_json(paper.figure_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")),
         settings=as_json(paper.report_settings(PLAN, figure=True)),
     log:
         "results/logs/report/{paper}_{what}.log",

@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     digests = study_digests(manifests, args.workers) if args.level != "off" else pd.DataFrame()
     problems = describe(shared_studies(digests)) if len(digests) else []
     for line in problems:
-        log.log(40 if args.level == "error" else 30, "%s [check shared_study]", line)
+        log.log(40 if args.level == "error" else 30, "%s [check shared_studies]", line)
     if problems and args.level == "error":
         log.error("%d stud%s shared between cohorts: patient leakage (a case in one cohort's train split and another's "
-                  "test split, or pretrained on); remove the duplicates or set data.checks.shared_study",
+                  "test split, or pretrained on); remove the duplicates or set data.shared_studies",
                   len(problems), "y" if len(problems) == 1 else "ies")
         return 1
     with atomic_path(args.out) as tmp:

@@ -47,7 +47,6 @@ class Plan:
             problems += self._cohort_problems()
         self.runs = self._finetune_runs(problems)
         self._add_runs(self._ablation_runs(problems))
-        problems += self._model_problems()
         if problems:
             raise PlanError(problems)
 
@@ -77,12 +76,6 @@ class Plan:
             except ValueError as err:
                 problems.append(f"analysis.models[{n}]: {err}")
         return problems
-
-    def _model_problems(self) -> list[str]:
-        """A compared model needs a task with its fine-tuned runs and scratch runs of the same seed (D2S, RPG)."""
-        return [f"analysis.models[{n}]: no task has both {self.model_init(m)} ({m['protocol']}) and scratch (full) runs "
-                f"of one seed in finetune.runs" for n, m in enumerate(self.models)
-                if m["variant"] in self.variants and not self.model_tasks(m)]
 
     def split_sizes(self, cohort: str) -> dict[str, int] | None:
         """Cases per split where the config fixes them (phantom cohorts); None where the data decides."""
@@ -346,6 +339,18 @@ class Plan:
                     "scratch": [layout.run_features(Run(task, "scratch", "full", s)) for s in seeds],
                     "seeds": seeds}
         return inputs
+
+    def mmd_input_files(self) -> list[str]:
+        """Every feature file the one mmd job reads."""
+        return sorted({path for tasks in self.mmd_inputs().values() for files in tasks.values()
+                       for key in ("random", "pretrained", "finetuned", "scratch")
+                       for path in ([files[key]] if isinstance(files[key], str) else files[key])})
+
+    def lens_inputs(self, task: str) -> dict:
+        """The lens job's files: the cohort's radiomics, the pretrained encoder's and every FT seed's features."""
+        return {"radiomics": layout.radiomics_table(self.task_cohort(task)),
+                "pretrained": layout.base_features(task, f"pretrained-{self.analysed}"),
+                "finetuned": [layout.run_features(run) for run in self.lens_runs(task)]}
 
     def lens_runs(self, task: str) -> list[Run]:
         """The fine-tuned runs the lens compares with their pretrained encoder: every seed of the analysed variant's

@@ -1,0 +1,95 @@
+"""Each job's parameters: the slice of the config it depends on, which the rules pass as one JSON argument, so a
+change to it reruns exactly the jobs that read it (Snakemake's `params` trigger). Pure functions of the plan."""
+
+from __future__ import annotations
+
+import json
+
+from taskalign.plan.experiment import Plan
+
+PRETRAIN_KEYS = ("mask_ratio", "weights", "decoder_layers", "epochs", "batch_size", "lr", "warmup_epochs",
+                 "weight_decay", "holdout_fraction")
+CONTINUAL_KEYS = ("target", "layers", "rank", "alpha", "dropout", "decoder_channels", "epochs", "batch_size", "lr",
+                  "warmup_epochs", "weight_decay")
+
+
+def as_json(value) -> str:
+    """Config slices reach the CLIs as one JSON argument, so a change to them changes the command."""
+    return json.dumps(value, sort_keys=True)
+
+
+def sanity(plan: Plan) -> dict:
+    """The anatomical sanity checks (taskalign.data.sanity): run wherever masks are read."""
+    data = plan.config["data"]
+    return {"checks": data["checks"], "check_limits": data["check_limits"]}
+
+
+def phantom(plan: Plan, cohort: str) -> dict:
+    spec = plan.cohorts[cohort]
+    train, val, test = spec["splits"]
+    return {"phantom": plan.config["data"]["phantom"], "splits": {"train": train, "val": val, "test": test},
+            "labelled": spec["labelled"]}
+
+
+def importer(plan: Plan, cohort: str) -> dict:
+    spec = plan.cohorts[cohort]
+    return {"kind": spec["source"], "source": spec["path"], "options": spec.get("options", {}),
+            "mask_grid": spec["mask_grid"], **sanity(plan)}
+
+
+def check(plan: Plan, cohort: str) -> dict:
+    data = plan.config["data"]
+    return {"split_fractions": data["split"]["fractions"], "split_seed": data["split"]["seed"],
+            "stratify_by": data["split"]["stratify_by"], "require": data["require"],
+            "mask_grid": plan.cohorts[cohort]["mask_grid"], **sanity(plan)}
+
+
+def preprocess(plan: Plan, cohort: str) -> dict:
+    return {**plan.config["preprocess"], **sanity(plan), "fields": plan.cache_fields(cohort)}
+
+
+def encoder_geometry(plan: Plan) -> dict:
+    """EncoderGeometry fields from the config (taskalign.models.encoder)."""
+    config = plan.config
+    return {"in_channels": len(config["preprocess"]["channels"]), "img_size": config["preprocess"]["size"],
+            **{k: config["encoder"][k] for k in ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads")}}
+
+
+def pretrain(plan: Plan, variant: str) -> dict:
+    return {**{k: plan.pretrain[k] for k in PRETRAIN_KEYS}, "objectives": plan.variants[variant]["objectives"],
+            "geometry": encoder_geometry(plan), "channels": plan.config["preprocess"]["channels"],
+            "seed": plan.config["seed"]}
+
+
+def random_encoder(plan: Plan) -> dict:
+    return {"geometry": encoder_geometry(plan), "seed": plan.config["seed"]}
+
+
+def imported_encoder(plan: Plan, variant: str) -> dict:
+    spec = plan.variants[variant]
+    return {"geometry": encoder_geometry(plan), "path": spec["path"], "layout": spec.get("layout", "timm")}
+
+
+def continual(plan: Plan) -> dict:
+    return {**{k: plan.continual[k] for k in CONTINUAL_KEYS}, "seed": plan.config["seed"]}
+
+
+def finetune(plan: Plan, task: str, init: str, seed: int) -> dict:
+    """Only what the run depends on: a head change does not rerun specialists and vice versa, a change to one
+    task's settings reruns that task only."""
+    architecture = "specialist" if init == "specialist" else "head"
+    return {**plan.finetune_settings(task), "augment": plan.finetune["augment"],
+            architecture: plan.finetune[architecture], "task": plan.task_spec(task),
+            "channels": plan.config["preprocess"]["channels"], "seed": seed}
+
+
+def evaluate(plan: Plan, task: str, seed: int) -> dict:
+    evaluation = plan.config["evaluate"]
+    return {"task": plan.task_spec(task), "channels": plan.config["preprocess"]["channels"], "seed": seed,
+            "batch_size": plan.finetune_settings(task)["batch_size"], "bootstrap": evaluation["bootstrap"],
+            "save_volumes": evaluation["save_volumes"]}
+
+
+def features(plan: Plan, task: str) -> dict:
+    return {"task": plan.task_spec(task), "channels": plan.config["preprocess"]["channels"],
+            "layers": plan.analysis["layers"], "batch_size": plan.analysis["batch_size"], "seed": plan.config["seed"]}
