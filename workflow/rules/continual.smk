@@ -7,7 +7,7 @@ CONTINUAL = config["continual"]
 
 
 # `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
-# switch reach the job in its command from config, not params: changing them reruns nothing.
+# switch reach the job as resources, not params: changing them reruns nothing.
 rule continual:
     input:
         encoder=layout.pretrained_encoder("{variant}"),
@@ -23,6 +23,9 @@ rule continual:
     priority: CRITICAL_PATH
     threads: CONTINUAL["threads"]
     resources:
+        # how the job trains, not what it computes: resources are no rerun trigger (params would be)
+        checkpoint_minutes=str(CONTINUAL["checkpoint_minutes"]),
+        compile=CONTINUAL["compile"],
         mem_mb=16000,
         runtime=24 * 60,
         gpu=CONTINUAL["gpu"],
@@ -36,5 +39,5 @@ rule continual:
         "exec python -m taskalign.cli.continual --variant {wildcards.variant} --pretrained {input.encoder}"
         " --index {input.index} --params {params.continual:q} --encoder {output.encoder}"
         " --adapter {output.adapter} --history {output.history} --curve {output.curve}"
-        " --resume-dir {params.resume_dir} --checkpoint-minutes {config[continual][checkpoint_minutes]}"
-        " --compile {config[continual][compile]} --threads {threads} 2> {log}"
+        " --resume-dir {params.resume_dir} --checkpoint-minutes {resources.checkpoint_minutes}"
+        " --compile {resources.compile} --threads {threads} 2> {log}"

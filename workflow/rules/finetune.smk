@@ -15,7 +15,7 @@ RUN_CONSTRAINTS = {"task": name_pattern(TASKS), "init": name_pattern(PLAN.inits)
 
 
 # `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
-# switch reach the job in its command from config, not params: changing them reruns nothing.
+# switch reach the job as resources, not params: changing them reruns nothing.
 rule finetune:
     input:
         encoder=lambda wildcards: PLAN.init_encoder(PLAN.inits[wildcards.init]) or [],
@@ -36,6 +36,9 @@ rule finetune:
         resume_dir=layout.resume_dir("finetune", layout.RUN_PATTERN),
     threads: FINETUNE["threads"]
     resources:
+        # how the job trains, not what it computes: resources are no rerun trigger (params would be)
+        checkpoint_minutes=str(FINETUNE["checkpoint_minutes"]),
+        compile=FINETUNE["compile"],
         mem_mb=16000,
         runtime=12 * 60,
         gpu=FINETUNE["gpu"],
@@ -50,7 +53,7 @@ rule finetune:
         " --protocol {params.protocol:q} {params.encoder} --index {input.index}"
         " --params {params.finetune:q} --model {output.model} --history {output.history}"
         " --curve {output.curve} --timing {output.timing} --resume-dir {params.resume_dir}"
-        " --checkpoint-minutes {config[finetune][checkpoint_minutes]} --compile {config[finetune][compile]}"
+        " --checkpoint-minutes {resources.checkpoint_minutes} --compile {resources.compile}"
         " --threads {threads} 2> {log}"
 
 

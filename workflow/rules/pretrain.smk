@@ -10,7 +10,7 @@ PRETRAIN = config["pretrain"]
 
 
 # `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
-# switch reach the job in its command from config, not params: changing them reruns nothing.
+# switch reach the job as resources, not params: changing them reruns nothing.
 rule pretrain:
     input:
         [layout.cache_index(c) for c in PRETRAIN["cohorts"]],
@@ -27,6 +27,9 @@ rule pretrain:
     priority: CRITICAL_PATH
     threads: PRETRAIN["threads"]
     resources:
+        # how the job trains, not what it computes: resources are no rerun trigger (params would be)
+        checkpoint_minutes=str(PRETRAIN["checkpoint_minutes"]),
+        compile=PRETRAIN["compile"],
         mem_mb=16000,
         runtime=24 * 60,
         gpu=PRETRAIN["gpu"],
@@ -40,7 +43,7 @@ rule pretrain:
         "exec python -m taskalign.cli.pretrain --variant {wildcards.variant} --index {input}"
         " --params {params.pretrain:q} --encoder {output.encoder} --last {output.last}"
         " --history {output.history} --curve {output.curve} --resume-dir {params.resume_dir}"
-        " --checkpoint-minutes {config[pretrain][checkpoint_minutes]} --compile {config[pretrain][compile]}"
+        " --checkpoint-minutes {resources.checkpoint_minutes} --compile {resources.compile}"
         " --threads {threads} 2> {log}"
 
 
