@@ -192,8 +192,9 @@ def test_manifest_route_refuses_a_lesion_outside_the_gland_unless_turned_off(tmp
     manifest = manifest_of(tmp_path, [row])
     problems = [str(p) for p in check_manifest(manifest)]
     assert problems == [f"case c1, column lesion, file {tmp_path / 'lesion.nii.gz'}: 100% of the lesion lies outside "
-                        "the prostate (limit 50%): the lesion mask's geometry is probably wrong (another grid, a "
-                        "flipped axis or another case's mask) [check lesion_outside_gland]"]
+                        "the prostate (measured on the lesion's own grid; error from 20%): the lesion mask's geometry "
+                        "is probably wrong (another grid, a flipped axis, a shifted origin or another case's mask) "
+                        "[check lesion_outside_gland]"]
     assert check_manifest(manifest, sanity=sanity_config({"lesion_outside_gland": "warning"})) == []
 
 

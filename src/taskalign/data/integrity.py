@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import SimpleITK as sitk
 
 from taskalign.data.file_checks import CaseChecker
+from taskalign.data.grid import Grid
 from taskalign.data.labels import IMAGE_COLUMNS, MANIFEST_COLUMNS, MASK_COLUMNS
 from taskalign.data.manifest_table import REFERENCE_IMAGE, check_rows, read_table
 from taskalign.data.problems import ManifestError, Problem
@@ -41,14 +43,16 @@ class Inspection:
     volumes_ml: dict[object, float] = field(default_factory=dict)
 
 
-def _sanity_findings(checker: CaseChecker, row: pd.Series, sanity: SanityConfig, tolerance: float) -> list[Finding]:
-    """The anatomical checks on the masks that passed, if they share one grid (a mask on another grid, e.g. a
-    lesion drawn on the ADC, is compared with nothing)."""
-    first = next((checker.mask_grids[m] for m in ("prostate", "zones", "lesion") if m in checker.masks), None)
-    if first is None:
+def _sanity_findings(checker: CaseChecker, row: pd.Series, sanity: SanityConfig,
+                     native_lesion: sitk.Image | None) -> list[Finding]:
+    """The anatomical checks on the masks that passed, each on its own grid. `native_lesion`: the lesion as drawn,
+    before an importer resampled it (the check measures it there: resampling can lose it all)."""
+    masks, grids = dict(checker.masks), dict(checker.mask_grids)
+    if native_lesion is not None and "lesion" in masks:
+        masks["lesion"], grids["lesion"] = sitk.GetArrayFromImage(native_lesion), Grid.of(native_lesion)
+    if not masks:
         return []
-    masks = {m: a for m, a in checker.masks.items() if checker.mask_grids[m].matches(first, tolerance)}
-    return native_findings(row.to_dict(), masks, first.voxel_ml, sanity)
+    return native_findings(row.to_dict(), masks, grids, sanity)
 
 
 def inspect_manifest(
@@ -57,8 +61,10 @@ def inspect_manifest(
     geometry_tolerance: float = 1e-3,
     mask_grid: dict[str, str] | None = None,
     sanity: SanityConfig | None = None,
+    native_lesions: dict[str, sitk.Image] | None = None,
 ) -> Inspection:
-    """Every problem and warning of a manifest and its files (see `check_manifest`)."""
+    """Every problem and warning of a manifest and its files (see `check_manifest`). `native_lesions`: case id ->
+    the lesion mask on the grid it was drawn on, where an importer resampled it."""
     sanity = sanity or sanity_config()
     require = dict(require or {})
     unknown = sorted(set(require) - set(MANIFEST_COLUMNS))
@@ -95,9 +101,11 @@ def inspect_manifest(
             if row[column]:
                 path = inspection.paths[(i, column)] = checker.resolve(row[column])
                 checker.check_mask(column, path, row[mask_grid.get(column, REFERENCE_IMAGE)])
+        checker.check_adc_units()
+        inspection.warnings += checker.warnings
         if checker.volume_ml is not None:
             inspection.volumes_ml[i] = checker.volume_ml
-        for finding in _sanity_findings(checker, row, sanity, geometry_tolerance):
+        for finding in _sanity_findings(checker, row, sanity, (native_lesions or {}).get(row["case_id"])):
             path = inspection.paths.get((i, _FILE_OF_COLUMN.get(finding.column, finding.column)))
             found = Problem(case[i], finding.column, None if path is None else str(path),
                             f"{finding.message} [check {finding.check}]")

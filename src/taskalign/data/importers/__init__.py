@@ -104,8 +104,11 @@ def _import_staged(kind, source, staging, cohort, mask_grid, sanity, options) ->
         rows, problems = error.rows, error.problems
     origins = {_absolute(staging, value): value.source for row in rows for value in row.values()
                if isinstance(value, ConvertedPath)}
+    native_lesions = {str(row["case_id"]): row["lesion"].native for row in rows
+                      if isinstance(row.get("lesion"), ConvertedPath) and row["lesion"].native is not None}
     frame = write_manifest(rows, staging / "manifest.csv")
-    inspection = inspect_manifest(staging / "manifest.csv", mask_grid=mask_grid, sanity=sanity)
+    inspection = inspect_manifest(staging / "manifest.csv", mask_grid=mask_grid, sanity=sanity,
+                                  native_lesions=native_lesions)
     problems += [_named_by_source(p, origins) for p in inspection.problems]
     if any("geometry differs" in p for p in problems):
         problems.append("masks must lie on the T2W grid; importer option resample_masks=true resamples them "

@@ -32,12 +32,15 @@ import SimpleITK as sitk
 
 from taskalign.data.importers.common import (
     CASE_ID_PATTERN,
+    CASE_ID_RULE,
     CohortImportError,
     acquisition_metadata,
     converted_path,
     empty_row,
     manifest_path,
+    raise_problems,
     read_header,
+    rows_by_case,
     write_image,
 )
 
@@ -124,10 +127,10 @@ def import_dicom(
         raise CohortImportError(
             f"DICOM source {source}: options case_id/patient_id name one study, but it holds {len(studies)} studies"
         )
-    return [
-        _study_row(study, Path(source), out_dir, cohort, role_patterns, on_duplicate, case_id, patient_id, min_dwi_b)
-        for study in studies.values()
-    ]
+    rows, problems = rows_by_case(studies.values(), lambda study: _study_row(
+        study, Path(source), out_dir, cohort, role_patterns, on_duplicate, case_id, patient_id, min_dwi_b))
+    raise_problems(problems, f"DICOM source {source}", rows)
+    return rows
 
 
 def find_series(source: Path) -> list[Series]:
@@ -154,7 +157,7 @@ def _study_row(study, source, out_dir, cohort, role_patterns, on_duplicate, case
     patient = patient_id or _safe_id(first.get("0010|0020", "")) or _safe_id(source.name)
     case = case_id or "_".join(part for part in (patient, _safe_id(first.get("0008|0020", ""))) if part)
     if not CASE_ID_PATTERN.fullmatch(case):
-        raise CohortImportError(f"study {source}: case_id {case!r} must match [A-Za-z0-9_.-]+")
+        raise CohortImportError(f"study {source}: case_id {case!r}: {CASE_ID_RULE}")
     where = f"study {case} ({source})"
 
     candidates = assign_roles(study, role_patterns)
