@@ -226,32 +226,74 @@ def test_qc_montage_shows_the_smallest_lesion(tiny_cache, tmp_path):
     assert (np.abs(pixels - red).sum(axis=-1) < 30).sum() >= 3, f"no lesion outline in {smallest.name}'s montage"
 
 
-def test_the_same_study_in_two_cohorts_is_found_by_its_voxels(tmp_path):
-    """Imported twice (here as NIfTI and as MHA, under other case and patient ids), a study is one study."""
-    from taskalign.cli import shared_studies as cli
-    from taskalign.data.shared_studies import describe, shared_studies
-
-    rng = np.random.default_rng(0)
-    image = sitk.GetImageFromArray(rng.integers(0, 1000, (6, 16, 16)).astype(np.int16))
-    other = sitk.GetImageFromArray(rng.integers(0, 1000, (6, 16, 16)).astype(np.int16))
-    sitk.WriteImage(image, str(tmp_path / "a.nii.gz"))
-    image.SetSpacing((0.5, 0.5, 3.0))  # another header: the voxels decide
-    sitk.WriteImage(image, str(tmp_path / "b.mha"))
-    sitk.WriteImage(other, str(tmp_path / "c.mha"))
-    rows = {"picai": [("p1", "pp1", "train", "a.nii.gz")], "prostatex": [("x1", "px1", "test", "b.mha"),
-                                                                         ("x2", "px2", "test", "c.mha")]}
+def study_manifests(tmp_path: Path, cohorts: dict[str, list[tuple]]) -> list[Path]:
+    """Checked-manifest stand-ins: {cohort: [(case_id, patient_id, split, file)]}."""
     paths = []
-    for cohort, cases in rows.items():
+    for cohort, cases in cohorts.items():
         frame = pd.DataFrame(cases, columns=["case_id", "patient_id", "split", "t2w"])
         frame["t2w"] = [str(tmp_path / f) for f in frame["t2w"]]
         paths.append(tmp_path / f"{cohort}.csv")
         frame.to_csv(paths[-1], index=False)
-    out = tmp_path / "digests.csv"
+    return paths
+
+
+def anatomy_like(seed: int) -> np.ndarray:
+    """A smooth random volume (z, y, x) with structure at the fingerprint's scale, as anatomy has."""
+    from scipy.ndimage import gaussian_filter
+
+    noise = np.random.default_rng(seed).normal(size=(12, 48, 48))
+    return (400 + 4000 * gaussian_filter(noise, (1, 4, 4))).clip(0, 4000)
+
+
+def test_the_same_study_is_found_whatever_its_format_within_and_across_cohorts(tmp_path, caplog):
+    """Issue 33, item 5: one study stored as uint16 and as float32 with its rows flipped (header saying so), under
+    two patient ids in one cohort's train and test splits, is leakage; a third copy, rows flipped without the
+    header, in another cohort's train split belongs to the same study."""
+    from taskalign.cli import shared_studies as cli
+
+    study, other = anatomy_like(0), anatomy_like(1)
+    as_uint16 = sitk.GetImageFromArray(study.astype(np.uint16))
+    as_uint16.SetSpacing((0.5, 0.5, 3.0))
+    sitk.WriteImage(as_uint16, str(tmp_path / "a.nii.gz"))
+    flipped = sitk.GetImageFromArray((study[:, ::-1, :] / 1000).astype(np.float32))  # rows flipped, other scale
+    flipped.SetSpacing((0.5, 0.5, 3.0))
+    flipped.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))  # ... and the header says so
+    flipped.SetOrigin((0.0, 23.5, 0.0))
+    sitk.WriteImage(flipped, str(tmp_path / "b.mha"))
+    mirrored = sitk.GetImageFromArray(np.ascontiguousarray(study[:, ::-1, :]).astype(np.int16))  # header unchanged
+    sitk.WriteImage(mirrored, str(tmp_path / "c.nrrd"))
+    sitk.WriteImage(sitk.GetImageFromArray(other.astype(np.int16)), str(tmp_path / "d.mha"))
+    paths = study_manifests(tmp_path, {"picai": [("p1", "pp1", "train", "a.nii.gz"), ("p2", "pp2", "test", "b.mha"),
+                                                 ("p3", "pp3", "test", "d.mha")],
+                                       "corpus": [("x1", "px1", "train", "c.nrrd")]})
+    out = tmp_path / "results" / "manifests" / "study_digests.csv"
     args = ["--manifests", *map(str, paths), "--out", str(out)]
-    assert cli.main(args) == 1 and not out.exists()  # error by default, nothing written
-    assert cli.main([*args, "--level", "warning"]) == 0
-    digests = pd.read_csv(out)
-    assert digests.groupby("digest")["case_id"].apply(set).tolist().count({"p1", "x1"}) == 1
-    (line,) = describe(shared_studies(digests))
-    assert "cohort picai case p1 (patient pp1, split train" in line and "cohort prostatex case x1" in line
-    assert "b.mha" in line and "x2" not in line
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(args) == 1
+    assert listing(tmp_path / "results") == set()  # nothing under results/
+    (line,) = [r.getMessage() for r in caplog.records if "[check shared_studies]" in r.getMessage()]
+    assert "occurs 3 times in splits test and train" in line
+    for place in (f"cohort picai case p1 (patient pp1, split train, file {tmp_path / 'a.nii.gz'})",
+                  f"cohort picai case p2 (patient pp2, split test, file {tmp_path / 'b.mha'})",
+                  f"cohort corpus case x1 (patient px1, split train, file {tmp_path / 'c.nrrd'})"):
+        assert place in line
+    assert "case p3" not in line
+
+
+def test_a_study_twice_in_one_split_is_a_warning(tmp_path, caplog):
+    from taskalign.cli import shared_studies as cli
+
+    study = anatomy_like(2)
+    sitk.WriteImage(sitk.GetImageFromArray(study.astype(np.uint16)), str(tmp_path / "a.mha"))
+    sitk.WriteImage(sitk.GetImageFromArray(study.astype(np.float32)), str(tmp_path / "b.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(anatomy_like(3).astype(np.float32)), str(tmp_path / "c.nii.gz"))
+    paths = study_manifests(tmp_path, {"risk": [("r1", "q1", "train", "a.mha"), ("r2", "q2", "train", "b.nii.gz"),
+                                                ("r3", "q3", "test", "c.nii.gz")]})
+    out = tmp_path / "digests.csv"
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["--manifests", *map(str, paths), "--out", str(out)]) == 0
+    (record,) = [r for r in caplog.records if "[check shared_studies]" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "occurs 2 times in split train" in record.getMessage()
+    assert "case r1" in record.getMessage() and "case r2" in record.getMessage()
+    digests = pd.read_csv(out).set_index("case_id")
+    assert digests.loc["r1", "study"] == digests.loc["r2", "study"] != digests.loc["r3", "study"]
