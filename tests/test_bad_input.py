@@ -297,3 +297,83 @@ def test_a_study_twice_in_one_split_is_a_warning(tmp_path, caplog):
     assert "case r1" in record.getMessage() and "case r2" in record.getMessage()
     digests = pd.read_csv(out).set_index("case_id")
     assert digests.loc["r1", "study"] == digests.loc["r2", "study"] != digests.loc["r3", "study"]
+
+
+# ------------------------------------------------------------------------------------------------ issue 33, item 4
+
+
+def prostate158_case(root: Path, adc_shift_mm: float = 0.0, mask_direction=None, mask_shift_mm: float = 0.0) -> Path:
+    """One Prostate158 case: T2 40 x 40 x 8 at 1 x 1 x 3 mm, gland x 5-34 mm; ADC and its tumour mask at 2 x 2 x 3 mm
+    (lesion: 8 ADC voxels in x, 14.5-28.5 mm). `adc_shift_mm` moves the ADC and its mask together in x (a wrong ADC
+    header: 2 of the 8 lesion voxels land outside the gland, 25%); `mask_direction` / `mask_shift_mm` change the
+    mask's header alone."""
+    folder = root / "train" / "100"
+    rng = np.random.default_rng(0)
+    t2 = sitk.GetImageFromArray(rng.integers(100, 900, (8, 40, 40)).astype(np.int16))
+    t2.SetSpacing((1.0, 1.0, 3.0))
+    anatomy = np.zeros((8, 40, 40), np.uint8)
+    anatomy[2:6, 5:35, 5:35] = 2  # PZ
+    zones = sitk.GetImageFromArray(anatomy)
+    zones.CopyInformation(t2)
+    adc = sitk.GetImageFromArray(rng.normal(1200, 100, (8, 20, 20)).astype(np.float32))
+    adc.SetSpacing((2.0, 2.0, 3.0))
+    adc.SetOrigin((0.5 + adc_shift_mm, 0.5, 0.0))
+    lesion = np.zeros((8, 20, 20), np.uint8)
+    lesion[3, 10, 7:15] = 1
+    tumour = sitk.GetImageFromArray(lesion)
+    tumour.CopyInformation(adc)
+    tumour.SetOrigin((0.5 + adc_shift_mm + mask_shift_mm, 0.5, 0.0))
+    if mask_direction is not None:
+        tumour.SetDirection(mask_direction)
+    folder.mkdir(parents=True)
+    for image, name in ((t2, "t2.nii.gz"), (zones, "t2_anatomy_reader1.nii.gz"), (adc, "adc.nii.gz"),
+                        (tumour, "adc_tumor_reader1.nii.gz")):
+        sitk.WriteImage(image, str(folder / name))
+    return folder / "adc_tumor_reader1.nii.gz"
+
+
+def refused(kind: str, source: Path, results: Path, **options) -> str:
+    """The import's message; asserts that nothing is left under results/."""
+    with pytest.raises(CohortImportError) as caught:
+        import_cohort(kind, source, results / "cohorts" / kind / "manifest.csv", kind, **options)
+    assert listing(results) == set(), "a refused import left files under results/"
+    return str(caught.value)
+
+
+def test_prostate158_clean_adc_tumour_is_resampled_onto_t2(tmp_path):
+    prostate158_case(tmp_path / "p158")
+    frame = import_cohort("prostate158", tmp_path / "p158", tmp_path / "results" / "manifest.csv", "p158")
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "results" / frame.loc[0, "lesion"])))
+    assert lesion.sum() == 8 * 2 * 2  # 8 ADC voxels of 2 x 2 T2 voxels
+
+
+def test_prostate158_adc_tumour_with_flipped_direction_cosines_is_a_named_error(tmp_path):
+    tumour = prostate158_case(tmp_path / "p158", mask_direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    message = refused("prostate158", tmp_path / "p158", tmp_path / "results")
+    assert (f"case 100: {tumour}: tumour mask geometry differs from adc.nii.gz, the image it was drawn on "
+            "(direction cosines differ by up to 2.0)") in message
+    # resample_masks accepts the header; the lesion, measured on its own grid, is then outside the gland
+    message = refused("prostate158", tmp_path / "p158", tmp_path / "results", resample_masks=True)
+    assert f"case 100, column lesion, file {tumour}: 100% of the lesion lies outside the prostate" in message
+    assert "[check lesion_outside_gland]" in message
+
+
+def test_prostate158_adc_tumour_shifted_10mm_is_a_named_error(tmp_path):
+    tumour = prostate158_case(tmp_path / "p158", mask_shift_mm=10.0)
+    message = refused("prostate158", tmp_path / "p158", tmp_path / "results")
+    assert f"case 100: {tumour}: tumour mask geometry differs from adc.nii.gz" in message
+    assert "origin (10.5, 0.5, 0.0) vs (0.5, 0.5, 0.0) mm" in message
+
+
+def test_a_lesion_a_quarter_outside_the_gland_is_an_error_and_a_twentieth_a_warning(tmp_path, caplog):
+    """ADC and tumour mask consistent, the ADC header 10 mm off: 25% of the lesion outside the gland (under the old
+    50% limit) is now an error; with the limit raised it is a warning."""
+    tumour = prostate158_case(tmp_path / "p158", adc_shift_mm=10.0)
+    message = refused("prostate158", tmp_path / "p158", tmp_path / "results")
+    assert (f"case 100, column lesion, file {tumour}: 25% of the lesion lies outside the prostate (measured on the "
+            "lesion's own grid; error from 20%)") in message
+    with caplog.at_level(logging.WARNING):
+        import_cohort("prostate158", tmp_path / "p158", tmp_path / "ok" / "manifest.csv", "p158",
+                      sanity=sanity_config(limits={"lesion_outside_gland": 0.3}))
+    assert any("25% of the lesion lies outside the prostate (measured on the lesion's own grid; warning from 5%)"
+               in r.getMessage() for r in caplog.records)

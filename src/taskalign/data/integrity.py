@@ -17,14 +17,15 @@ import SimpleITK as sitk
 
 from taskalign.data.file_checks import CaseChecker
 from taskalign.data.grid import Grid
-from taskalign.data.labels import IMAGE_COLUMNS, MANIFEST_COLUMNS, MASK_COLUMNS
+from taskalign.data.labels import IMAGE_COLUMNS, MANIFEST_COLUMNS, MASK_COLUMNS, SPLITS
 from taskalign.data.manifest_table import REFERENCE_IMAGE, check_rows, read_table
 from taskalign.data.problems import ManifestError, Problem
 from taskalign.data.sanity import Finding, SanityConfig, native_findings, sanity_config
 from taskalign.data.splits import assign_splits
 from taskalign.runtime import atomic_path
 
-__all__ = ["Inspection", "ManifestError", "Problem", "check_manifest", "inspect_manifest", "write_checked_manifest"]
+__all__ = ["Inspection", "ManifestError", "Problem", "check_manifest", "checked_table", "inspect_manifest",
+           "split_problems", "write_checked_manifest", "write_table"]
 
 log = logging.getLogger(__name__)
 # The file a sanity finding about a value column is checked against.
@@ -133,9 +134,8 @@ def check_manifest(
     return inspect_manifest(manifest_path, require, geometry_tolerance, mask_grid, sanity).problems
 
 
-def write_checked_manifest(
+def checked_table(
     manifest_path: str | os.PathLike,
-    out_path: str | os.PathLike,
     *,
     split_fractions: dict[str, float],
     split_seed: int,
@@ -145,13 +145,12 @@ def write_checked_manifest(
     mask_grid: dict[str, str] | None = None,
     sanity: SanityConfig | None = None,
 ) -> pd.DataFrame:
-    """Check the manifest and write the checked manifest (contract section 2); returns what was written.
+    """The checked manifest (contract section 2) as a table, or ManifestError listing every problem.
 
-    Raises ManifestError listing every problem, writing nothing. Otherwise: columns in contract order, paths
-    absolute, `split` assigned by `assign_splits` when empty for every row, `volume_ml` (mL) filled from the
-    prostate mask (foreground voxels x voxel volume) when empty. Warnings are logged. The file appears atomically.
-    """
-    manifest_path, out_path = Path(manifest_path), Path(out_path)
+    Columns in contract order, paths absolute, `split` assigned by `assign_splits` when empty for every row,
+    `volume_ml` (mL) filled from the prostate mask (foreground voxels x voxel volume) when empty. Warnings are
+    logged."""
+    manifest_path = Path(manifest_path)
     inspection = inspect_manifest(manifest_path, require, geometry_tolerance, mask_grid, sanity)
     if inspection.problems:
         raise ManifestError(inspection.problems, manifest_path)
@@ -167,8 +166,39 @@ def write_checked_manifest(
         if table.at[i, "volume_ml"] == "":
             table.at[i, "volume_ml"] = f"{volume:.10g}"
             log.info("case %s: volume_ml %.1f mL from the prostate mask", table.at[i, "case_id"], volume)
-
-    with atomic_path(out_path) as tmp, open(tmp, "w", newline="") as f:
-        table.to_csv(f, index=False)
     return table
 
+
+def split_problems(table: pd.DataFrame, needs: dict[str, str]) -> list[Problem]:
+    """A problem for each split something needs (`needs`: split -> the problem's text, Plan.split_needs) that has
+    no cases: found by the manifest check, before any training job starts."""
+    counts = ", ".join(f"{s} {int((table['split'] == s).sum())}" for s in SPLITS)
+    return [Problem(None, "split", None, f"{problem}; the checked manifest has {counts}")
+            for split, problem in needs.items() if not (table["split"] == split).any()]
+
+
+def write_table(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
+    """The checked manifest's CSV, appearing atomically."""
+    with atomic_path(Path(out_path)) as tmp, open(tmp, "w", newline="") as f:
+        table.to_csv(f, index=False)
+
+
+def write_checked_manifest(
+    manifest_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    split_fractions: dict[str, float],
+    split_seed: int,
+    stratify_by: str | None = "pirads",
+    require: dict[str, bool] | None = None,
+    geometry_tolerance: float = 1e-3,
+    mask_grid: dict[str, str] | None = None,
+    sanity: SanityConfig | None = None,
+) -> pd.DataFrame:
+    """Check the manifest and write the checked manifest (`checked_table`); returns what was written. Raises
+    ManifestError listing every problem, writing nothing."""
+    table = checked_table(manifest_path, split_fractions=split_fractions, split_seed=split_seed,
+                          stratify_by=stratify_by, require=require, geometry_tolerance=geometry_tolerance,
+                          mask_grid=mask_grid, sanity=sanity)
+    write_table(table, out_path)
+    return table

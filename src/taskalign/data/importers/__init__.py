@@ -77,7 +77,7 @@ def import_cohort(
         raise CohortImportError(f"importer {kind}: source {source} does not exist")
     out_manifest = Path(out_manifest)
     out_dir = out_manifest.parent
-    made_out_dir = not out_dir.exists()
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the import is refused
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".import-"))
     try:
@@ -86,8 +86,9 @@ def import_cohort(
         write_manifest(frame.to_dict("records"), out_manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if made_out_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        for folder in made:
+            if not any(folder.iterdir()):
+                folder.rmdir()
     for warning in warnings:
         log.warning("%s", warning)
     log.info("%s importer: %d case(s) from %s -> %s", kind, len(frame), source, out_manifest)
