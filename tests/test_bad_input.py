@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from taskalign.cli.import_cohort import main as import_cli
 from taskalign.data.importers import CohortImportError, import_cohort
-from taskalign.data.integrity import check_manifest, write_checked_manifest
+from taskalign.data.integrity import check_manifest, inspect_manifest, write_checked_manifest
 from taskalign.data.labels import MANIFEST_COLUMNS
 from taskalign.data.sanity import sanity_config
 
@@ -377,3 +377,214 @@ def test_a_lesion_a_quarter_outside_the_gland_is_an_error_and_a_twentieth_a_warn
                       sanity=sanity_config(limits={"lesion_outside_gland": 0.3}))
     assert any("25% of the lesion lies outside the prostate (measured on the lesion's own grid; warning from 5%)"
                in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------------ issue 33, item 6
+
+
+def refused_check(manifest: Path, results: Path, **kw) -> list[str]:
+    """The integrity check's problems; asserts that the checked manifest was not written (nothing under results/)."""
+    from taskalign.data.integrity import ManifestError
+
+    with pytest.raises(ManifestError) as caught:
+        write_checked_manifest(manifest, results / "manifests" / "x.csv",
+                               split_fractions={"train": 1, "val": 0, "test": 0}, split_seed=0, **kw)
+    assert listing(results) == set()
+    return [str(p) for p in caught.value.problems]
+
+
+@pytest.mark.parametrize("value", [0, 250])
+def test_a_constant_t2w_is_a_named_error(tmp_path, value):
+    row = case_files(tmp_path)
+    image_file(tmp_path / "t2w.mha", np.full((6, 8, 8), value, np.int16))
+    assert refused_check(manifest_of(tmp_path, [row]), tmp_path / "results") == [
+        f"case c1, column t2w, file {tmp_path / 't2w.mha'}: image is constant: every voxel is {value}; the file holds "
+        "no image"]
+
+
+def test_a_near_constant_t2w_is_a_named_error(tmp_path):
+    row = case_files(tmp_path)
+    t2w = np.zeros((6, 8, 8), np.int16)
+    t2w[0, 0, :3] = 7  # 3 of 384 voxels: below the 1st percentile
+    image_file(tmp_path / "t2w.mha", t2w)
+    (problem,) = refused_check(manifest_of(tmp_path, [row]), tmp_path / "results")
+    assert f"case c1, column t2w, file {tmp_path / 't2w.mha'}: image is near-constant" in problem
+
+
+def adc_case(tmp_path: Path, adc: np.ndarray) -> dict:
+    row = case_files(tmp_path)
+    row["adc"] = image_file(tmp_path / "adc.nii.gz", adc.astype(np.float32))
+    return row
+
+
+def test_adc_with_negative_values_is_an_error_and_a_few_a_documented_warning(tmp_path):
+    adc = np.random.default_rng(0).normal(1200, 100, (6, 8, 8))
+    adc[:, :2] *= -1  # a quarter negative: a signed export
+    problems = refused_check(manifest_of(tmp_path, [adc_case(tmp_path, adc)]), tmp_path / "results")
+    assert len(problems) == 1
+    assert problems[0].startswith(f"case c1, column adc, file {tmp_path / 'adc.nii.gz'}: 96 negative ADC voxels "
+                                  "(25.0% of the nonzero ones, minimum -")
+    assert "a diffusion coefficient cannot be negative" in problems[0]
+    adc[:, :2] *= -1
+    adc[0, 0, 0] = -5.0  # one voxel: fit noise
+    inspection = inspect_manifest(manifest_of(tmp_path, [adc_case(tmp_path, adc)]))
+    assert inspection.problems == [] and [str(w) for w in inspection.warnings] == [
+        f"case c1, column adc, file {tmp_path / 'adc.nii.gz'}: 1 negative ADC voxel (0.3% of the nonzero ones, "
+        "minimum -5): accepted as fit noise"]
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e6])
+def test_adc_in_the_wrong_units_is_a_named_error(tmp_path, scale):
+    adc = np.random.default_rng(0).normal(1200, 100, (6, 8, 8)) * scale
+    (problem,) = refused_check(manifest_of(tmp_path, [adc_case(tmp_path, adc)]), tmp_path / "results")
+    assert problem.startswith(f"case c1, column adc, file {tmp_path / 'adc.nii.gz'}: median ADC of the gland ")
+    assert "is outside 100-5000 (1e-6 mm^2/s, the contract's unit): wrong units" in problem
+
+
+def test_headers_in_metres_are_a_named_error(tmp_path):
+    row = case_files(tmp_path)
+    for name in ("t2w.mha", "gland.nii.gz", "lesion.nii.gz"):
+        image = sitk.ReadImage(str(tmp_path / name))
+        image.SetSpacing((0.001, 0.001, 0.002))
+        sitk.WriteImage(image, str(tmp_path / name))
+    problems = refused_check(manifest_of(tmp_path, [row]), tmp_path / "results")
+    for column, name in (("t2w", "t2w.mha"), ("prostate", "gland.nii.gz"), ("lesion", "lesion.nii.gz")):
+        assert (f"case c1, column {column}, file {tmp_path / name}: voxel spacing 0.001x0.001x0.002 mm outside "
+                "0.1-10.0 mm: the header is in other units (metres?)") in problems
+
+
+def msd_source(root: Path, cases=("prostate_00", "prostate_01"), adc=None) -> Path:
+    rng = np.random.default_rng(0)
+    training = []
+    for case in cases:
+        t2 = sitk.GetImageFromArray(rng.integers(100, 900, (4, 8, 8)).astype(np.float32))
+        values = rng.normal(1200, 100, (4, 8, 8)).astype(np.float32) if adc is None else adc
+        image = sitk.JoinSeries([t2, sitk.GetImageFromArray(values)])
+        (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(root / "imagesTr" / f"{case}.nii.gz"))
+        label = np.zeros((4, 8, 8), np.uint8)
+        label[1:3, 2:6, 2:6] = 1
+        sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "labelsTr" / f"{case}.nii.gz"))
+        training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+    spec = {"modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "PZ"}, "training": training}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root
+
+
+def test_nan_in_the_msd_adc_is_found_before_the_conversion_hides_it(tmp_path):
+    adc = np.full((4, 8, 8), 1200, np.float32)
+    adc[2, 3, 3] = np.nan
+    source = msd_source(tmp_path / "msd", cases=("prostate_00",), adc=adc)
+    message = refused("msd", source, tmp_path / "results")
+    assert f"case prostate_00: {source / 'imagesTr' / 'prostate_00.nii.gz'}: 4-D image contains 1 NaN voxel" in message
+
+
+# ------------------------------------------------------------------------------------------------ issue 33, item 7
+
+
+def test_case_id_dot_dot_is_refused_on_every_route(tmp_path):
+    row = case_files(tmp_path)
+    problems = refused_check(manifest_of(tmp_path, [{**row, "case_id": ".."}]), tmp_path / "results")
+    assert problems == ["case .., column case_id: case_id may only contain A-Z a-z 0-9 _ . - and may not be '.' or "
+                        "'..' (it names folders)"]
+    source = tmp_path / "folder"
+    source.mkdir()
+    image_file(source / ".._t2w.nii.gz", np.random.default_rng(0).integers(1, 500, (6, 8, 8)).astype(np.int16))
+    message = refused("nifti", source, tmp_path / "results", mapping={"t2w": r"(?P<case>[^_]+)_t2w\.nii\.gz"})
+    assert (f"case ..: {source / '.._t2w.nii.gz'}: the regex's case group gives '..': case_id may only contain "
+            "A-Z a-z 0-9 _ . - and may not be '.' or '..'") in message
+
+
+def test_msd_reports_every_missing_file_of_every_case(tmp_path):
+    source = msd_source(tmp_path / "msd", cases=("prostate_00", "prostate_01", "prostate_02"))
+    (source / "imagesTr" / "prostate_00.nii.gz").unlink()
+    (source / "labelsTr" / "prostate_00.nii.gz").unlink()
+    (source / "labelsTr" / "prostate_02.nii.gz").unlink()
+    message = refused("msd", source, tmp_path / "results")
+    assert "3 problem(s)" in message
+    assert f"case prostate_00: {source / 'imagesTr' / 'prostate_00.nii.gz'}: listed in dataset.json but missing" in message
+    assert f"case prostate_00: {source / 'labelsTr' / 'prostate_00.nii.gz'}: label listed in dataset.json but missing" in message
+    assert f"case prostate_02: {source / 'labelsTr' / 'prostate_02.nii.gz'}: label listed in dataset.json but missing" in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"modality": {"0": "T2"}, "labels": {"0": "background"}, "training": [', "not valid JSON"),
+    ('{"modality": {"0": "T2"}, "labels": {"0": "background"}, "training": ["imagesTr/a.nii.gz"]}',
+     '`training`[0] is "imagesTr/a.nii.gz", expected {"image": ..., "label": ...}'),
+    ('["training"]', "expected a JSON object with modality, labels and training, got list"),
+])
+def test_a_malformed_msd_dataset_json_is_a_named_problem(tmp_path, text, expected):
+    source = tmp_path / "msd"
+    source.mkdir()
+    (source / "dataset.json").write_text(text)
+    message = refused("msd", source, tmp_path / "results")
+    assert str(source / "dataset.json") in message and expected in message
+
+
+def test_a_4d_t2w_in_prostate158_is_a_named_problem(tmp_path):
+    prostate158_case(tmp_path / "p158")
+    t2 = tmp_path / "p158" / "train" / "100" / "t2.nii.gz"
+    volume = sitk.ReadImage(str(t2))
+    sitk.WriteImage(sitk.JoinSeries([volume, volume]), str(t2))
+    message = refused("prostate158", tmp_path / "p158", tmp_path / "results")
+    assert f"case 100: {t2}: T2 is 4-D with 1 value(s) per voxel, expected a 3-D image with one" in message
+
+
+def test_every_config_problem_is_listed_in_one_round(tmp_path):
+    import copy
+
+    from conftest import REPO, TEST_CONFIG
+
+    from taskalign.plan import PlanError
+    from taskalign.plan.config_check import checked_plan
+
+    config = copy.deepcopy(TEST_CONFIG)
+    config["pretrain"]["lr"] = float("nan")
+    config["pretrain"]["epochs"] = 10**9
+    config["finetune"]["lr"] = 1e9
+    config["data"]["cohorts"]["anatomy"]["splits"] = [4, 0, 2]
+    config["tasks"]["volume_reg"]["cohort"] = "nowhere"
+    with pytest.raises(PlanError) as caught:
+        checked_plan(config, REPO / "workflow/schemas/config.schema.yaml")
+    assert caught.value.problems == [
+        "finetune.lr: 1000000000.0 is greater than the maximum of 1",
+        "pretrain.epochs: 1000000000 is greater than the maximum of 10000",
+        "pretrain.lr: nan is not a finite number",
+        "tasks.volume_reg.cohort: unknown cohort 'nowhere'",
+        "tasks.zone_seg, tasks.distortion: cohort 'anatomy' has no val cases (to pick the best epoch)",
+    ]
+
+
+def test_a_manifest_cohort_without_val_cases_fails_the_plan(tmp_path):
+    import copy
+
+    from conftest import plan_of, TEST_CONFIG
+
+    from taskalign.plan import PlanError
+
+    rows = [{**case_files(tmp_path), "case_id": f"c{n}", "patient_id": f"p{n}", "split": split}
+            for n, split in enumerate(["train", "train", "test"])]
+    config = copy.deepcopy(TEST_CONFIG)
+    config["data"]["cohorts"]["anatomy"] = {"source": "manifest", "path": str(manifest_of(tmp_path, rows))}
+    with pytest.raises(PlanError) as caught:
+        plan_of(config)
+    assert caught.value.problems == ["tasks.zone_seg, tasks.distortion: cohort 'anatomy' has no val cases "
+                                     "(to pick the best epoch)"]
+
+
+def test_the_manifest_check_refuses_an_imported_task_cohort_without_val_cases(tmp_path, capsys):
+    """An importer's cohort has no manifest at plan time: rule check_manifest, which training waits for, refuses."""
+    from taskalign.cli.check_manifest import main
+
+    rows = [{**case_files(tmp_path), "case_id": f"c{n}", "patient_id": f"p{n}"} for n in range(3)]
+    params = {"split_fractions": {"train": 0.7, "val": 0.1, "test": 0.2}, "split_seed": 0, "stratify_by": None,
+              "require": {}, "split_needs": {"val": "tasks.zone_seg: cohort 'anatomy' has no val cases (to pick the "
+                                                        "best epoch)"}}
+    out = tmp_path / "results" / "manifests" / "anatomy.csv"
+    args = ["--manifest", str(manifest_of(tmp_path, rows)), "--out", str(out), "--params", json.dumps(params)]
+    assert main(args) == 1
+    assert listing(tmp_path / "results") == set()
+    assert ("column split: tasks.zone_seg: cohort 'anatomy' has no val cases (to pick the best epoch); the checked "
+            "manifest has train 2, val 0, test 1") in capsys.readouterr().err
+    assert main([*args[:-1], json.dumps({**params, "split_needs": {}})]) == 0 and out.exists()
