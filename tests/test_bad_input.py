@@ -588,3 +588,42 @@ def test_the_manifest_check_refuses_an_imported_task_cohort_without_val_cases(tm
     assert ("column split: tasks.zone_seg: cohort 'anatomy' has no val cases (to pick the best epoch); the checked "
             "manifest has train 2, val 0, test 1") in capsys.readouterr().err
     assert main([*args[:-1], json.dumps({**params, "split_needs": {}})]) == 0 and out.exists()
+
+
+def test_a_constant_t2w_is_refused_on_the_dicom_route(shared_data, tmp_path):
+    """ProstateX-0001's axial T2 series with every pixel 0, its tags kept (issue 33: the DICOM route let it pass)."""
+    series = shared_data / "prostatex-dicom/ProstateX-0001/07-08-2011/10.000000-t2tsetra-17541"
+    blank = tmp_path / "dicom" / "ProstateX-0001" / "t2"
+    blank.mkdir(parents=True)
+    for path in sorted(series.glob("*.dcm")):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        image = reader.Execute()
+        zeros = sitk.Image(image.GetSize(), image.GetPixelID())
+        zeros.CopyInformation(image)
+        for key in reader.GetMetaDataKeys():
+            if int(key[:4], 16) % 2 == 0:  # public tags (private ones hold binary values GDCM cannot write back)
+                zeros.SetMetaData(key, reader.GetMetaData(key))
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(blank / path.name))
+        writer.Execute(zeros)
+    message = refused("dicom", tmp_path / "dicom", tmp_path / "results")
+    assert f"case ProstateX-0001_20110708, column t2w, file {blank}: " in message  # the series, not a staged file
+    assert "image is constant: every voxel is 0; the file holds no image" in message
+
+
+def test_picai_resampled_lesion_is_measured_on_its_own_grid(picai, tmp_path):
+    """resample_masks on a lesion whose header is flipped: the resampled lesion would say little, the native one is
+    outside the gland."""
+    lesion = picai / f"picai_labels/csPCa_lesion_delineations/human_expert/resampled/{CASE}.nii.gz"
+    image = sitk.ReadImage(str(lesion))
+    array = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    gland = sitk.GetArrayFromImage(sitk.ReadImage(str(picai / GLAND)))
+    array[tuple(np.argwhere(gland > 0)[len(np.argwhere(gland > 0)) // 2])] = 3  # ISUP 3, in the gland's middle
+    flipped = sitk.GetImageFromArray(array)
+    flipped.CopyInformation(image)
+    flipped.SetDirection(tuple(-v if i in (0, 4) else v for i, v in enumerate(image.GetDirection())))
+    sitk.WriteImage(flipped, str(lesion))
+    message = refused("picai", picai, tmp_path / "results", resample_masks=True, lesion="human")
+    assert f"case {CASE}, column lesion, file {lesion}: 100% of the lesion lies outside the prostate" in message

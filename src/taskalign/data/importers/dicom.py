@@ -34,6 +34,7 @@ from taskalign.data.importers.common import (
     CASE_ID_PATTERN,
     CASE_ID_RULE,
     CohortImportError,
+    ConvertedPath,
     acquisition_metadata,
     converted_path,
     empty_row,
@@ -183,13 +184,14 @@ def _study_row(study, source, out_dir, cohort, role_patterns, on_duplicate, case
             dwi_by_b[b] = convert_series(chosen["dwi"], path, where, files, b_value=b)
         log.info("%s: DWI series %s split into b = %s", where, chosen["dwi"].number, sorted(dwi_by_b))
 
-    row["t2w"] = manifest_path(written["t2w"], out_dir)
+    # named by their series folder: the check's messages must point at what survives a refused import
+    row["t2w"] = ConvertedPath(manifest_path(written["t2w"], out_dir), chosen["t2w"].directory)
     if "adc" in written:
-        row["adc"] = manifest_path(written["adc"], out_dir)
+        row["adc"] = ConvertedPath(manifest_path(written["adc"], out_dir), chosen["adc"].directory)
     if "hbv" in written:
-        row["dwi"] = manifest_path(written["hbv"], out_dir)
+        row["dwi"] = ConvertedPath(manifest_path(written["hbv"], out_dir), chosen["hbv"].directory)
     elif dwi_by_b and max(dwi_by_b) >= min_dwi_b:
-        row["dwi"] = manifest_path(dwi_by_b[max(dwi_by_b)], out_dir)
+        row["dwi"] = ConvertedPath(manifest_path(dwi_by_b[max(dwi_by_b)], out_dir), chosen["dwi"].directory)
         log.info("%s: no computed high-b series; dwi = acquired b%g", where, max(dwi_by_b))
     elif dwi_by_b:
         log.warning("%s: highest acquired b = %g < min_dwi_b = %g; dwi left empty", where, max(dwi_by_b), min_dwi_b)

@@ -70,12 +70,13 @@ def import_prostate158(
     if not case_dirs:
         raise CohortImportError(f"Prostate158 source {source}: no <split>/<id>/t2.nii.gz")
     seen: dict[str, Path] = {}
+    twice = []
     for directory in case_dirs:
         if directory.name in seen:
-            raise CohortImportError(
-                problem(directory.name, directory, f"case id occurs twice; the other folder is {seen[directory.name]}")
-            )
+            twice.append(problem(directory.name, directory, f"case id occurs twice; the other folder is "
+                                                            f"{seen[directory.name]}"))
         seen[directory.name] = directory
+    raise_problems(twice, f"Prostate158 source {source}")
     csv_splits, csv_tumor = _read_split_csvs(source, reader) if use_splits else ({}, {})
 
     def make_row(directory: Path) -> dict:
