@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 COARSE_SHAPE = (8, 16, 16)  # (z, y, x) voxels: the anatomy, not the noise
 MATCH_CORRELATION = 0.99
+_BLOCK = 256  # fingerprints compared at once with all others
 _FLIPS = [axes for n in range(4) for axes in itertools.combinations(range(3), n)]
 
 
@@ -73,17 +74,17 @@ def matching_studies(prints: list[np.ndarray], threshold: float = MATCH_CORRELAT
     for i, p in enumerate(prints):
         by_shape.setdefault(p.shape, []).append(i)
     for members in by_shape.values():
-        if len(members) < 2:
-            continue
-        stack = np.stack([prints[i] for i in members])
-        flat = stack.reshape(len(members), -1)
-        correlation = np.max([flat @ np.flip(stack, axis=tuple(a + 1 for a in axes)).reshape(len(members), -1).T
-                              for axes in _FLIPS], axis=0)
-        np.fill_diagonal(correlation, -np.inf)
-        for a, b in zip(*np.nonzero(np.triu(correlation >= threshold, 1))):
-            study[root(members[a])] = root(members[b])
-            for x in (a, b):
-                best[members[x]] = np.fmax(best[members[x]], correlation[a, b])
+        stack = np.stack([prints[i] for i in members]).astype(np.float32)
+        flipped = [np.flip(stack, axis=tuple(a + 1 for a in axes)).reshape(len(members), -1) for axes in _FLIPS]
+        for start in range(0, len(members), _BLOCK):  # rows in blocks: memory stays _BLOCK x cases
+            rows = stack[start:start + _BLOCK].reshape(-1, flipped[0].shape[1])
+            correlation = np.max([rows @ f.T for f in flipped], axis=0)
+            for a, b in zip(*np.nonzero(correlation >= threshold)):
+                a += start
+                if a == b:
+                    continue
+                study[root(members[a])] = root(members[b])
+                best[members[a]] = np.fmax(best[members[a]], correlation[a - start, b])
     return [root(i) for i in range(len(prints))], best
 
 
