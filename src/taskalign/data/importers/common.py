@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -179,8 +181,9 @@ def read_image(path: Path, case: str, what: str) -> sitk.Image:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise CohortImportError(problem(case, path, unreadable_message(path, what, error))) from None
-    except (OSError, EOFError, ValueError) as error:
-        raise CohortImportError(problem(case, path, f"{what} unreadable: the file is truncated or corrupt ({error})"))
+    except (OSError, EOFError, struct.error, zlib.error) as error:
+        raise CohortImportError(problem(case, path, f"{what} unreadable: the file is truncated or corrupt "
+                                                    f"({error})")) from None
     if counts is None and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         array = sitk.GetArrayViewFromImage(image)
         counts = (int(np.isnan(array).sum()), int(np.isinf(array).sum()))
