@@ -112,8 +112,9 @@ def _import_staged(kind, source, staging, cohort, mask_grid, sanity, options) ->
                                   native_lesions=native_lesions)
     problems += [_named_by_source(p, origins) for p in inspection.problems]
     if any("geometry differs" in p for p in problems):
-        problems.append("masks must lie on the T2W grid; importer option resample_masks=true resamples them "
-                        "nearest-neighbour (logged; the lesion_outside_gland check then guards the result)")
+        problems.append("masks must lie on the grid of the image they were drawn on (the T2W; Prostate158's tumours: "
+                        "the ADC); importer option resample_masks=true resamples them nearest-neighbour (logged; the "
+                        "lesion_outside_gland check then guards the result)")
     raise_problems(problems, f"{kind} import of {source}")
     return frame, [_named_by_source(w, origins) for w in inspection.warnings]
 
