@@ -182,8 +182,8 @@ def write(image: sitk.Image, path: Path) -> Path:
 def nifti_folder(root: Path) -> dict[str, str]:
     rng = np.random.default_rng(0)
     for case in ("a1", "b2"):
-        for kind in ("t2w", "adc"):
-            write(volume(rng.integers(0, 100, (4, 6, 6)).astype(np.int16)), root / f"{case}_{kind}.nii.gz")
+        for kind in ("t2w", "adc"):  # ADC in 1e-6 mm^2/s, as the contract says
+            write(volume(rng.integers(500, 1500, (4, 6, 6)).astype(np.int16)), root / f"{case}_{kind}.nii.gz")
         write(volume(labels_block()), root / "masks" / f"{case}_zones.nii.gz")
         lesion = np.zeros((4, 6, 6), dtype=np.uint8)
         lesion[2, 2, 2] = 3  # ISUP 3
@@ -225,7 +225,7 @@ def test_nifti_folder_rows_labels_and_remapping(tmp_path):
 def test_nifti_folder_patient_group(tmp_path):
     source = tmp_path / "src"
     for name in ("P1_s1_t2w.nii.gz", "P1_s2_t2w.nii.gz"):
-        write(volume(np.zeros((2, 3, 3), np.int16)), source / name)
+        write(volume(np.arange(18, dtype=np.int16).reshape(2, 3, 3)), source / name)
     out = tmp_path / "manifest.csv"
     import_cohort("nifti", source, out, "c", mapping={"t2w": r"(?P<case>(?P<patient>[^_]+)_s\d)_t2w\.nii\.gz"})
     frame = read_manifest(out)
@@ -267,8 +267,9 @@ def picai_layout(root: Path) -> None:
     """Two cases: 1 has an ISUP-graded expert lesion mask, 2 only an AI lesion mask."""
     for patient, study in (("1", "11"), ("2", "22")):
         case = f"{patient}_{study}"
-        for kind in ("t2w", "adc", "hbv"):
-            write(volume(np.ones((4, 6, 6), np.uint16)), root / "images" / patient / f"{case}_{kind}.mha")
+        for kind in ("t2w", "adc", "hbv"):  # ADC in 1e-6 mm^2/s
+            values = np.random.default_rng(int(patient)).integers(800, 1600, (4, 6, 6)).astype(np.uint16)
+            write(volume(values), root / "images" / patient / f"{case}_{kind}.mha")
         labels = root / "picai_labels"
         write(volume(labels_block()), labels / "anatomical_delineations/zonal_pz_tz/AI/Yuan23" / f"{case}.nii.gz")
         write(volume((labels_block() > 0).astype(np.uint8)),
@@ -307,8 +308,8 @@ def prostate158_layout(root: Path) -> None:
     t2_spacing, adc_spacing, adc_origin = (0.5, 0.5, 3.0), (1.0, 1.0, 3.0), (0.25, 0.25, 0.0)
     for split, case, tumor in (("train", "020", True), ("train", "021", False), ("valid", "030", True)):
         folder = root / split / case
-        write(volume(np.ones((4, 8, 8), np.int16), t2_spacing), folder / "t2.nii.gz")
-        write(volume(np.ones((4, 4, 4), np.float32), adc_spacing, adc_origin), folder / "adc.nii.gz")
+        write(volume(np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8), t2_spacing), folder / "t2.nii.gz")
+        write(volume(np.full((4, 4, 4), 1200, np.float32), adc_spacing, adc_origin), folder / "adc.nii.gz")
         write(volume(np.ones((4, 4, 4), np.float32), adc_spacing, adc_origin), folder / "dwi.nii.gz")
         anatomy = np.zeros((4, 8, 8), np.uint8)
         anatomy[1:3, 2:6, 2:6] = 2  # PZ

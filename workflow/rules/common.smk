@@ -4,16 +4,16 @@ import sys
 from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
-from snakemake.utils import validate
 
-from taskalign.plan import Plan, layout
+from taskalign.plan import layout
 import taskalign.plan.outputs as paper
 from taskalign.plan import params
 from taskalign.plan.params import as_json
+from taskalign.plan.config_check import checked_plan
 
 
-validate(config, "../schemas/config.schema.yaml")
-PLAN = Plan(config)
+# Every schema violation and plan problem in one report (PlanError), defaults filled in.
+PLAN = checked_plan(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 TASKS = config["tasks"]
 ANALYSIS = config["analysis"]
 

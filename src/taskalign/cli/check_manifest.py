@@ -3,8 +3,9 @@
     python -m taskalign.cli.check_manifest --manifest IN.csv --out OUT.csv --params '{"split_fractions": ...}'
 
 `--params` is a JSON object with `split_fractions`, `split_seed`, `stratify_by` and `require`; optional:
-`mask_grid` (mask column -> image column it lies on, default t2w), `checks` (sanity check -> error/warning/off)
-and `check_limits` (sanity check -> number), see `taskalign.data.sanity`. Exit status 0 on success (warnings
+`mask_grid` (mask column -> image column it lies on, default t2w), `checks` (sanity check -> error/warning/off),
+`check_limits` (sanity check -> number), see `taskalign.data.sanity`, and `split_needs` (split -> the problem if it
+has no cases, from the plan: the tasks' cohorts need train, val and test cases before any training starts). Exit status 0 on success (warnings
 logged), 1 when the manifest has problems (each printed to stderr), 2 for invalid arguments or params.
 """
 
@@ -16,14 +17,14 @@ import logging
 import sys
 from pathlib import Path
 
-from taskalign.data.integrity import ManifestError, write_checked_manifest
+from taskalign.data.integrity import ManifestError, checked_table, split_problems, write_table
 from taskalign.data.labels import SPLITS
 from taskalign.data.sanity import sanity_config
 
 log = logging.getLogger("taskalign.check_manifest")
 
 REQUIRED_PARAMS = ("split_fractions", "split_seed", "stratify_by", "require")
-OPTIONAL_PARAMS = ("mask_grid", "checks", "check_limits")
+OPTIONAL_PARAMS = ("mask_grid", "checks", "check_limits", "split_needs")
 
 
 def parse_params(text: str) -> dict:
@@ -51,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = parse_params(args.params)
-        table = write_checked_manifest(
+        table = checked_table(
             args.manifest,
-            args.out,
             split_fractions=params["split_fractions"],
             split_seed=int(params["split_seed"]),
             stratify_by=params["stratify_by"],
@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             mask_grid=params.get("mask_grid"),
             sanity=sanity_config(params.get("checks"), params.get("check_limits")),
         )
+        problems = split_problems(table, params.get("split_needs") or {})
+        if problems:
+            raise ManifestError(problems, args.manifest)
+        write_table(table, args.out)
     except ManifestError as error:
         print(str(error), file=sys.stderr)
         return 1

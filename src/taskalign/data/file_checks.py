@@ -16,7 +16,7 @@ from taskalign.data.grid import Grid
 from taskalign.data.image_io import unreadable_message
 from taskalign.data.labels import BINARY_MASK_COLUMNS, ZONE_LABELS
 from taskalign.data.manifest_table import REFERENCE_IMAGE
-from taskalign.data.problems import Problem, dims_text, number_text, values_text
+from taskalign.data.problems import Problem, dims_text, number_text, value_text, values_text
 
 ZONE_RANGE = (0, max(ZONE_LABELS.values()))
 _FLOAT_PIXEL_IDS = {
@@ -35,9 +35,17 @@ _NIFTI_TYPES = {
     1792: (16, "f8"), 2048: (32, None), 2304: (4, None),
 }
 _CHUNK_BYTES = 1 << 24
+# Voxel spacing a prostate MRI can have (mm): outside it the header is in other units (metres, micrometres).
+SPACING_RANGE_MM = (0.1, 10.0)
+# Median ADC of the gland (or of the ADC's positive voxels without a gland mask) in 1e-6 mm^2/s: normal and
+# cancerous prostate lie at about 600-2000; 0.001 (mm^2/s) or 1e9 are other units.
+ADC_MEDIAN_RANGE = (100.0, 5000.0)
+# An ADC fit gives a few negative voxels in noise (a documented warning); more than this fraction of its nonzero
+# voxels negative is a sign or offset error.
+ADC_NEGATIVE_FRACTION = 0.01
 
 
-def _geometry_differences(mask: Grid, image: Grid, tolerance: float) -> list[str]:
+def geometry_differences(mask: Grid, image: Grid, tolerance: float) -> list[str]:
     """Spacing is compared relatively, direction cosines absolutely, origins to `tolerance` voxels."""
     if mask.size != image.size:
         return [f"size {dims_text(mask.size)} vs {dims_text(image.size)}"]
@@ -66,7 +74,7 @@ def _no_overlap(image: Grid, reference: Grid) -> str | None:
     )
 
 
-def _nifti_voxel_scan(path: Path) -> tuple[int, int] | None:
+def nifti_voxel_scan(path: Path) -> tuple[int, int] | None:
     """(NaN count, Inf count) of a NIfTI-1/2 file's raw voxels, reading every voxel byte ((0, 0) for integer
     types); None when the file is not NIfTI or has a datatype this scan does not know.
 
@@ -141,6 +149,11 @@ class CaseChecker:
         self.volume_ml: float | None = None
         self.masks: dict[str, np.ndarray] = {}
         self.mask_grids: dict[str, Grid] = {}
+        self.warnings: list[Problem] = []
+        self.adc: tuple[Path, np.ndarray, Grid] | None = None
+
+    def warn(self, column: str, path: Path, message: str) -> None:
+        self.warnings.append(Problem(self.case, column, str(path), message))
 
     def report(self, column: str, path: Path | None, message: str) -> None:
         self.problems.append(Problem(self.case, column, None if path is None else str(path), message))
@@ -169,13 +182,18 @@ class CaseChecker:
         if reader.GetNumberOfComponents() != 1:
             self.report(column, path, f"expected one value per voxel, got {reader.GetNumberOfComponents()}")
             return None
-        return reader, Grid.of(reader)
+        grid = Grid.of(reader)
+        lo, hi = SPACING_RANGE_MM
+        if not all(lo <= s <= hi for s in grid.spacing):
+            self.report(column, path, f"voxel spacing {dims_text(grid.spacing)} mm outside {number_text(lo)}-"
+                                      f"{number_text(hi)} mm: the header is in other units (metres?)")
+        return reader, grid
 
     def voxels(self, column: str, path: Path, reader: sitk.ImageFileReader) -> np.ndarray | None:
         """Every voxel of the file (whatever the pixel type: a truncated file must fail here, not in
         preprocessing), with NaN/Inf reported; None when the voxels cannot be read."""
         try:
-            counts = _nifti_voxel_scan(path)
+            counts = nifti_voxel_scan(path)
         except (OSError, EOFError, struct.error, zlib.error) as error:
             self.report(column, path, f"voxel data unreadable: the file is truncated or corrupt ({error})")
             return None
@@ -196,7 +214,9 @@ class CaseChecker:
         if opened is None:
             return
         reader, geometry = opened
-        if self.voxels(column, path, reader) is None:
+        n_problems = len(self.problems)
+        array = self.voxels(column, path, reader)
+        if array is None:
             return
         self.geometry[column] = geometry
         reference = self.geometry.get(REFERENCE_IMAGE)
@@ -205,6 +225,59 @@ class CaseChecker:
             message = _no_overlap(geometry, reference)
             if message:
                 self.report(column, path, message)
+        if len(self.problems) > n_problems:
+            return  # NaN read as 0, or no overlap: the values say nothing more
+        if column == REFERENCE_IMAGE:
+            self._check_not_constant(column, path, array)
+        elif column == "adc":
+            self._check_adc_sign(column, path, array)
+            self.adc = (path, array, geometry)
+
+    def _check_not_constant(self, column: str, path: Path, array: np.ndarray) -> None:
+        """A T2W whose 1st and 99th percentiles coincide shows nothing (an all-zero or blank export)."""
+        finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
+        if finite.size == 0:
+            return
+        lo, hi = np.percentile(finite, (1, 99))
+        if hi - lo <= 1e-6 * max(abs(float(hi)), 1.0):
+            what = "constant" if finite.min() == finite.max() else "near-constant (98% of its voxels)"
+            self.report(column, path, f"image is {what}: every voxel is {value_text(lo)}; the file holds no image")
+
+    def _check_adc_sign(self, column: str, path: Path, array: np.ndarray) -> None:
+        negative = int(np.count_nonzero(array < 0))
+        if not negative:
+            return
+        fraction = negative / max(int(np.count_nonzero(array)), 1)
+        text = (f"{negative} negative ADC voxel{'s' if negative != 1 else ''} ({fraction:.1%} of the nonzero ones, "
+                f"minimum {value_text(np.nanmin(array))})")
+        if fraction > ADC_NEGATIVE_FRACTION:
+            self.report(column, path, f"{text}: a diffusion coefficient cannot be negative (a signed or offset "
+                                      f"export?); up to {ADC_NEGATIVE_FRACTION:.0%} is accepted as fit noise")
+        else:
+            self.warn(column, path, f"{text}: accepted as fit noise")
+
+    def check_adc_units(self) -> None:
+        """The ADC's median in the gland (mapped through patient space; without a gland mask, of its positive
+        voxels) must be plausible in 1e-6 mm^2/s. Runs after the masks."""
+        if self.adc is None:
+            return
+        path, array, grid = self.adc
+        gland = next(((self.masks[m], self.mask_grids[m]) for m in ("prostate", "zones") if m in self.masks), None)
+        values, where = array[array > 0], "positive voxels"
+        if gland is not None:
+            index = np.argwhere(gland[0] > 0)
+            voxels, inside = grid.nearest_voxels(gland[1].voxel_centres(index))
+            if inside.any():
+                values, where = array[tuple(voxels[inside].T)], "gland"
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        median = float(np.median(values))
+        lo, hi = ADC_MEDIAN_RANGE
+        if not lo <= median <= hi:
+            self.report("adc", path, f"median ADC of the {where} {number_text(median)} is outside {value_text(lo)}-"
+                                     f"{value_text(hi)} (1e-6 mm^2/s, the contract's unit): wrong units (mm^2/s "
+                                     "or m^2/s?) or not an ADC map")
 
     def check_mask(self, column: str, path: Path, grid_value: str) -> None:
         opened = self.open(column, path)
@@ -216,7 +289,7 @@ class CaseChecker:
             if grid != REFERENCE_IMAGE:  # an empty t2w is already reported as a missing required value
                 self.report(column, path, f"mask lies on the {grid} grid but the case has no {grid} image")
         elif grid in self.geometry:
-            differences = _geometry_differences(geometry, self.geometry[grid], self.tolerance)
+            differences = geometry_differences(geometry, self.geometry[grid], self.tolerance)
             if differences:
                 self.report(column, path, f"geometry differs from {grid} ({'; '.join(differences)})")
         array = self.voxels(column, path, reader)

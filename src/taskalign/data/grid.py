@@ -76,6 +76,19 @@ class Grid:
             and np.allclose(self.direction, other.direction, atol=tolerance)
         )
 
+    def voxel_centres(self, index_zyx: np.ndarray) -> np.ndarray:
+        """World coordinates (N, 3) mm of voxels given as (N, 3) array indices (z, y, x)."""
+        ijk = np.asarray(index_zyx, float)[:, ::-1]
+        return ijk @ self.matrix.T + np.asarray(self.origin, float)
+
+    def nearest_voxels(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Array indices (N, 3) (z, y, x) of the voxels holding world `points` (N, 3) mm, and a bool (N,) that
+        is False for points outside the grid (their indices are clipped)."""
+        ijk = np.rint((np.asarray(points, float) - np.asarray(self.origin, float)) @ np.linalg.inv(self.matrix).T)
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(self.size)), axis=1)
+        ijk = np.clip(ijk, 0, np.asarray(self.size) - 1).astype(np.int64)
+        return ijk[:, ::-1], inside
+
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned physical bounding box (mm) of the voxels' outer edges: (low corner, high corner)."""
         corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in self.size], indexing="ij")).reshape(3, -1)

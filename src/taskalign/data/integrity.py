@@ -13,16 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import SimpleITK as sitk
 
 from taskalign.data.file_checks import CaseChecker
-from taskalign.data.labels import IMAGE_COLUMNS, MANIFEST_COLUMNS, MASK_COLUMNS
+from taskalign.data.grid import Grid
+from taskalign.data.labels import IMAGE_COLUMNS, MANIFEST_COLUMNS, MASK_COLUMNS, SPLITS
 from taskalign.data.manifest_table import REFERENCE_IMAGE, check_rows, read_table
 from taskalign.data.problems import ManifestError, Problem
 from taskalign.data.sanity import Finding, SanityConfig, native_findings, sanity_config
 from taskalign.data.splits import assign_splits
 from taskalign.runtime import atomic_path
 
-__all__ = ["Inspection", "ManifestError", "Problem", "check_manifest", "inspect_manifest", "write_checked_manifest"]
+__all__ = ["Inspection", "ManifestError", "Problem", "check_manifest", "checked_table", "inspect_manifest",
+           "split_problems", "write_checked_manifest", "write_table"]
 
 log = logging.getLogger(__name__)
 # The file a sanity finding about a value column is checked against.
@@ -41,14 +44,16 @@ class Inspection:
     volumes_ml: dict[object, float] = field(default_factory=dict)
 
 
-def _sanity_findings(checker: CaseChecker, row: pd.Series, sanity: SanityConfig, tolerance: float) -> list[Finding]:
-    """The anatomical checks on the masks that passed, if they share one grid (a mask on another grid, e.g. a
-    lesion drawn on the ADC, is compared with nothing)."""
-    first = next((checker.mask_grids[m] for m in ("prostate", "zones", "lesion") if m in checker.masks), None)
-    if first is None:
+def _sanity_findings(checker: CaseChecker, row: pd.Series, sanity: SanityConfig,
+                     native_lesion: sitk.Image | None) -> list[Finding]:
+    """The anatomical checks on the masks that passed, each on its own grid. `native_lesion`: the lesion as drawn,
+    before an importer resampled it (the check measures it there: resampling can lose it all)."""
+    masks, grids = dict(checker.masks), dict(checker.mask_grids)
+    if native_lesion is not None and "lesion" in masks:
+        masks["lesion"], grids["lesion"] = sitk.GetArrayFromImage(native_lesion), Grid.of(native_lesion)
+    if not masks:
         return []
-    masks = {m: a for m, a in checker.masks.items() if checker.mask_grids[m].matches(first, tolerance)}
-    return native_findings(row.to_dict(), masks, first.voxel_ml, sanity)
+    return native_findings(row.to_dict(), masks, grids, sanity)
 
 
 def inspect_manifest(
@@ -57,8 +62,10 @@ def inspect_manifest(
     geometry_tolerance: float = 1e-3,
     mask_grid: dict[str, str] | None = None,
     sanity: SanityConfig | None = None,
+    native_lesions: dict[str, sitk.Image] | None = None,
 ) -> Inspection:
-    """Every problem and warning of a manifest and its files (see `check_manifest`)."""
+    """Every problem and warning of a manifest and its files (see `check_manifest`). `native_lesions`: case id ->
+    the lesion mask on the grid it was drawn on, where an importer resampled it."""
     sanity = sanity or sanity_config()
     require = dict(require or {})
     unknown = sorted(set(require) - set(MANIFEST_COLUMNS))
@@ -95,9 +102,11 @@ def inspect_manifest(
             if row[column]:
                 path = inspection.paths[(i, column)] = checker.resolve(row[column])
                 checker.check_mask(column, path, row[mask_grid.get(column, REFERENCE_IMAGE)])
+        checker.check_adc_units()
+        inspection.warnings += checker.warnings
         if checker.volume_ml is not None:
             inspection.volumes_ml[i] = checker.volume_ml
-        for finding in _sanity_findings(checker, row, sanity, geometry_tolerance):
+        for finding in _sanity_findings(checker, row, sanity, (native_lesions or {}).get(row["case_id"])):
             path = inspection.paths.get((i, _FILE_OF_COLUMN.get(finding.column, finding.column)))
             found = Problem(case[i], finding.column, None if path is None else str(path),
                             f"{finding.message} [check {finding.check}]")
@@ -125,9 +134,8 @@ def check_manifest(
     return inspect_manifest(manifest_path, require, geometry_tolerance, mask_grid, sanity).problems
 
 
-def write_checked_manifest(
+def checked_table(
     manifest_path: str | os.PathLike,
-    out_path: str | os.PathLike,
     *,
     split_fractions: dict[str, float],
     split_seed: int,
@@ -137,13 +145,12 @@ def write_checked_manifest(
     mask_grid: dict[str, str] | None = None,
     sanity: SanityConfig | None = None,
 ) -> pd.DataFrame:
-    """Check the manifest and write the checked manifest (contract section 2); returns what was written.
+    """The checked manifest (contract section 2) as a table, or ManifestError listing every problem.
 
-    Raises ManifestError listing every problem, writing nothing. Otherwise: columns in contract order, paths
-    absolute, `split` assigned by `assign_splits` when empty for every row, `volume_ml` (mL) filled from the
-    prostate mask (foreground voxels x voxel volume) when empty. Warnings are logged. The file appears atomically.
-    """
-    manifest_path, out_path = Path(manifest_path), Path(out_path)
+    Columns in contract order, paths absolute, `split` assigned by `assign_splits` when empty for every row,
+    `volume_ml` (mL) filled from the prostate mask (foreground voxels x voxel volume) when empty. Warnings are
+    logged."""
+    manifest_path = Path(manifest_path)
     inspection = inspect_manifest(manifest_path, require, geometry_tolerance, mask_grid, sanity)
     if inspection.problems:
         raise ManifestError(inspection.problems, manifest_path)
@@ -159,8 +166,39 @@ def write_checked_manifest(
         if table.at[i, "volume_ml"] == "":
             table.at[i, "volume_ml"] = f"{volume:.10g}"
             log.info("case %s: volume_ml %.1f mL from the prostate mask", table.at[i, "case_id"], volume)
-
-    with atomic_path(out_path) as tmp, open(tmp, "w", newline="") as f:
-        table.to_csv(f, index=False)
     return table
 
+
+def split_problems(table: pd.DataFrame, needs: dict[str, str]) -> list[Problem]:
+    """A problem for each split something needs (`needs`: split -> the problem's text, Plan.split_needs) that has
+    no cases: found by the manifest check, before any training job starts."""
+    counts = ", ".join(f"{s} {int((table['split'] == s).sum())}" for s in SPLITS)
+    return [Problem(None, "split", None, f"{problem}; the checked manifest has {counts}")
+            for split, problem in needs.items() if not (table["split"] == split).any()]
+
+
+def write_table(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
+    """The checked manifest's CSV, appearing atomically."""
+    with atomic_path(Path(out_path)) as tmp, open(tmp, "w", newline="") as f:
+        table.to_csv(f, index=False)
+
+
+def write_checked_manifest(
+    manifest_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    split_fractions: dict[str, float],
+    split_seed: int,
+    stratify_by: str | None = "pirads",
+    require: dict[str, bool] | None = None,
+    geometry_tolerance: float = 1e-3,
+    mask_grid: dict[str, str] | None = None,
+    sanity: SanityConfig | None = None,
+) -> pd.DataFrame:
+    """Check the manifest and write the checked manifest (`checked_table`); returns what was written. Raises
+    ManifestError listing every problem, writing nothing."""
+    table = checked_table(manifest_path, split_fractions=split_fractions, split_seed=split_seed,
+                          stratify_by=stratify_by, require=require, geometry_tolerance=geometry_tolerance,
+                          mask_grid=mask_grid, sanity=sanity)
+    write_table(table, out_path)
+    return table

@@ -16,7 +16,9 @@ from taskalign.data.splits import check_patient_leakage
 
 REFERENCE_IMAGE = "t2w"
 REQUIRED_VALUES = ("case_id", "patient_id", "cohort", REFERENCE_IMAGE)
-CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+# A case id names a folder: '.' and '..' would name the folder itself or its parent.
+CASE_ID_PATTERN = re.compile(r"(?!\.\.?$)[A-Za-z0-9_.-]+")
+CASE_ID_RULE = "case_id may only contain A-Z a-z 0-9 _ . - and may not be '.' or '..' (it names folders)"
 PIRADS_RANGE = (min(PIRADS_CLASSES), max(PIRADS_CLASSES))
 SECTOR_RANGE = (0, N_SECTORS - 1)
 POSITIVE_FLOAT_COLUMNS = {"volume_ml": "mL", "tr": "ms", "te": "ms", "flip_angle": "deg", "field_strength": "T"}
@@ -102,7 +104,7 @@ def check_rows(
             if not row[column]:
                 problems.append(Problem(case[i], column, None, "required value is empty"))
         if row["case_id"] and not CASE_ID_PATTERN.fullmatch(row["case_id"]):
-            problems.append(Problem(case[i], "case_id", None, "case_id may only contain A-Z a-z 0-9 _ . -"))
+            problems.append(Problem(case[i], "case_id", None, CASE_ID_RULE))
         if row["split"] and row["split"] not in SPLITS:
             problems.append(
                 Problem(case[i], "split", None,

@@ -209,13 +209,11 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 def _sanity_warnings(case_id, paths, masks, mask_arrays, grid, row, sanity: SanityConfig) -> list[str]:
     """The anatomical checks (`taskalign.data.sanity`) on the native masks and the cache: warnings as text for
     meta.json (the QC montage marks them); a failed check at level error is a PreprocessError."""
-    first = next((m for m in ("prostate", "zones", "lesion") if m in masks), None)
-    if first is None:
+    if not masks:
         return []
     grid_of = {name: Grid.of(mask) for name, mask in masks.items()}
-    native = {name: sitk.GetArrayViewFromImage(mask) for name, mask in masks.items()
-              if grid_of[name].matches(grid_of[first])}
-    findings = native_findings(row, native, grid_of[first].voxel_ml, sanity)
+    native = {name: sitk.GetArrayViewFromImage(mask) for name, mask in masks.items()}
+    findings = native_findings(row, native, grid_of, sanity)
     if "lesion" in masks:
         lesion_native = int(np.count_nonzero(sitk.GetArrayViewFromImage(masks["lesion"]))) * grid_of["lesion"].voxel_ml
         lesion_cache = int(np.count_nonzero(mask_arrays["lesion"])) * _voxel_ml(grid)

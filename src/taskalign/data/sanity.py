@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from taskalign.data.grid import Grid
 from taskalign.data.labels import ZONE_LABELS
 
 LEVELS = ("error", "warning", "off")
@@ -23,7 +24,10 @@ DEFAULT_LEVELS = {
     "pirads_without_lesion": "warning",
 }
 DEFAULT_LIMITS = {
-    "lesion_outside_gland": 0.5,  # fraction of lesion voxels outside the gland
+    # fraction of lesion voxels (on the lesion's own grid) outside the gland: an error from this fraction ...
+    "lesion_outside_gland": 0.2,
+    # ... and a warning from this one (a lesion at the capsule; a 10 mm shift puts about a quarter outside)
+    "lesion_outside_gland_warning": 0.05,
     "lesion_volume_change": 0.3,  # relative change of lesion volume, native -> cache
     "volume_ml_mismatch": 0.1,  # relative difference of volume_ml and the prostate mask's volume
     "pirads_without_lesion": 3,  # lowest PI-RADS that expects a lesion in the mask
@@ -50,10 +54,10 @@ def sanity_config(levels: dict | None = None, limits: dict | None = None) -> San
     """Defaults updated with `levels` (name -> error/warning/off) and `limits` (name -> number); unknown names
     and levels are a ValueError (a configuration error)."""
     levels, limits = dict(levels or {}), dict(limits or {})
-    for given, what in ((levels, "checks"), (limits, "check_limits")):
-        unknown = sorted(set(given) - set(DEFAULT_LEVELS))
+    for given, what, known in ((levels, "checks", DEFAULT_LEVELS), (limits, "check_limits", DEFAULT_LIMITS)):
+        unknown = sorted(set(given) - set(known))
         if unknown:
-            raise ValueError(f"data.{what}: unknown check(s) {unknown}; known: {sorted(DEFAULT_LEVELS)}")
+            raise ValueError(f"data.{what}: unknown check(s) {unknown}; known: {sorted(known)}")
     bad = {name: level for name, level in levels.items() if level not in LEVELS}
     if bad:
         raise ValueError(f"data.checks: levels must be one of {LEVELS}, got {bad}")
@@ -69,15 +73,30 @@ def gland_mask(masks: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def lesion_outside_gland(lesion: np.ndarray, gland: np.ndarray, limit: float) -> str | None:
-    n_lesion = int(np.count_nonzero(lesion))
-    if n_lesion == 0 or not gland.any():
+def outside_fraction(lesion: np.ndarray, lesion_grid: Grid, gland: np.ndarray, gland_grid: Grid) -> float | None:
+    """Fraction of the lesion's voxels, counted on the lesion's own grid, whose centre lies outside the gland (the
+    gland voxel nearest to it is background, or it lies outside the gland's grid); None for an empty lesion or
+    gland. On its own grid a lesion keeps every voxel: resampling it first can lose it all (a flipped axis)."""
+    index = np.argwhere(lesion > 0)
+    if not len(index) or not gland.any():
         return None
-    outside = int(np.count_nonzero((lesion > 0) & ~gland)) / n_lesion
-    if outside <= limit:
+    if lesion_grid.matches(gland_grid):
+        inside = gland[tuple(index.T)]
+    else:
+        voxels, within = gland_grid.nearest_voxels(lesion_grid.voxel_centres(index))
+        inside = within & gland[tuple(voxels.T)]
+    return 1.0 - float(np.count_nonzero(inside)) / len(index)
+
+
+def lesion_outside_gland(outside: float | None, limits: dict[str, float]) -> tuple[str, str] | None:
+    """(level, message) when `outside` (a fraction) reaches the error or the warning limit."""
+    error, warning = limits["lesion_outside_gland"], limits["lesion_outside_gland_warning"]
+    if outside is None or outside < min(error, warning):
         return None
-    return (f"{outside:.0%} of the lesion lies outside the prostate (limit {limit:.0%}): the lesion mask's "
-            "geometry is probably wrong (another grid, a flipped axis or another case's mask)")
+    level, limit = ("error", error) if outside >= error else ("warning", warning)
+    return level, (f"{outside:.0%} of the lesion lies outside the prostate (measured on the lesion's own grid; "
+                   f"{level} from {limit:.0%}): the lesion mask's geometry is probably wrong (another grid, a flipped "
+                   "axis, a shifted origin or another case's mask)")
 
 
 def pirads_without_lesion(pirads: str, lesion: np.ndarray, limit: float) -> str | None:
@@ -120,23 +139,28 @@ def _number(text: str) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def native_findings(row: dict, masks: dict[str, np.ndarray], voxel_ml: float, cfg: SanityConfig) -> list[Finding]:
-    """Checks on a case's native masks (all on one grid of `voxel_ml` mL voxels) and its manifest values."""
+def native_findings(row: dict, masks: dict[str, np.ndarray], grids: dict[str, Grid], cfg: SanityConfig) -> list[Finding]:
+    """Checks on a case's native masks (each on its own grid, `grids`) and its manifest values. A mask on another
+    grid than the gland (a lesion drawn on the ADC) is compared in patient space."""
     gland = gland_mask(masks)
+    gland_grid = grids["prostate" if "prostate" in masks else "zones"] if gland is not None else None
     lesion = masks.get("lesion")
     found = []
-    if lesion is not None and gland is not None:
-        found.append(("lesion_outside_gland", "lesion",
-                      lesion_outside_gland(lesion, gland, cfg.limits["lesion_outside_gland"])))
+    if lesion is not None and gland is not None and cfg.levels["lesion_outside_gland"] != "off":
+        result = lesion_outside_gland(outside_fraction(lesion, grids["lesion"], gland, gland_grid), cfg.limits)
+        if result:
+            level = "warning" if cfg.levels["lesion_outside_gland"] == "warning" else result[0]
+            found.append(Finding("lesion_outside_gland", level, "lesion", result[1]))
+    checks = []
     if lesion is not None:
-        found.append(("pirads_without_lesion", "pirads",
-                      pirads_without_lesion(str(row.get("pirads") or ""), lesion, cfg.limits["pirads_without_lesion"])))
+        checks.append(("pirads_without_lesion", "pirads",
+                       pirads_without_lesion(str(row.get("pirads") or ""), lesion, cfg.limits["pirads_without_lesion"])))
     if "prostate" in masks:
-        mask_ml = int(np.count_nonzero(masks["prostate"])) * voxel_ml
-        found.append(("volume_ml_mismatch", "volume_ml",
-                      volume_ml_mismatch(str(row.get("volume_ml") or ""), mask_ml, cfg.limits["volume_ml_mismatch"])))
-    return [Finding(name, cfg.levels[name], column, message)
-            for name, column, message in found if message and cfg.levels[name] != "off"]
+        mask_ml = int(np.count_nonzero(masks["prostate"])) * grids["prostate"].voxel_ml
+        checks.append(("volume_ml_mismatch", "volume_ml",
+                       volume_ml_mismatch(str(row.get("volume_ml") or ""), mask_ml, cfg.limits["volume_ml_mismatch"])))
+    return found + [Finding(name, cfg.levels[name], column, message)
+                    for name, column, message in checks if message and cfg.levels[name] != "off"]
 
 
 def cache_findings(lesion_native_ml: float | None, lesion_cache_ml: float | None, cfg: SanityConfig) -> list[Finding]:

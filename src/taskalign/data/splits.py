@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -129,3 +130,24 @@ def check_patient_leakage(df: pd.DataFrame) -> list[PatientLeak]:
             order = sorted(splits.unique(), key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
             leaks.append(PatientLeak(pid, tuple(order), tuple(case_ids.loc[group.index].astype(str))))
     return leaks
+
+
+def manifest_split_sizes(path, split: dict) -> dict[str, int] | None:
+    """Cases per split of a source manifest as the integrity check leaves them: its split column, else the seeded
+    split `assign_splits` makes with `split` (the config's data.split: fractions, seed, stratify_by). None when the
+    manifest cannot say yet (no file, no split or patient_id column: the check reports those)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"manifest {path} unreadable: {' '.join(str(error).split())}") from None
+    if "split" not in table.columns or "patient_id" not in table.columns:
+        return None
+    splits = table["split"].str.strip()
+    if (splits == "").all():
+        try:
+            splits = assign_splits(table, split["fractions"], split["seed"], split["stratify_by"])
+        except ValueError:
+            return None  # an empty patient_id or a missing label column: the check names them
+    return {s: int((splits == s).sum()) for s in SPLITS}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from taskalign.data.labels import SPLITS
+from taskalign.data.splits import manifest_split_sizes
 from taskalign.plan import layout
 from taskalign.plan.layout import Run
 from taskalign.tasks.spec import TASK_TYPES, check_combination
@@ -42,9 +44,7 @@ class Plan:
         self.variants = {**self.pretrain["variants"],
                          **{v: {"source": "train", "objectives": objs} for _, v, objs in self.ablation_steps
                             if v not in self.pretrain["variants"]}}
-        problems = self._reference_problems()
-        if not problems:  # the cohort checks follow references that must exist
-            problems += self._cohort_problems()
+        problems = self._reference_problems() + self._cohort_problems()  # every problem in one round
         self.runs = self._finetune_runs(problems)
         self._add_runs(self._ablation_runs(problems))
         if problems:
@@ -78,13 +78,30 @@ class Plan:
         return problems
 
     def split_sizes(self, cohort: str) -> dict[str, int] | None:
-        """Cases per split where the config fixes them (phantom cohorts); None where the data decides."""
+        """Cases per split where they are known before any job runs: the config's (phantom cohorts) or the user's
+        manifest's (its split column, else the split the check will make); None where an importer decides."""
         spec = self.cohorts[cohort]
-        return dict(zip(("train", "val", "test"), spec["splits"])) if spec["source"] == "phantom" else None
+        if spec["source"] == "phantom":
+            return dict(zip(SPLITS, spec["splits"]))
+        if spec["source"] == "manifest":
+            return manifest_split_sizes(spec["path"], self.config["data"]["split"])
+        return None
 
-    def _has_split(self, cohort: str, split: str) -> bool:
-        sizes = self.split_sizes(cohort)
-        return sizes[split] > 0 if sizes is not None else self.config["data"]["split"]["fractions"][split] > 0
+    def users(self, cohort: str) -> list[str]:
+        """What trains or scores on the cohort: tasks.<name> and continual."""
+        users = [f"tasks.{t}" for t, spec in self.tasks.items() if spec["cohort"] == cohort]
+        return users + (["continual"] if self.continual["cohort"] == cohort else [])
+
+    def split_needs(self, cohort: str) -> dict[str, str]:
+        """Split -> the problem if it has no cases, for each split something uses ("tasks.zone_seg: cohort 'x' has
+        no val cases (to pick the best epoch)"). Checked here where the split sizes are known before any job runs,
+        else by the manifest check (rule check_manifest), which every training job waits for."""
+        needs = {}
+        for split, why in (("train", "to train on"), ("val", "to pick the best epoch"), ("test", "to score")):
+            needing = [u for u in self.users(cohort) if split != "test" or u != "continual"]  # continual: no test
+            if needing:
+                needs[split] = f"{', '.join(needing)}: cohort '{cohort}' has no {split} cases ({why})"
+        return needs
 
     def _cohort_problems(self) -> list[str]:
         """Cohorts that cannot serve what uses them, found before any job runs (issue: a cohort without val
@@ -94,25 +111,31 @@ class Plan:
         total = sum(fractions.values())
         if abs(total - 1) > 1e-6:
             problems.append(f"data.split.fractions: train + val + test = {total:g}, must be 1")
+        complete = []
         for name, spec in self.cohorts.items():
             if spec["source"] == "phantom" and "splits" not in spec:
                 problems.append(f"data.cohorts.{name}: source phantom needs 'splits' [train, val, test]")
             elif spec["source"] != "phantom" and "path" not in spec:
                 problems.append(f"data.cohorts.{name}: source {spec['source']} needs 'path'")
-        if problems:
-            return problems
-        users = {c: [f"tasks.{t}" for t, spec in self.tasks.items() if spec["cohort"] == c] for c in self.cohorts}
-        users[self.continual["cohort"]].append("continual")
-        for cohort, used_by in users.items():
+            else:
+                complete.append(name)
+        sizes = {}
+        for cohort in complete:
+            used_by = self.users(cohort)
             if used_by and not self.cohorts[cohort].get("labelled", True):
                 problems.append(f"{', '.join(used_by)}: cohort '{cohort}' has no labels (labelled: false)")
-            for split, why in (("train", "to train on"), ("val", "to pick the best epoch"), ("test", "to score")):
-                needing = [u for u in used_by if split != "test" or u != "continual"]  # continual has no test step
-                if needing and not self._has_split(cohort, split):
-                    problems.append(f"{', '.join(needing)}: cohort '{cohort}' has no {split} cases ({why})")
-        sizes = [self.split_sizes(c) for c in self.pretrain["cohorts"]]
-        if self.pretrain["holdout_fraction"] > 0 and all(s is not None for s in sizes):
-            n_train = sum(s["train"] for s in sizes)
+            try:
+                sizes[cohort] = self.split_sizes(cohort)
+            except ValueError as err:  # an unreadable manifest or fractions that do not sum to 1
+                problems.append(f"data.cohorts.{cohort}: {err}")
+                continue
+            for split, problem in self.split_needs(cohort).items():
+                known = sizes[cohort]
+                if (known[split] if known is not None else fractions[split]) == 0:
+                    problems.append(problem)
+        pretrain_sizes = [sizes.get(c) for c in self.pretrain["cohorts"] if c in self.cohorts]
+        if self.pretrain["holdout_fraction"] > 0 and pretrain_sizes and all(s is not None for s in pretrain_sizes):
+            n_train = sum(s["train"] for s in pretrain_sizes)
             if n_train < 2:
                 problems.append(f"pretrain.cohorts: {n_train} train case(s) in {', '.join(self.pretrain['cohorts'])}; "
                                 "pretraining holds out holdout_fraction of them and needs at least 2")

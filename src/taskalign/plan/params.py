@@ -41,7 +41,7 @@ def check(plan: Plan, cohort: str) -> dict:
     data = plan.config["data"]
     return {"split_fractions": data["split"]["fractions"], "split_seed": data["split"]["seed"],
             "stratify_by": data["split"]["stratify_by"], "require": data["require"],
-            "mask_grid": plan.cohorts[cohort]["mask_grid"], **sanity(plan)}
+            "mask_grid": plan.cohorts[cohort]["mask_grid"], "split_needs": plan.split_needs(cohort), **sanity(plan)}
 
 
 def preprocess(plan: Plan, cohort: str) -> dict:

@@ -77,7 +77,7 @@ def import_cohort(
         raise CohortImportError(f"importer {kind}: source {source} does not exist")
     out_manifest = Path(out_manifest)
     out_dir = out_manifest.parent
-    made_out_dir = not out_dir.exists()
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the import is refused
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".import-"))
     try:
@@ -86,8 +86,9 @@ def import_cohort(
         write_manifest(frame.to_dict("records"), out_manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if made_out_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        for folder in made:
+            if not any(folder.iterdir()):
+                folder.rmdir()
     for warning in warnings:
         log.warning("%s", warning)
     log.info("%s importer: %d case(s) from %s -> %s", kind, len(frame), source, out_manifest)
@@ -104,12 +105,16 @@ def _import_staged(kind, source, staging, cohort, mask_grid, sanity, options) ->
         rows, problems = error.rows, error.problems
     origins = {_absolute(staging, value): value.source for row in rows for value in row.values()
                if isinstance(value, ConvertedPath)}
+    native_lesions = {str(row["case_id"]): row["lesion"].native for row in rows
+                      if isinstance(row.get("lesion"), ConvertedPath) and row["lesion"].native is not None}
     frame = write_manifest(rows, staging / "manifest.csv")
-    inspection = inspect_manifest(staging / "manifest.csv", mask_grid=mask_grid, sanity=sanity)
+    inspection = inspect_manifest(staging / "manifest.csv", mask_grid=mask_grid, sanity=sanity,
+                                  native_lesions=native_lesions)
     problems += [_named_by_source(p, origins) for p in inspection.problems]
     if any("geometry differs" in p for p in problems):
-        problems.append("masks must lie on the T2W grid; importer option resample_masks=true resamples them "
-                        "nearest-neighbour (logged; the lesion_outside_gland check then guards the result)")
+        problems.append("masks must lie on the grid of the image they were drawn on (the T2W; Prostate158's tumours: "
+                        "the ADC); importer option resample_masks=true resamples them nearest-neighbour (logged; the "
+                        "lesion_outside_gland check then guards the result)")
     raise_problems(problems, f"{kind} import of {source}")
     return frame, [_named_by_source(w, origins) for w in inspection.warnings]
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 import logging
 import math
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from taskalign.data.grid import Grid
+from taskalign.data.file_checks import geometry_differences, nifti_voxel_scan
+from taskalign.data.grid import GRID_TOLERANCE, Grid
 from taskalign.data.image_io import unreadable_message, write_image
 from taskalign.data.labels import MANIFEST_COLUMNS, ZONE_LABELS
+from taskalign.data.manifest_table import CASE_ID_PATTERN, CASE_ID_RULE
 from taskalign.runtime import atomic_path
 
 log = logging.getLogger(__name__)
 
-CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 CONVERTED_DIR = "converted"
 
 # DICOM tags of the T2W acquisition, as SimpleITK names them (also found in MHA headers written by picai_prep).
@@ -49,13 +52,16 @@ class CohortImportError(ValueError):
 
 class ConvertedPath(str):
     """A manifest path of a file the importer wrote, remembering the source file it came from (the integrity
-    check's messages name the source: the converted file of a refused import does not survive)."""
+    check's messages name the source: the converted file of a refused import does not survive) and, for a mask
+    it resampled, the mask on the grid it was drawn on (`native`: the lesion checks measure it there)."""
 
     source: str
+    native: sitk.Image | None
 
-    def __new__(cls, value: str, source: Path | str | None):
+    def __new__(cls, value: str, source: Path | str | None, native: sitk.Image | None = None):
         path = super().__new__(cls, value)
         path.source = str(source) if source is not None else value
+        path.native = native
         return path
 
 
@@ -121,7 +127,7 @@ def manifest_frame(rows: list[dict]) -> pd.DataFrame:
     for row in rows:
         case = _cell(row.get("case_id"))
         if not CASE_ID_PATTERN.fullmatch(case):
-            problems.append(problem(case or "?", None, "case_id must match [A-Za-z0-9_.-]+ (it names files)"))
+            problems.append(problem(case or "?", None, CASE_ID_RULE))
         if not _cell(row.get("patient_id")):
             problems.append(problem(case, None, "empty patient_id"))
         seen[case] = seen.get(case, 0) + 1
@@ -152,9 +158,14 @@ def converted_path(out_dir: Path, case_id: str, name: str) -> Path:
     return Path(out_dir) / CONVERTED_DIR / case_id / name
 
 
-def write_converted(image: sitk.Image, out_dir: Path, case_id: str, name: str, source: Path | None = None) -> str:
-    """Write `converted/<case_id>/<name>` and return the path as the manifest stores it (knowing its `source`)."""
-    return ConvertedPath(manifest_path(write_image(image, converted_path(out_dir, case_id, name)), out_dir), source)
+def write_converted(image: sitk.Image, out_dir: Path, case_id: str, name: str, source: Path | None = None,
+                    native: sitk.Image | None = None) -> str:
+    """Write `converted/<case_id>/<name>` and return the path as the manifest stores it (knowing its `source`, and
+    the `native` mask it was resampled from when its grid differs)."""
+    if native is not None and Grid.of(native).matches(Grid.of(image)):
+        native = None
+    path = manifest_path(write_image(image, converted_path(out_dir, case_id, name)), out_dir)
+    return ConvertedPath(path, source, native)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,18 +173,40 @@ def write_converted(image: sitk.Image, out_dir: Path, case_id: str, name: str, s
 
 
 def read_image(path: Path, case: str, what: str) -> sitk.Image:
+    """The image, or a CohortImportError naming case, file and problem: unreadable, or NaN/Inf in its voxels
+    (ITK <= 5.4 reads NaN and Inf in NIfTI as 0, so a conversion would hide them from the integrity check)."""
+    path = Path(path)
     try:
-        return sitk.ReadImage(str(path))
+        counts = nifti_voxel_scan(path)
+        image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise CohortImportError(problem(case, path, unreadable_message(Path(path), what, error))) from None
+        raise CohortImportError(problem(case, path, unreadable_message(path, what, error))) from None
+    except (OSError, EOFError, struct.error, zlib.error) as error:
+        raise CohortImportError(problem(case, path, f"{what} unreadable: the file is truncated or corrupt "
+                                                    f"({error})")) from None
+    if counts is None and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        array = sitk.GetArrayViewFromImage(image)
+        counts = (int(np.isnan(array).sum()), int(np.isinf(array).sum()))
+    bad = [f"{count} {word} voxel{'s' if count != 1 else ''}" for count, word in zip(counts or (0, 0), ("NaN", "Inf"))
+           if count]
+    if bad:
+        raise CohortImportError(problem(case, path, f"{what} contains {' and '.join(bad)}"))
+    return image
 
 
 def read_grid(path: Path, case: str, what: str) -> Grid:
-    """The grid in a file's header, or a CohortImportError naming case, file and problem."""
+    """The grid in a 3-D file's header, or a CohortImportError naming case, file and problem."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return Grid.of_file(path)
+        reader.ReadImageInformation()
     except RuntimeError as error:
         raise CohortImportError(problem(case, path, unreadable_message(Path(path), f"{what} header", error))) from None
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        raise CohortImportError(problem(case, path, f"{what} is {reader.GetDimension()}-D with "
+                                                    f"{reader.GetNumberOfComponents()} value(s) per voxel, expected "
+                                                    "a 3-D image with one"))
+    return Grid.of(reader)
 
 
 def read_header(path: Path) -> dict[str, str]:
@@ -218,11 +251,16 @@ def acquisition_metadata(header: dict[str, str]) -> dict:
 # Grids and labels
 
 
-def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str, resample: bool = False) -> sitk.Image:
-    """The mask on `grid`: its own voxels with the grid's exact geometry when it already lies there (within
-    grid.GRID_TOLERANCE). A mask on another grid is resampled nearest-neighbour (labels must not be
-    interpolated) only when `resample` (the importers' option `resample_masks`): a wrong spacing header would
-    otherwise move the mask without a word. Else it keeps its own grid, and the integrity check refuses it."""
+def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str, resample: bool = False,
+              drawn_on: tuple[str, Grid] | None = None) -> sitk.Image:
+    """The mask on `grid` (the T2W's): its own voxels with the grid's exact geometry when it already lies there
+    (within grid.GRID_TOLERANCE). A mask on another grid is resampled nearest-neighbour (labels must not be
+    interpolated) only when `resample` (the importers' option `resample_masks`): a wrong header would otherwise
+    move the mask without a word. Else it keeps its own grid, and the integrity check refuses it.
+
+    `drawn_on` = (name, grid) of the image a mask was drawn on (Prostate158's ADC-grid tumours): the mask must lie
+    on that grid, the check the integrity check makes for every mask, and is then resampled onto `grid` as a
+    conversion; a mask on neither grid is refused unless `resample`. The lesion checks guard every result."""
     if mask.GetDimension() != 3:
         raise CohortImportError(problem(case, path, f"{what} is {mask.GetDimension()}-D, expected 3-D"))
     if Grid.of(mask).matches(grid):
@@ -231,10 +269,18 @@ def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str, re
         mask.SetOrigin(grid.origin)
         mask.SetDirection(grid.direction)
         return mask
-    if not resample:
+    if drawn_on is not None and not resample:
+        name, source = drawn_on
+        differences = geometry_differences(Grid.of(mask), source, GRID_TOLERANCE)
+        if differences:
+            raise CohortImportError(problem(case, path, f"{what} geometry differs from {name}, the image it was drawn "
+                                                        f"on ({'; '.join(differences)})"))
+        log.info("case %s: %s %s resampled nearest-neighbour from the %s grid onto the T2W grid", case, what, path, name)
+    elif not resample:
         return mask
-    log.warning("case %s: %s %s is not on the T2W grid (spacing %s vs %s mm); resampled nearest-neighbour onto it "
-                "(option resample_masks)", case, what, path, mask.GetSpacing(), grid.spacing)
+    else:
+        log.warning("case %s: %s %s is not on the T2W grid (spacing %s vs %s mm); resampled nearest-neighbour onto "
+                    "it (option resample_masks)", case, what, path, mask.GetSpacing(), grid.spacing)
     return sitk.Resample(
         mask, grid.size, sitk.Transform(), sitk.sitkNearestNeighbor, grid.origin, grid.spacing, grid.direction,
         0, mask.GetPixelID(),

@@ -32,12 +32,16 @@ import SimpleITK as sitk
 
 from taskalign.data.importers.common import (
     CASE_ID_PATTERN,
+    CASE_ID_RULE,
     CohortImportError,
+    ConvertedPath,
     acquisition_metadata,
     converted_path,
     empty_row,
     manifest_path,
+    raise_problems,
     read_header,
+    rows_by_case,
     write_image,
 )
 
@@ -124,10 +128,10 @@ def import_dicom(
         raise CohortImportError(
             f"DICOM source {source}: options case_id/patient_id name one study, but it holds {len(studies)} studies"
         )
-    return [
-        _study_row(study, Path(source), out_dir, cohort, role_patterns, on_duplicate, case_id, patient_id, min_dwi_b)
-        for study in studies.values()
-    ]
+    rows, problems = rows_by_case(studies.values(), lambda study: _study_row(
+        study, Path(source), out_dir, cohort, role_patterns, on_duplicate, case_id, patient_id, min_dwi_b))
+    raise_problems(problems, f"DICOM source {source}", rows)
+    return rows
 
 
 def find_series(source: Path) -> list[Series]:
@@ -154,7 +158,7 @@ def _study_row(study, source, out_dir, cohort, role_patterns, on_duplicate, case
     patient = patient_id or _safe_id(first.get("0010|0020", "")) or _safe_id(source.name)
     case = case_id or "_".join(part for part in (patient, _safe_id(first.get("0008|0020", ""))) if part)
     if not CASE_ID_PATTERN.fullmatch(case):
-        raise CohortImportError(f"study {source}: case_id {case!r} must match [A-Za-z0-9_.-]+")
+        raise CohortImportError(f"study {source}: case_id {case!r}: {CASE_ID_RULE}")
     where = f"study {case} ({source})"
 
     candidates = assign_roles(study, role_patterns)
@@ -180,13 +184,14 @@ def _study_row(study, source, out_dir, cohort, role_patterns, on_duplicate, case
             dwi_by_b[b] = convert_series(chosen["dwi"], path, where, files, b_value=b)
         log.info("%s: DWI series %s split into b = %s", where, chosen["dwi"].number, sorted(dwi_by_b))
 
-    row["t2w"] = manifest_path(written["t2w"], out_dir)
+    # named by their series folder: the check's messages must point at what survives a refused import
+    row["t2w"] = ConvertedPath(manifest_path(written["t2w"], out_dir), chosen["t2w"].directory)
     if "adc" in written:
-        row["adc"] = manifest_path(written["adc"], out_dir)
+        row["adc"] = ConvertedPath(manifest_path(written["adc"], out_dir), chosen["adc"].directory)
     if "hbv" in written:
-        row["dwi"] = manifest_path(written["hbv"], out_dir)
+        row["dwi"] = ConvertedPath(manifest_path(written["hbv"], out_dir), chosen["hbv"].directory)
     elif dwi_by_b and max(dwi_by_b) >= min_dwi_b:
-        row["dwi"] = manifest_path(dwi_by_b[max(dwi_by_b)], out_dir)
+        row["dwi"] = ConvertedPath(manifest_path(dwi_by_b[max(dwi_by_b)], out_dir), chosen["dwi"].directory)
         log.info("%s: no computed high-b series; dwi = acquired b%g", where, max(dwi_by_b))
     elif dwi_by_b:
         log.warning("%s: highest acquired b = %g < min_dwi_b = %g; dwi left empty", where, max(dwi_by_b), min_dwi_b)

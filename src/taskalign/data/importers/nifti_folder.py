@@ -29,6 +29,8 @@ import pandas as pd
 
 from taskalign.runtime import read_yaml_mapping
 from taskalign.data.importers.common import (
+    CASE_ID_PATTERN,
+    CASE_ID_RULE,
     CohortImportError,
     binarise,
     empty_row,
@@ -38,6 +40,7 @@ from taskalign.data.importers.common import (
     raise_problems,
     read_image,
     remap_labels,
+    rows_by_case,
     write_converted,
 )
 from taskalign.data.labels import IMAGE_COLUMNS, MASK_COLUMNS
@@ -83,6 +86,10 @@ def import_nifti_folder(
         if patient is not None and patients.setdefault(case, patient) != patient:
             problems.append(problem(case, path, f"patient group {patient!r} differs from {patients[case]!r}"))
     cases = sorted({case for case, _ in found})
+    for case in cases:  # checked before anything is written: a case id names the folder of its converted files
+        if not CASE_ID_PATTERN.fullmatch(case):
+            first = next(found[(case, c)][0] for c in FILE_COLUMNS if (case, c) in found)
+            problems.append(problem(case, first, f"the regex's case group gives {case!r}: {CASE_ID_RULE}"))
     for case in cases:
         if (case, "t2w") not in found:
             others = [str(found[(case, c)][0]) for c in FILE_COLUMNS if (case, c) in found]
@@ -93,8 +100,8 @@ def import_nifti_folder(
         raise CohortImportError(f"NIfTI source {source}: no file matches the t2w regex {patterns['t2w'].pattern!r}")
 
     zone_lut = {0: 0, **parse_int_map(zones_map, "zones_map")} if zones_map is not None else None
-    rows = []
-    for case in cases:
+
+    def make_row(case: str) -> dict:
         row = empty_row(case, patients.get(case, case), cohort)
         for column in FILE_COLUMNS:
             if (case, column) not in found:
@@ -111,7 +118,10 @@ def import_nifti_folder(
         for column, value in label_rows.get(case, {}).items():
             if str(value).strip() != "":
                 row[column] = value
-        rows.append(row)
+        return row
+
+    rows, problems = rows_by_case(cases, make_row)
+    raise_problems(problems, f"NIfTI source {source}", rows)
     return rows
 
 

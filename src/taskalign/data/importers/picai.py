@@ -178,9 +178,9 @@ def _case_row(t2w: Path, cohort, out_dir, masks: _MaskSources, sheet, sheet_path
             log.warning("case %s: no %s (%s)", case, what, path)
             continue
         try:
-            mask = remap_labels(read_image(path, case, what), values, case, path, what)
-            mask = onto_grid(mask, grid, case, path, what, masks.resample)
-            row[column] = write_converted(mask, out_dir, case, f"{column}.nii.gz", source=path)
+            native = remap_labels(read_image(path, case, what), values, case, path, what)
+            mask = onto_grid(native, grid, case, path, what, masks.resample)
+            row[column] = write_converted(mask, out_dir, case, f"{column}.nii.gz", source=path, native=native)
         except CohortImportError as error:
             problems += error.problems
             row[column] = "-"  # tried: a less preferred lesion source must not stand in for a broken one

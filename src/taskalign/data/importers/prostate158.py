@@ -7,7 +7,8 @@ cases without cancer may instead reference `empty.nii.gz`. Optional `<root>/{tra
 (columns ID, t2, adc, ..., paths relative to the root) give the official splits.
 
 Zones map TZ -> 1, PZ -> 2 (labels.ZONE_LABELS); prostate = zones > 0. The ADC-grid tumour mask is binarised and
-resampled nearest-neighbour onto the T2 grid (masks lie on the t2w grid in the manifest). Everything converted
+resampled nearest-neighbour onto the T2 grid (masks lie on the t2w grid in the manifest), after the check that
+it lies on the ADC's grid; the lesion checks measure it on its own grid. Everything converted
 goes to `converted/<id>/`; images are used where they lie.
 """
 
@@ -26,9 +27,11 @@ from taskalign.data.importers.common import (
     manifest_path,
     onto_grid,
     problem,
+    raise_problems,
     read_grid,
     read_image,
     remap_labels,
+    rows_by_case,
     write_converted,
 )
 from taskalign.data.labels import ZONE_LABELS
@@ -67,55 +70,83 @@ def import_prostate158(
     if not case_dirs:
         raise CohortImportError(f"Prostate158 source {source}: no <split>/<id>/t2.nii.gz")
     seen: dict[str, Path] = {}
+    twice = []
     for directory in case_dirs:
         if directory.name in seen:
-            raise CohortImportError(
-                problem(directory.name, directory, f"case id occurs twice; the other folder is {seen[directory.name]}")
-            )
+            twice.append(problem(directory.name, directory, f"case id occurs twice; the other folder is "
+                                                            f"{seen[directory.name]}"))
         seen[directory.name] = directory
+    raise_problems(twice, f"Prostate158 source {source}")
     csv_splits, csv_tumor = _read_split_csvs(source, reader) if use_splits else ({}, {})
 
-    rows = []
-    for directory in case_dirs:
-        case = directory.name
-        row = empty_row(case, case, cohort)
-        if use_splits:
-            row["split"] = csv_splits.get(directory.resolve()) or SPLIT_NAMES.get(directory.parent.name.lower(), "")
-        for column, name in (("t2w", "t2.nii.gz"), ("adc", "adc.nii.gz"), ("dwi", "dwi.nii.gz")):
-            if (directory / name).is_file():
-                row[column] = manifest_path(directory / name, out_dir)
-            else:
-                log.warning("case %s: no %s", case, directory / name)
-        grid = read_grid(directory / "t2.nii.gz", case, "T2")
+    def make_row(directory: Path) -> dict:
+        return _case_row(directory, out_dir, cohort, reader, lesion_grid, resample_masks,
+                         csv_splits if use_splits else None, csv_tumor)
 
-        anatomy = directory / f"t2_anatomy_reader{reader}.nii.gz"
-        if anatomy.is_file():
+    rows, problems = rows_by_case(case_dirs, make_row)
+    raise_problems(problems, f"Prostate158 source {source}", rows)
+    return rows
+
+
+def _case_row(directory: Path, out_dir, cohort, reader, lesion_grid, resample_masks, csv_splits, csv_tumor) -> dict:
+    """One case's manifest row; every problem of the case in one CohortImportError."""
+    case = directory.name
+    problems = []
+    row = empty_row(case, case, cohort)
+    if csv_splits is not None:
+        row["split"] = csv_splits.get(directory.resolve()) or SPLIT_NAMES.get(directory.parent.name.lower(), "")
+    for column, name in (("t2w", "t2.nii.gz"), ("adc", "adc.nii.gz"), ("dwi", "dwi.nii.gz")):
+        if (directory / name).is_file():
+            row[column] = manifest_path(directory / name, out_dir)
+        else:
+            log.warning("case %s: no %s", case, directory / name)
+    grid = read_grid(directory / "t2.nii.gz", case, "T2")
+
+    anatomy = directory / f"t2_anatomy_reader{reader}.nii.gz"
+    if anatomy.is_file():
+        try:
             zones = remap_labels(read_image(anatomy, case, "anatomy"), ANATOMY, case, anatomy, "anatomy mask")
             zones = onto_grid(zones, grid, case, anatomy, "anatomy mask", resample_masks)
             row["zones"] = write_converted(zones, out_dir, case, "zones.nii.gz", source=anatomy)
             gland = binarise(zones, 1)
             row["prostate"] = write_converted(gland, out_dir, case, "prostate.nii.gz", source=anatomy)
-        else:
-            log.warning("case %s: no %s", case, anatomy)
+        except CohortImportError as error:
+            problems += error.problems
+    else:
+        log.warning("case %s: no %s", case, anatomy)
 
-        if lesion_grid != "none":
-            tumor = directory / f"{lesion_grid}_tumor_reader{reader}.nii.gz"
-            if tumor.is_file():
-                mask = binarise(read_image(tumor, case, "tumour mask"), 1)
-                # the ADC-grid annotation is on another grid by design: resampling it is the conversion
-                mask = onto_grid(mask, grid, case, tumor, "tumour mask", resample=lesion_grid == "adc" or resample_masks)
-                row["lesion"] = write_converted(mask, out_dir, case, "lesion.nii.gz", source=tumor)
-            elif (directory / EMPTY_TUMOR).is_file() or csv_tumor.get(directory.resolve(), "").endswith(EMPTY_TUMOR):
-                # The dataset marks "no cancer" explicitly: an all-zero mask on the T2 grid says the same.
-                empty = sitk.Image([int(n) for n in grid.size], sitk.sitkUInt8)
-                empty.SetSpacing(grid.spacing)
-                empty.SetOrigin(grid.origin)
-                empty.SetDirection(grid.direction)
-                row["lesion"] = write_converted(empty, out_dir, case, "lesion.nii.gz")
-            else:
-                log.warning("case %s: no %s", case, tumor)
-        rows.append(row)
-    return rows
+    if lesion_grid != "none":
+        tumor = directory / f"{lesion_grid}_tumor_reader{reader}.nii.gz"
+        if tumor.is_file():
+            try:
+                row["lesion"] = _tumour_on_t2(tumor, directory, grid, case, out_dir, lesion_grid, resample_masks)
+            except CohortImportError as error:
+                problems += error.problems
+        elif (directory / EMPTY_TUMOR).is_file() or csv_tumor.get(directory.resolve(), "").endswith(EMPTY_TUMOR):
+            # The dataset marks "no cancer" explicitly: an all-zero mask on the T2 grid says the same.
+            empty = sitk.Image([int(n) for n in grid.size], sitk.sitkUInt8)
+            empty.SetSpacing(grid.spacing)
+            empty.SetOrigin(grid.origin)
+            empty.SetDirection(grid.direction)
+            row["lesion"] = write_converted(empty, out_dir, case, "lesion.nii.gz")
+        else:
+            log.warning("case %s: no %s", case, tumor)
+    raise_problems(problems, f"case {case}", [row])
+    return row
+
+
+def _tumour_on_t2(tumor: Path, directory: Path, grid, case, out_dir, lesion_grid: str, resample_masks: bool) -> str:
+    """The binarised tumour mask on the T2 grid. One drawn on the ADC must lie on the ADC's grid (the geometry check
+    of every mask) before it is resampled onto T2; the native mask goes along for the lesion checks."""
+    native = binarise(read_image(tumor, case, "tumour mask"), 1)
+    drawn_on = None
+    if lesion_grid == "adc":
+        adc = directory / "adc.nii.gz"
+        if not adc.is_file():
+            raise CohortImportError(problem(case, tumor, f"tumour mask drawn on the ADC, but there is no {adc}"))
+        drawn_on = ("adc.nii.gz", read_grid(adc, case, "ADC"))
+    mask = onto_grid(native, grid, case, tumor, "tumour mask", resample_masks, drawn_on)
+    return write_converted(mask, out_dir, case, "lesion.nii.gz", source=tumor, native=native)
 
 
 def _read_split_csvs(source: Path, reader: int) -> tuple[dict[Path, str], dict[Path, str]]:
