@@ -20,7 +20,7 @@ from torch import nn
 from taskalign.models.checkpoint_io import EncoderFile, trained_state
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.heads import encoder_model, n_model_outputs, specialist_model
-from taskalign.runtime import atomic_path
+from taskalign.runtime import atomic_path, read_array
 from taskalign.tasks.spec import Task
 
 
@@ -55,7 +55,7 @@ def mask_prior(rows, task: Task) -> torch.Tensor:
     n_classes = 2 if n_out == 1 else n_out
     counts = np.ones(n_classes)
     for case in rows["cache_dir"]:
-        mask = np.load(Path(case) / f"{task.type.target}.npy")
+        mask = read_array(Path(case) / f"{task.type.target}.npy")
         labels = (mask > 0) if n_out == 1 else mask
         counts += np.bincount(labels.ravel().astype(np.int64), minlength=n_classes)[:n_classes]
     return torch.as_tensor(counts / counts.sum())

@@ -153,14 +153,18 @@ class Fitted:
     best_state: dict[str, torch.Tensor]
 
 
+RESUME_KEYS = ("epoch", "progress", "model", "optimizer", "scheduler", "rng", "history", "best", "best_state")
+
+
 def resume_state(model, schedule: Schedule, epoch: int, progress: EpochProgress | None, history: list[dict],
                  best: dict, best_state) -> dict:
     """What a stopped job resumes from: the epoch to train (and how far it got), trained parameters (frozen
     ones come from the job's inputs again), optimiser, scheduler, RNG states, history and the best so far."""
-    return {"epoch": epoch, "progress": asdict(progress) if progress is not None else None,
-            "model": trained_state(model), "optimizer": schedule.optimizer.state_dict(),
-            "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
-            "rng": rng_state(), "history": history, "best": best, "best_state": best_state}
+    values = (epoch, asdict(progress) if progress is not None else None, trained_state(model),
+              schedule.optimizer.state_dict(),
+              schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
+              rng_state(), history, best, best_state)
+    return dict(zip(RESUME_KEYS, values, strict=True))
 
 
 def restore(state: dict, model, schedule: Schedule) -> None:
@@ -186,7 +190,7 @@ def fit(*, model: torch.nn.Module, schedule: Schedule, loader: EpochAheadLoader,
     optimizer, epochs = schedule.optimizer, schedule.epochs
     history, best, best_state = [], {"epoch": None, "score": None}, None
     epoch, progress = 0, EpochProgress()
-    restored = resume.load()
+    restored = resume.load(RESUME_KEYS)
     if restored is not None:
         restore(restored, model, schedule)
         history, best, best_state, epoch = (restored["history"], restored["best"], restored["best_state"],
