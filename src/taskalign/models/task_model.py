@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from taskalign.models.checkpoint_io import EncoderFile, trained_state
+from taskalign.models.checkpoint_io import EncoderFile, named_safetensors_errors, trained_state
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.heads import encoder_model, n_model_outputs, specialist_model
 from taskalign.runtime import atomic_path, read_array
@@ -112,9 +112,10 @@ def referenced_encoder_state(model_path: Path, reference: dict) -> dict[str, tor
 def load_task_model(path: Path, task: Task, channels: list[str],
                     device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A fine-tuned model file -> (model on `device` in eval mode, metadata). Built on `device` directly."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in f.metadata().items()}
-    state = load_file(str(path))
+    with named_safetensors_errors(path):
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k: json.loads(v) for k, v in f.metadata().items()}
+        state = load_file(str(path))
     if "encoder" in meta:
         state = {**referenced_encoder_state(path, meta["encoder"]), **state}
     with torch.device(device):
