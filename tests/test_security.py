@@ -4,6 +4,7 @@ paths with shell syntax in them stay text, and results are written with the mode
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import pickle
@@ -11,6 +12,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tokenize
 
 import numpy as np
 import pandas as pd
@@ -181,20 +183,24 @@ def test_the_library_unpickles_nothing():
 
 
 def shell_commands() -> dict[str, str]:
-    """{rule: its shell command text} for every rule in workflow/rules/ (string literals after `shell:`)."""
+    """{file:rule: its shell command text} for every `shell:` in workflow/rules/ (the string literals after it,
+    one or several, on its line or the next ones, triple-quoted or not)."""
     commands = {}
     for smk in sorted((REPO / "workflow/rules").glob("*.smk")):
-        rule, lines = None, smk.read_text().splitlines()
-        for i, line in enumerate(lines):
-            if m := re.match(r"\s*rule (\w+):", line):
-                rule = m[1]
-            if line.strip() == "shell:":
-                parts = []
-                for following in lines[i + 1:]:
-                    if not following.strip().startswith(('"', "'")):
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(smk.read_text()).readline)
+                  if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT)]
+        rule = None
+        for i, token in enumerate(tokens):
+            if token.string == "rule" and tokens[i + 1].type == tokenize.NAME:
+                rule = tokens[i + 1].string
+            if token.string == "shell" and tokens[i + 1].string == ":":
+                strings = []
+                for following in tokens[i + 2:]:
+                    if following.type != tokenize.STRING:
                         break
-                    parts.append(ast.literal_eval(following.strip()))
-                commands[f"{smk.name}:{rule}"] = "".join(parts)
+                    strings.append(ast.literal_eval(following.string))
+                commands[f"{smk.name}:{rule}"] = "".join(strings)
+        assert len([c for c in commands if c.startswith(smk.name)]) == smk.read_text().count("shell:"), smk
     return commands
 
 
@@ -218,6 +224,7 @@ def test_the_data_stage_runs_from_paths_with_shell_syntax_and_executes_nothing(t
     """Checkout, working directory, config file and manifest all under folders named like WEIRD; the data stage
     of one tiny manifest cohort (check, shared studies, preprocessing) runs and nothing in a name is executed."""
     from taskalign.data.phantom import write_cohort
+    from taskalign.runtime import current_umask
 
     checkout, work, data = (tmp_path / f"{what} {WEIRD}" for what in ("checkout", "work", "data"))
     checkout.mkdir()
@@ -241,11 +248,16 @@ def test_the_data_stage_runs_from_paths_with_shell_syntax_and_executes_nothing(t
     index = pd.read_csv(work / "results/cache/mine.csv")
     assert len(index) == 4 and list((work / "results/qc/mine").glob("*.png"))
     assert list(tmp_path.rglob("pwned")) == [], "a command substitution in a path ran"
+    mode = 0o666 & ~current_umask()
+    written = {str(p.relative_to(work)): stat.S_IMODE(p.stat().st_mode) for p in (work / "results").rglob("*")
+               if p.is_file()}
+    assert len(written) > 10 and {k: oct(v) for k, v in written.items() if v != mode} == {}, "modes follow the umask"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path, umask):
     import SimpleITK as sitk
+    from safetensors.torch import save_file
 
     from taskalign.analysis.feature_files import write_features
     from taskalign.data.image_io import write_image
@@ -257,6 +269,8 @@ def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path, umask):
             handle.write("x")
         with atomic_path(tmp_path / "atomic.csv") as tmp:
             pd.DataFrame({"a": [1]}).to_csv(tmp, index=False)
+        with atomic_path(tmp_path / "weights.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
         write_image(sitk.Image(4, 4, 4, sitk.sitkUInt8), tmp_path / "image.nii.gz")
         cases = pd.DataFrame({"case_id": ["a"], "patient_id": ["p"], "split": ["test"]})
         write_features(tmp_path / "features.npz", cases, {"final": np.zeros((1, 2))})
@@ -264,4 +278,4 @@ def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path, umask):
         os.umask(previous)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(modes, 0o666 & ~umask), {k: oct(v) for k, v in modes.items()}
-    assert len(modes) == 4, "no temporary file left behind"
+    assert len(modes) == 5, "no temporary file left behind"

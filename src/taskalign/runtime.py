@@ -56,17 +56,16 @@ def current_umask() -> int:
 def atomic_path(path: Path):
     """Yield a temporary path next to `path`; move it into place only if the block succeeds.
 
-    The file gets the mode a plain `open` would give it (0666 less the umask), not mkstemp's 0600: collaborators
-    in the group can read the results where the umask lets them."""
+    The file gets the mode a plain `open` would give it (0666 less the umask), not the 0600 of mkstemp (or of
+    writers that replace the temporary file, such as safetensors): collaborators in the group can read the results
+    where the umask lets them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-    finally:
-        os.close(fd)
+    os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
