@@ -38,13 +38,6 @@ class Payload:
         return os.system, (f"touch '{self.marker}'",)
 
 
-def test_the_planted_payload_runs_when_unpickled(tmp_path):
-    """The control: the payload of the tests below is live, so their `not marker.exists()` means something."""
-    marker = tmp_path / "ran"
-    pickle.loads(pickle.dumps(Payload(marker)))
-    assert marker.exists()
-
-
 def plant_torch(path, marker, **extra):
     torch.save({**extra, "payload": Payload(marker)}, path)
 
@@ -57,6 +50,20 @@ def plant_npz(path, marker):
     objects = np.array([Payload(marker)], dtype=object)
     with open(path, "wb") as handle:
         np.savez(handle, case_id=objects, patient_id=objects, split=objects, final=np.zeros((1, 2)))
+
+
+def test_the_planted_files_run_their_payload_when_read_unrestricted(tmp_path):
+    """The control: the files planted below are live, so the tests' `not marker.exists()` means something."""
+    loads = {"pickle": (lambda p, m: p.write_bytes(pickle.dumps(Payload(m))), lambda p: pickle.loads(p.read_bytes())),
+             "torch": (plant_torch, lambda p: torch.load(p, weights_only=False)),
+             "npy": (plant_npy, lambda p: np.load(p, allow_pickle=True)),
+             "npz": (plant_npz, lambda p: np.load(p, allow_pickle=True)["case_id"])}
+    for name, (plant, load) in loads.items():
+        path, marker = tmp_path / f"payload.{name}", tmp_path / f"{name}.ran"
+        plant(path, marker)
+        assert not marker.exists()
+        load(path)
+        assert marker.exists(), name
 
 
 def cache_case(case_dir):
