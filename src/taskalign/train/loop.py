@@ -153,6 +153,7 @@ class Fitted:
     best_state: dict[str, torch.Tensor]
 
 
+# What `resume_state` writes and `restore` reads: a resume file without any of them is ignored.
 RESUME_KEYS = ("epoch", "progress", "model", "optimizer", "scheduler", "rng", "history", "best", "best_state")
 
 
@@ -160,11 +161,10 @@ def resume_state(model, schedule: Schedule, epoch: int, progress: EpochProgress 
                  best: dict, best_state) -> dict:
     """What a stopped job resumes from: the epoch to train (and how far it got), trained parameters (frozen
     ones come from the job's inputs again), optimiser, scheduler, RNG states, history and the best so far."""
-    values = (epoch, asdict(progress) if progress is not None else None, trained_state(model),
-              schedule.optimizer.state_dict(),
-              schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
-              rng_state(), history, best, best_state)
-    return dict(zip(RESUME_KEYS, values, strict=True))
+    return {"epoch": epoch, "progress": asdict(progress) if progress is not None else None,
+            "model": trained_state(model), "optimizer": schedule.optimizer.state_dict(),
+            "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
+            "rng": rng_state(), "history": history, "best": best, "best_state": best_state}
 
 
 def restore(state: dict, model, schedule: Schedule) -> None:
