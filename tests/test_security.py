@@ -140,6 +140,7 @@ def test_a_payload_in_a_file_read_back_never_runs_and_the_file_is_named(tmp_path
     with pytest.raises(ValueError) as refused:
         read(path)
     assert str(path) in str(refused.value), f"{kind}: the message names the file: {refused.value}"
+    assert "set to `False`" not in str(refused.value), "no advice to load the file unrestricted"
     assert not marker.exists(), f"{kind}: the planted payload ran"
 
 
@@ -167,6 +168,7 @@ def test_a_planted_resume_file_is_ignored_with_the_reason_logged_and_runs_nothin
     expected = "no fingerprint, totals" if planted == "no fingerprint" else "not a resume state that loads as tensors"
     ignored = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"ignoring {resume_file}")]
     assert ignored and expected in ignored[0] and "training starts afresh" in ignored[0], caplog.text
+    assert "set to `False`" not in ignored[0], "no advice to load the file unrestricted"
     if planted == "pickled payload":
         assert "unsupported GLOBAL posix.system" in ignored[0], ignored[0]
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in plain.history]

@@ -47,6 +47,15 @@ def named_safetensors_errors(path: Path):
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
 
 
+def weights_only_refusal(error: Exception) -> str:
+    """What torch's weights-only refusal says was refused, without its boilerplate (which advises loading the
+    file unrestricted), else the error's first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))]
+    text = " ".join(named) if named else (lines or [type(error).__name__])[0]
+    return re.sub(r"^Please file an issue .*? use case: ", "", text)
+
+
 def save_encoder(encoder: Encoder, path: Path, metadata: dict | None = None) -> None:
     """Write the encoder as safetensors, geometry and `metadata` as JSON strings in the file's metadata."""
     meta = {"geometry": json.dumps(asdict(encoder.geometry))}
@@ -202,8 +211,8 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickles with custom classes are refused by weights_only
-            raise ValueError(f"{path}: cannot be read with weights_only=True ({err}); save it as a plain "
-                             "state dict or safetensors") from err
+            raise ValueError(f"{path}: cannot be read with weights_only=True ({weights_only_refusal(err)}); save "
+                             "it as a plain state dict or safetensors") from err
     while isinstance(state, dict):
         wrapper = next((k for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
         if wrapper is None:

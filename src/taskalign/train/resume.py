@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from taskalign.models.checkpoint_io import weights_only_refusal
 from taskalign.runtime import atomic_path
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class ResumeFile:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # UnpicklingError for a disallowed global, RuntimeError/EOFError when corrupt
             log.warning("ignoring %s: not a resume state that loads as tensors and plain values (%s); training "
-                        "starts afresh", self.path, _refusal(error))
+                        "starts afresh", self.path, weights_only_refusal(error))
             return None
         problem = _envelope_problem(state, required)
         if problem is not None:
@@ -116,15 +116,6 @@ class ResumeFile:
     def remove(self) -> None:
         """Once the job's outputs are written: nothing is left to resume."""
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _refusal(error: Exception) -> str:
-    """What torch's weights-only refusal says was refused, without its boilerplate (which advises loading the
-    file unrestricted), else the error's first line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    named = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))]
-    text = " ".join(named) if named else (lines or [type(error).__name__])[0]
-    return re.sub(r"^Please file an issue .*? use case: ", "", text)
 
 
 def _envelope_problem(state, required: tuple[str, ...]) -> str | None:
