@@ -134,7 +134,7 @@ def test_a_stop_mid_epoch_resumes_exactly_after_the_step_it_followed(tmp_path):
     for stop_at in (1, 3, 8):  # mid-epoch 1, the first step of epoch 2, the last step of the run
         code, resume = tiny_fit(tmp_path / f"stop{stop_at}", stop_at)
         assert code == 128 + signal.SIGTERM and resume.path.exists()
-        state = torch.load(resume.path, weights_only=False)
+        state = torch.load(resume.path, weights_only=True)
         assert (state["epoch"], state["progress"]["step"]) == (stop_at // 3, stop_at % 3 + 1), "after that step"
         resumed, resume = tiny_fit(tmp_path / f"stop{stop_at}", None)
         assert resumed.history[0]["epoch"] == 1 and len(resumed.history) == 3
@@ -148,7 +148,7 @@ def test_the_resume_state_is_written_on_its_cadence_only(tmp_path):
     _, resume = tiny_fit(tmp_path / "never", None, minutes=10.0)
     assert not resume.path.exists(), "a short run at a 10-minute cadence writes none"
     _, resume = tiny_fit(tmp_path / "every", None, minutes=0.0)
-    state = torch.load(resume.path, weights_only=False)
+    state = torch.load(resume.path, weights_only=True)
     assert state["epoch"] == 2 and state["progress"] is None, "written after every epoch but the last"
     assert state["totals"]["wall_seconds"] > 0
 

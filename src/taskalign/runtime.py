@@ -1,4 +1,5 @@
-"""What every entry point needs: logging to stderr (the rule's log), threads from the scheduler, atomic writes."""
+"""What every entry point needs: logging to stderr (the rule's log), threads from the scheduler, atomic writes that
+follow the umask, and array reads that never unpickle."""
 
 from __future__ import annotations
 
@@ -37,16 +38,58 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     return mapping
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it: a set-and-restore would give
+    files that other threads create meanwhile the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path next to `path`; move it into place only if the block succeeds."""
+    """Yield a temporary path next to `path`; move it into place only if the block succeeds.
+
+    The file gets the mode a plain `open` would give it (0666 less the umask), not the 0600 of mkstemp (or of
+    writers that replace the temporary file, such as safetensors): collaborators in the group can read the results
+    where the umask lets them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_array(path: str | Path, mmap_mode: str | None = None):
+    """A `.npy` array (numpy), never unpickled: an object array (which would run code on loading) is refused with
+    a ValueError naming the file."""
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(f"{path}: not a plain numeric array ({error}); pickled objects are never loaded") from error
+
+
+def read_arrays(path: str | Path) -> dict:
+    """Every array of a `.npz` file, {name: array}, never unpickled (see `read_array`)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except ValueError as error:
+        raise ValueError(f"{path}: not a plain numeric array file ({error}); pickled objects are never "
+                         "loaded") from error

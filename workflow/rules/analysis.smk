@@ -34,8 +34,8 @@ rule cka:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.cka --task {wildcards.task} --pairs {params.pairs:q}"
-        " --settings {params.settings:q} --out {output.pairs} --deltas-out {output.deltas} 2> {log}"
+        "python -m taskalign.cli.cka --task {wildcards.task:q} --pairs {params.pairs:q}"
+        " --settings {params.settings:q} --out {output.pairs:q} --deltas-out {output.deltas:q} 2> {log:q}"
 
 
 rule mmd:
@@ -51,7 +51,8 @@ rule mmd:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.mmd --inputs {params.inputs:q} --settings {params.settings:q} --out {output} 2> {log}"
+        "python -m taskalign.cli.mmd --inputs {params.inputs:q} --settings {params.settings:q} --out {output:q}"
+        " 2> {log:q}"
 
 
 rule target_probe:
@@ -78,8 +79,8 @@ rule target_probe:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.target_probe --encoders {params.encoders:q} --index {input.index}"
-        " --params {params.settings:q} --out {output.table} --figure {output.figure} --threads {threads} 2> {log}"
+        "python -m taskalign.cli.target_probe --encoders {params.encoders:q} --index {input.index:q}"
+        " --params {params.settings:q} --out {output.table:q} --figure {output.figure:q} --threads {threads} 2> {log:q}"
 
 
 rule rpg:
@@ -90,7 +91,7 @@ rule rpg:
         rpg=layout.analysis_file("rpg.csv"),
         correlations=layout.analysis_file("rpg_correlations.csv"),
     params:
-        models=" ".join(PLAN.model_label(m) for m in PLAN.models),
+        models=[PLAN.model_label(m) for m in PLAN.models],
         bootstrap=ANALYSIS["rpg"]["bootstrap"],
         seed=config["seed"],
     log:
@@ -98,9 +99,9 @@ rule rpg:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.rpg --metrics {input.metrics} --distances {input.distances}"
-        " --models {params.models} --bootstrap {params.bootstrap} --seed {params.seed}"
-        " --rpg {output.rpg} --correlations {output.correlations} 2> {log}"
+        "python -m taskalign.cli.rpg --metrics {input.metrics:q} --distances {input.distances:q}"
+        " --models {params.models:q} --bootstrap {params.bootstrap:q} --seed {params.seed:q}"
+        " --rpg {output.rpg:q} --correlations {output.correlations:q} 2> {log:q}"
 
 
 rule radiomics:
@@ -112,7 +113,7 @@ rule radiomics:
     wildcard_constraints:
         cohort=name_pattern(PLAN.radiomics_cohorts),
     params:
-        channels=" ".join(ANALYSIS["radiomics"]["channels"]),
+        channels=ANALYSIS["radiomics"]["channels"],
     threads: ANALYSIS["radiomics"]["processes"]
     resources:
         mem_mb=4000,
@@ -122,8 +123,8 @@ rule radiomics:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.radiomics --index {input.index} --params {input.params}"
-        " --channels {params.channels} --processes {threads} --out {output} 2> {log}"
+        "python -m taskalign.cli.radiomics --index {input.index:q} --params {input.params:q}"
+        " --channels {params.channels:q} --processes {threads} --out {output:q} 2> {log:q}"
 
 
 rule lens:
@@ -135,17 +136,17 @@ rule lens:
     wildcard_constraints:
         task=name_pattern(PLAN.lens_tasks),
     params:
-        seeds=lambda wildcards: " ".join(str(run.seed) for run in PLAN.lens_runs(wildcards.task)),
+        seeds=lambda wildcards: [run.seed for run in PLAN.lens_runs(wildcards.task)],
         settings=as_json(ANALYSIS["lens"]),
     log:
         "results/logs/analysis/lens/{task}.log",
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.lens --task {wildcards.task} --radiomics {input.radiomics}"
-        " --pretrained {input.pretrained} --finetuned {input.finetuned} --seeds {params.seeds}"
+        "python -m taskalign.cli.lens --task {wildcards.task:q} --radiomics {input.radiomics:q}"
+        " --pretrained {input.pretrained:q} --finetuned {input.finetuned:q} --seeds {params.seeds:q}"
         " --settings {params.settings:q}"
-        " --table {output.table} --summary {output.summary} 2> {log}"
+        " --table {output.table:q} --summary {output.summary:q} 2> {log:q}"
 
 
 # One table per analysis, so that a change to one analysis does not touch the others' tables.
@@ -161,4 +162,4 @@ rule collect_analysis:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.concat --out {output} {input} 2> {log}"
+        "python -m taskalign.cli.concat --out {output:q} {input:q} 2> {log:q}"

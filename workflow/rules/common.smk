@@ -1,5 +1,6 @@
 # Config validation, the shell prefix and the experiment plan every stage asks (taskalign.plan).
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,15 +19,21 @@ TASKS = config["tasks"]
 ANALYSIS = config["analysis"]
 
 
+def shell_word(path):
+    """A path as one shell word that runs nothing (an apostrophe or `$(...)` in a folder name stays text), with
+    its braces doubled: shell.prefix formats its text as a Snakemake pattern."""
+    return shlex.quote(str(path)).replace("{", "{{").replace("}", "}}")
+
+
 # Rules call the library as `python -m taskalign...`; the checkout's src/ is put on the path here (not
 # in each command) so that moving the checkout does not change any command text and trigger reruns.
 # Without --sdm conda, `python` is the interpreter running Snakemake (the project's .venv), activated or not.
 # Snakemake's own default prefix (strict bash) is kept.
 def job_environment():
-    exports = [f"export PYTHONPATH='{workflow.basedir}/src'"]
+    exports = [f"export PYTHONPATH={shell_word(Path(workflow.basedir) / 'src')}"]
     settings = workflow.deployment_settings
     if settings is None or DeploymentMethod.CONDA not in settings.deployment_method:
-        exports.append(f"export PATH='{Path(sys.executable).parent}':\"$PATH\"")
+        exports.append(f"export PATH={shell_word(Path(sys.executable).parent)}:\"$PATH\"")
     return "; ".join(exports)
 
 
@@ -47,7 +54,7 @@ onstart:
 
 
 shell.prefix(
-    f"set -euo pipefail; {job_environment()}; export TASKALIGN_CONFIG='{CONFIG_RECORD}'; "
+    f"set -euo pipefail; {job_environment()}; export TASKALIGN_CONFIG={shell_word(CONFIG_RECORD)}; "
     f"export TASKALIGN_DETERMINISTIC={int(config['deterministic'])}; "
 )
 

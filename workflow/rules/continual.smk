@@ -36,8 +36,8 @@ rule continual:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "exec python -m taskalign.cli.continual --variant {wildcards.variant} --pretrained {input.encoder}"
-        " --index {input.index} --params {params.continual:q} --encoder {output.encoder}"
-        " --adapter {output.adapter} --history {output.history} --curve {output.curve}"
-        " --resume-dir {params.resume_dir} --checkpoint-minutes {resources.checkpoint_minutes}"
-        " --compile {resources.compile} --threads {threads} 2> {log}"
+        "exec python -m taskalign.cli.continual --variant {wildcards.variant:q} --pretrained {input.encoder:q}"
+        " --index {input.index:q} --params {params.continual:q} --encoder {output.encoder:q}"
+        " --adapter {output.adapter:q} --history {output.history:q} --curve {output.curve:q}"
+        " --resume-dir {params.resume_dir:q} --checkpoint-minutes {resources.checkpoint_minutes:q}"
+        " --compile {resources.compile:q} --threads {threads} 2> {log:q}"

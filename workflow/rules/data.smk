@@ -32,8 +32,8 @@ rule cohort:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.cohort --cohort {wildcards.cohort} --manifest {output.manifest}"
-        " --params {params.phantom:q} --workers {threads} 2> {log}"
+        "python -m taskalign.cli.cohort --cohort {wildcards.cohort:q} --manifest {output.manifest:q}"
+        " --params {params.phantom:q} --workers {threads} 2> {log:q}"
 
 
 rule import_cohort:
@@ -53,8 +53,8 @@ rule import_cohort:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.import_cohort --cohort {wildcards.cohort} --out {output.manifest}"
-        " --spec {params.spec:q} 2> {log}"
+        "python -m taskalign.cli.import_cohort --cohort {wildcards.cohort:q} --out {output.manifest:q}"
+        " --spec {params.spec:q} 2> {log:q}"
 
 
 rule check_manifest:
@@ -75,8 +75,8 @@ rule check_manifest:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.check_manifest --manifest {input} --out {output}"
-        " --params {params.check:q} 2> {log}"
+        "python -m taskalign.cli.check_manifest --manifest {input:q} --out {output:q}"
+        " --params {params.check:q} 2> {log:q}"
 
 
 # Patient leakage across cohorts by image content, before anything is computed on the cohorts.
@@ -94,8 +94,8 @@ rule shared_studies:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.shared_studies --manifests {input} --level {params.level}"
-        " --workers {threads} --out {output} 2> {log}"
+        "python -m taskalign.cli.shared_studies --manifests {input:q} --level {params.level:q}"
+        " --workers {threads} --out {output:q} 2> {log:q}"
 
 
 rule preprocess:
@@ -120,6 +120,6 @@ rule preprocess:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.preprocess --manifest {input.manifest} --cache-dir {output.cache}"
-        " --index {output.index} --qc-dir {output.qc} --params {params.preprocess:q}"
-        " --workers {threads} 2> {log}"
+        "python -m taskalign.cli.preprocess --manifest {input.manifest:q} --cache-dir {output.cache:q}"
+        " --index {output.index:q} --qc-dir {output.qc:q} --params {params.preprocess:q}"
+        " --workers {threads} 2> {log:q}"

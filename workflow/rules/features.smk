@@ -26,8 +26,8 @@ rule features:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.features --task {wildcards.task} --model {input.model} --source encoder"
-        " --index {input.index} --params {params.features:q} --out {output} --threads {threads} 2> {log}"
+        "python -m taskalign.cli.features --task {wildcards.task:q} --model {input.model:q} --source encoder"
+        " --index {input.index:q} --params {params.features:q} --out {output:q} --threads {threads} 2> {log:q}"
 
 
 rule finetuned_features:
@@ -50,5 +50,5 @@ rule finetuned_features:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.features --task {wildcards.task} --model {input.model} --source finetuned"
-        " --index {input.index} --params {params.features:q} --out {output} --threads {threads} 2> {log}"
+        "python -m taskalign.cli.features --task {wildcards.task:q} --model {input.model:q} --source finetuned"
+        " --index {input.index:q} --params {params.features:q} --out {output:q} --threads {threads} 2> {log:q}"

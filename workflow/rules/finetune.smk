@@ -32,7 +32,7 @@ rule finetune:
                                                                 int(wildcards.seed))),
         init=lambda wildcards: PLAN.inits[wildcards.init],
         protocol=lambda wildcards: PLAN.protocols[wildcards.protocol],
-        encoder=lambda wildcards, input: f"--encoder {input.encoder}" if input.encoder else "",
+        encoder=lambda wildcards, input: ["--encoder", input.encoder] if input.encoder else [],
         resume_dir=layout.resume_dir("finetune", layout.RUN_PATTERN),
     threads: FINETUNE["threads"]
     resources:
@@ -49,12 +49,12 @@ rule finetune:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "exec python -m taskalign.cli.finetune --task {wildcards.task} --init {params.init:q}"
-        " --protocol {params.protocol:q} {params.encoder} --index {input.index}"
-        " --params {params.finetune:q} --model {output.model} --history {output.history}"
-        " --curve {output.curve} --timing {output.timing} --resume-dir {params.resume_dir}"
-        " --checkpoint-minutes {resources.checkpoint_minutes} --compile {resources.compile}"
-        " --threads {threads} 2> {log}"
+        "exec python -m taskalign.cli.finetune --task {wildcards.task:q} --init {params.init:q}"
+        " --protocol {params.protocol:q} {params.encoder:q} --index {input.index:q}"
+        " --params {params.finetune:q} --model {output.model:q} --history {output.history:q}"
+        " --curve {output.curve:q} --timing {output.timing:q} --resume-dir {params.resume_dir:q}"
+        " --checkpoint-minutes {resources.checkpoint_minutes:q} --compile {resources.compile:q}"
+        " --threads {threads} 2> {log:q}"
 
 
 rule evaluate:
@@ -80,9 +80,9 @@ rule evaluate:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.evaluate --task {wildcards.task} --model {input.model} --index {input.index}"
-        " --params {params.evaluate:q} --metrics {output.metrics} --cases {output.cases}"
-        " --predictions {output.predictions} --montage {output.montage} --threads {threads} 2> {log}"
+        "python -m taskalign.cli.evaluate --task {wildcards.task:q} --model {input.model:q} --index {input.index:q}"
+        " --params {params.evaluate:q} --metrics {output.metrics:q} --cases {output.cases:q}"
+        " --predictions {output.predictions:q} --montage {output.montage:q} --threads {threads} 2> {log:q}"
 
 
 rule collect_metrics:
@@ -96,4 +96,5 @@ rule collect_metrics:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.collect_metrics --out {output.metrics} --summary {output.summary} {input} 2> {log}"
+        "python -m taskalign.cli.collect_metrics --out {output.metrics:q} --summary {output.summary:q} {input:q}"
+        " 2> {log:q}"

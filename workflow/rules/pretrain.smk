@@ -40,11 +40,11 @@ rule pretrain:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "exec python -m taskalign.cli.pretrain --variant {wildcards.variant} --index {input}"
-        " --params {params.pretrain:q} --encoder {output.encoder} --last {output.last}"
-        " --history {output.history} --curve {output.curve} --resume-dir {params.resume_dir}"
-        " --checkpoint-minutes {resources.checkpoint_minutes} --compile {resources.compile}"
-        " --threads {threads} 2> {log}"
+        "exec python -m taskalign.cli.pretrain --variant {wildcards.variant:q} --index {input:q}"
+        " --params {params.pretrain:q} --encoder {output.encoder:q} --last {output.last:q}"
+        " --history {output.history:q} --curve {output.curve:q} --resume-dir {params.resume_dir:q}"
+        " --checkpoint-minutes {resources.checkpoint_minutes:q} --compile {resources.compile:q}"
+        " --threads {threads} 2> {log:q}"
 
 
 rule random_encoder:
@@ -58,7 +58,7 @@ rule random_encoder:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.encoder_file --random --params {params.spec:q} --out {output} 2> {log}"
+        "python -m taskalign.cli.encoder_file --random --params {params.spec:q} --out {output:q} 2> {log:q}"
 
 
 rule import_encoder:
@@ -74,4 +74,4 @@ rule import_encoder:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.encoder_file --params {params.spec:q} --out {output} 2> {log}"
+        "python -m taskalign.cli.encoder_file --params {params.spec:q} --out {output:q} 2> {log:q}"

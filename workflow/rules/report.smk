@@ -33,8 +33,8 @@ rule table:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.report --table {wildcards.paper}_{wildcards.what} --inputs {params.inputs:q}"
-        " --settings {params.settings:q} --out {output.csv} 2> {log}"
+        "python -m taskalign.cli.report --table {wildcards.paper:q}_{wildcards.what:q} --inputs {params.inputs:q}"
+        " --settings {params.settings:q} --out {output.csv:q} 2> {log:q}"
 
 
 rule figure:
@@ -60,5 +60,5 @@ rule figure:
     conda:
         "../../envs/taskalign.yaml"
     shell:
-        "python -m taskalign.cli.report --figure {wildcards.paper}_{wildcards.what} --inputs {params.inputs:q}"
-        " --settings {params.settings:q} --out {output.png} 2> {log}"
+        "python -m taskalign.cli.report --figure {wildcards.paper:q}_{wildcards.what:q} --inputs {params.inputs:q}"
+        " --settings {params.settings:q} --out {output.png:q} 2> {log:q}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taskalign.runtime import atomic_path
+from taskalign.runtime import atomic_path, read_arrays
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,12 @@ def write_features(path: Path, cases: pd.DataFrame, features: dict[str, np.ndarr
 
 def load_features(path: Path, splits: tuple[str, ...] | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """(case table, {layer: n x d}) from a features file, optionally only some splits."""
-    with np.load(path) as data:
-        cases = pd.DataFrame({key: data[key] for key in META_KEYS})
-        layers = {key: data[key] for key in data.files if key not in META_KEYS}
+    data = read_arrays(path)
+    missing = [key for key in META_KEYS if key not in data]
+    if missing:
+        raise ValueError(f"{path}: not a features file (no {', '.join(missing)})")
+    cases = pd.DataFrame({key: data.pop(key) for key in META_KEYS})
+    layers = data
     keep = cases["split"].isin(splits).to_numpy() if splits else np.ones(len(cases), bool)
     return cases[keep].reset_index(drop=True), {k: v[keep] for k, v in layers.items()}
 

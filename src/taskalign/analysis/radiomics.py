@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from taskalign.runtime import read_yaml_mapping
+from taskalign.runtime import read_array, read_yaml_mapping
 
 if TYPE_CHECKING:
     from radiomics.featureextractor import RadiomicsFeatureExtractor
@@ -98,13 +98,13 @@ def case_features(cache_dir: str | Path, channels_wanted: Iterable[str] = ("t2w"
     if "prostate" not in meta.get("masks_present", []) or not mask_path.is_file():
         raise FileNotFoundError(f"case {case}: {mask_path}: no prostate mask (meta.json masks_present "
                                 f"{meta.get('masks_present', [])}); radiomics are extracted within the prostate")
-    mask = np.load(mask_path)
+    mask = read_array(mask_path)
     if not mask.any():
         raise ValueError(f"case {case}: {mask_path}: prostate mask is empty")
     image_path = cache_dir / "image.npy"
     if not image_path.is_file():
         raise FileNotFoundError(f"case {case}: {image_path} not found")
-    image = np.load(image_path, mmap_mode="r")
+    image = read_array(image_path, mmap_mode="r")
     if image.shape[1:] != mask.shape:
         raise ValueError(f"case {case}: {mask_path}: mask shape {mask.shape} != image {image_path} shape "
                          f"{image.shape[1:]}")

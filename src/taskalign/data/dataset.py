@@ -11,6 +11,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from taskalign.runtime import read_array
+
 # T2W acquisition metadata as regression targets: (centre, scale) of typical prostate T2 TSE values, so the
 # targets are O(1) whatever the cohort. Missing values are masked out of the loss, not imputed.
 METADATA_SCALES = {"tr": (4500.0, 1500.0), "te": (105.0, 15.0), "flip_angle": (140.0, 20.0)}
@@ -86,8 +88,8 @@ class CacheDataset(Dataset):
 
     def _array(self, path: Path) -> torch.Tensor:
         if self.as_stored:
-            return torch.from_numpy(np.load(path, mmap_mode="c"))
-        return torch.from_numpy(np.load(path).astype(np.float32, copy=False))
+            return torch.from_numpy(read_array(path, mmap_mode="c"))
+        return torch.from_numpy(read_array(path).astype(np.float32, copy=False))
 
     def __len__(self) -> int:
         return len(self.index)

@@ -15,7 +15,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from taskalign.data.labels import MASK_COLUMNS, ZONE_LABELS  # noqa: E402
-from taskalign.runtime import atomic_path  # noqa: E402
+from taskalign.runtime import atomic_path, read_array  # noqa: E402
 
 # Outline colours: distinct from each other and visible on grey images. The whole gland is drawn dashed
 # on top, since its outline coincides with the zones' outer boundary.
@@ -192,8 +192,8 @@ def montage_case(case_dir: Path, out_png: Path) -> None:
     """Montage of one cache folder (image.npy, masks, meta.json; docs/data-contract.md, section 3)."""
     case_dir = Path(case_dir)
     meta = json.loads((case_dir / "meta.json").read_text())
-    image = np.load(case_dir / "image.npy", mmap_mode="r")
-    masks = {m: np.load(case_dir / f"{m}.npy") for m in MASK_COLUMNS if (case_dir / f"{m}.npy").exists()}
+    image = read_array(case_dir / "image.npy", mmap_mode="r")
+    masks = {m: read_array(case_dir / f"{m}.npy") for m in MASK_COLUMNS if (case_dir / f"{m}.npy").exists()}
     spacing = meta["spacing_mm"]
     volume = meta.get("volume_ml_native")
     title = (

@@ -15,11 +15,12 @@ import hashlib
 import json
 import logging
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -34,6 +35,25 @@ WRAPPER_KEYS = ("state_dict", "model", "encoder", "teacher", "student")
 STRIP_PREFIXES = ("module.", "encoder.", "backbone.", "model.")
 # timm keys that are not part of an encoder (heads, decoders); reported, never loaded
 IGNORED = re.compile(r"^(head|fc_norm|decoder|mask_token|classifier)")
+
+
+@contextmanager
+def named_safetensors_errors(path: Path):
+    """A file that is not safetensors (a pickle put in its place, a truncated file) is refused naming the file;
+    safetensors itself parses the header as JSON and the rest as raw tensor bytes, so nothing in it runs."""
+    try:
+        yield
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+
+
+def weights_only_refusal(error: Exception) -> str:
+    """What torch's weights-only refusal says was refused, without its boilerplate (which advises loading the
+    file unrestricted), else the error's first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))]
+    text = " ".join(named) if named else (lines or [type(error).__name__])[0]
+    return re.sub(r"^Please file an issue .*? use case: ", "", text)
 
 
 def save_encoder(encoder: Encoder, path: Path, metadata: dict | None = None) -> None:
@@ -71,7 +91,9 @@ class EncoderFile:
     @classmethod
     def read(cls, path: Path) -> "EncoderFile":
         data = Path(path).read_bytes()
-        return cls(Path(path), load_safetensors(data), geometry_of(path), hashlib.sha256(data).hexdigest())
+        with named_safetensors_errors(path):
+            state = load_safetensors(data)
+        return cls(Path(path), state, geometry_of(path), hashlib.sha256(data).hexdigest())
 
     def build(self, device: torch.device | str = "cpu") -> Encoder:
         """The encoder built on `device` (its random init runs there: no CPU build then copy on a GPU; on CPU the
@@ -183,13 +205,14 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"encoder checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
+        with named_safetensors_errors(path):
+            state = load_file(str(path))
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickles with custom classes are refused by weights_only
-            raise ValueError(f"{path}: cannot be read with weights_only=True ({err}); save it as a plain "
-                             "state dict or safetensors") from err
+            raise ValueError(f"{path}: cannot be read with weights_only=True ({weights_only_refusal(err)}); save "
+                             "it as a plain state dict or safetensors") from err
     while isinstance(state, dict):
         wrapper = next((k for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
         if wrapper is None:

@@ -17,10 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from taskalign.models.checkpoint_io import EncoderFile, trained_state
+from taskalign.models.checkpoint_io import EncoderFile, named_safetensors_errors, trained_state
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.heads import encoder_model, n_model_outputs, specialist_model
-from taskalign.runtime import atomic_path
+from taskalign.runtime import atomic_path, read_array
 from taskalign.tasks.spec import Task
 
 
@@ -55,7 +55,7 @@ def mask_prior(rows, task: Task) -> torch.Tensor:
     n_classes = 2 if n_out == 1 else n_out
     counts = np.ones(n_classes)
     for case in rows["cache_dir"]:
-        mask = np.load(Path(case) / f"{task.type.target}.npy")
+        mask = read_array(Path(case) / f"{task.type.target}.npy")
         labels = (mask > 0) if n_out == 1 else mask
         counts += np.bincount(labels.ravel().astype(np.int64), minlength=n_classes)[:n_classes]
     return torch.as_tensor(counts / counts.sum())
@@ -112,9 +112,10 @@ def referenced_encoder_state(model_path: Path, reference: dict) -> dict[str, tor
 def load_task_model(path: Path, task: Task, channels: list[str],
                     device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A fine-tuned model file -> (model on `device` in eval mode, metadata). Built on `device` directly."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in f.metadata().items()}
-    state = load_file(str(path))
+    with named_safetensors_errors(path):
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k: json.loads(v) for k, v in f.metadata().items()}
+        state = load_file(str(path))
     if "encoder" in meta:
         state = {**referenced_encoder_state(path, meta["encoder"]), **state}
     with torch.device(device):

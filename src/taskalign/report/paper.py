@@ -27,7 +27,7 @@ from taskalign.report.tables.compute import compute_table
 from taskalign.report.tables.lens import FIXED as LENS_COLUMNS, lens_table
 from taskalign.report.tables.model import Table, provenance, write_table
 from taskalign.report.tables.performance import performance_table
-from taskalign.runtime import atomic_path
+from taskalign.runtime import atomic_path, read_array, read_arrays
 from taskalign.tasks.spec import LOWER_IS_BETTER, TASK_TYPES
 
 log = logging.getLogger(__name__)
@@ -234,14 +234,14 @@ def overlay_cases(inputs: dict, settings: dict) -> list[dict]:
                       and r[2] == "full")
         if not runs:
             continue
-        predictions = np.load(per_run(inputs["predictions"])[tuple(runs[0])])
+        predictions = read_arrays(per_run(inputs["predictions"])[tuple(runs[0])])
         index = pd.read_csv(inputs["indexes"][task]).set_index("case_id")
         target = TASK_TYPES[task].target
-        for case_id in list(predictions.files)[: settings["overlay_cases"]]:
+        for case_id in list(predictions)[: settings["overlay_cases"]]:
             cache = Path(index.loc[case_id, "cache_dir"])
             channels = json.loads((cache / "meta.json").read_text())["channels"]
-            image = np.load(cache / "image.npy", mmap_mode="r")[channels.index("t2w")]
-            truth = np.load(cache / f"{target}.npy").astype(int)
+            image = read_array(cache / "image.npy", mmap_mode="r")[channels.index("t2w")]
+            truth = read_array(cache / f"{target}.npy").astype(int)
             z = int(np.argmax((truth > 0).sum(axis=(1, 2))))
             prediction = np.asarray(predictions[case_id]).reshape(truth.shape).astype(int)
             cases.append({"title": f"{task} {case_id} (slice {z})", "image": np.asarray(image[z]),

@@ -153,6 +153,10 @@ class Fitted:
     best_state: dict[str, torch.Tensor]
 
 
+# What `resume_state` writes and `restore` reads: a resume file without any of them is ignored.
+RESUME_KEYS = ("epoch", "progress", "model", "optimizer", "scheduler", "rng", "history", "best", "best_state")
+
+
 def resume_state(model, schedule: Schedule, epoch: int, progress: EpochProgress | None, history: list[dict],
                  best: dict, best_state) -> dict:
     """What a stopped job resumes from: the epoch to train (and how far it got), trained parameters (frozen
@@ -186,7 +190,7 @@ def fit(*, model: torch.nn.Module, schedule: Schedule, loader: EpochAheadLoader,
     optimizer, epochs = schedule.optimizer, schedule.epochs
     history, best, best_state = [], {"epoch": None, "score": None}, None
     epoch, progress = 0, EpochProgress()
-    restored = resume.load()
+    restored = resume.load(RESUME_KEYS)
     if restored is not None:
         restore(restored, model, schedule)
         history, best, best_state, epoch = (restored["history"], restored["best"], restored["best_state"],

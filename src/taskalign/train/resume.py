@@ -4,7 +4,9 @@ job's outputs are written (a paper-scale state with optimiser moments is gigabyt
 
 A resume file is only used when its fingerprint (a hash of the run's parameters and of its inputs' content) matches
 the current run, so a config change or an upstream rerun (new encoder, regenerated cache) starts training afresh
-instead of continuing a run on other inputs.
+instead of continuing a run on other inputs. It holds tensors and plain values only and is read with
+`torch.load(weights_only=True)`: a file planted under results/resume/ cannot run code, and is ignored with the
+reason logged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from taskalign.models.checkpoint_io import weights_only_refusal
 from taskalign.runtime import atomic_path
 
 log = logging.getLogger(__name__)
@@ -84,13 +87,26 @@ class ResumeFile:
         self._written = time.monotonic()
         log.info("resume state written to %s", self.path)
 
-    def load(self) -> dict | None:
-        """The saved state (the clock continues from its totals), or None when there is nothing to resume."""
+    def load(self, required: tuple[str, ...] = ()) -> dict | None:
+        """The saved state (the clock continues from its totals), or None when there is nothing to resume.
+
+        The file is read with `weights_only=True`: torch's allow-list of tensors and plain values (numbers,
+        strings, lists, tuples, dicts), so a planted file cannot run code. A file that is unreadable, holds
+        anything else, lacks a `required` key or was written by a run with other settings is ignored, with the
+        reason logged: training starts afresh and the next save replaces it."""
         if not self.path.exists():
             return None
-        # Our own file, written by save(); it holds RNG states (tuples, numpy arrays), hence not weights_only.
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # UnpicklingError for a disallowed global, RuntimeError/EOFError when corrupt
+            log.warning("ignoring %s: not a resume state that loads as tensors and plain values (%s); training "
+                        "starts afresh", self.path, weights_only_refusal(error))
+            return None
+        problem = _envelope_problem(state, required)
+        if problem is not None:
+            log.warning("ignoring %s: %s; training starts afresh", self.path, problem)
+            return None
+        if state["fingerprint"] != self.fingerprint:
             log.info("ignoring %s: written by a run with other settings", self.path)
             return None
         self.clock.wall_before = state["totals"]["wall_seconds"]
@@ -100,3 +116,17 @@ class ResumeFile:
     def remove(self) -> None:
         """Once the job's outputs are written: nothing is left to resume."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _envelope_problem(state, required: tuple[str, ...]) -> str | None:
+    """What makes a loaded resume state unusable, or None."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a resume state"
+    missing = [key for key in ("fingerprint", "totals", *required) if key not in state]
+    if missing:
+        return f"no {', '.join(missing)} in it"
+    totals = state["totals"]
+    if not isinstance(state["fingerprint"], str) or not isinstance(totals, dict) or not all(
+            isinstance(totals.get(key), (int, float)) for key in ("wall_seconds", "epoch_seconds")):
+        return "its fingerprint or totals are malformed"
+    return None
