@@ -1,0 +1,98 @@
+"""Calibration of the report's statistics in simulation, through the functions the pipeline runs: the false-positive
+rate, power and interval coverage of 000 Tables 2-5's marks and brackets (taskalign.report.tables.performance
+.performance_table) when training runs differ, and the coverage of 000 Table 6's Δ interval at 113 cases x 768
+features (taskalign.analysis.similarity.protocol_deltas). tests/test_paper_fidelity.py runs the same simulators
+with few repetitions; `python benchmarks/calibration.py` runs them in full and writes the numbers into
+benchmarks/results.md (section "Calibration")."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
+
+from taskalign.report.tables.performance import performance_table  # noqa: E402
+
+BASE, OTHER = "pretrained:mae", "continual:mae"
+DICE_PATIENTS, AUC_PATIENTS = 113, 207  # 000's lesion and PI-RADS test sets (issue 31)
+DICE_SEED_SDS = (0.0, 0.0016, 0.0046, 0.009, 0.019)  # SD of a training run's shift, common to all its patients
+AUC_SEED_SDS = (0.0, 0.15, 0.3)  # SD of a training run's signal strength (0.3: AUC seed SD ~0.04)
+
+
+def _frames(task: str, per_run: dict[tuple[str, int], pd.DataFrame], metric, primary: str) -> tuple:
+    """metrics.csv rows and the cases mapping performance_table reads, from {(init, seed): cases frame}."""
+    cases = {(task, init, "full", seed): frame for (init, seed), frame in per_run.items()}
+    rows = [{"task": task, "init": init, "protocol": "full", "seed": seed, "metric": primary, "value": metric(frame),
+             "primary": True} for (init, seed), frame in per_run.items()]
+    return pd.DataFrame(rows), cases
+
+
+def dice_runs(rng: np.random.Generator, seeds: int, seed_sd: float, effect: float = 0.0,
+              n_patients: int = DICE_PATIENTS) -> tuple[pd.DataFrame, dict]:
+    """Lesion Dice of two training procedures over `seeds` runs each. A patient (1-2 cases) has a difficulty both
+    share; each procedure a patient-specific strength every run keeps; each run a shift common to all its patients
+    (SD `seed_sd`: how much training runs differ) and per-case noise. OTHER is better by `effect`."""
+    patients = np.repeat(np.arange(n_patients), rng.integers(1, 3, n_patients))
+    ids = [f"c{k:04d}" for k in range(len(patients))]
+    difficulty = rng.normal(0.6, 0.15, n_patients)[patients]
+    per_run = {}
+    for init, shift in ((BASE, 0.0), (OTHER, effect)):
+        strength = rng.normal(0, 0.05, n_patients)[patients]
+        for seed in range(seeds):
+            dice = difficulty + strength + shift + rng.normal(0, seed_sd) + rng.normal(0, 0.02, len(patients))
+            per_run[(init, seed)] = pd.DataFrame({"case_id": ids, "patient_id": patients.astype(str), "dice": dice})
+    return _frames("lesion_seg", per_run, lambda f: f["dice"].mean(), "dice")
+
+
+def auc_runs(rng: np.random.Generator, seeds: int, seed_sd: float, effect: float = 0.0,
+             n_patients: int = AUC_PATIENTS, n_classes: int = 3) -> tuple[pd.DataFrame, dict]:
+    """Class probabilities of two training procedures over `seeds` runs each: each procedure sees the class
+    through its own patient-level view (kept by every run); a run scales the class signal by 1 + N(0, seed_sd)
+    (how much training runs differ) and adds its own noise. OTHER's signal is stronger by `effect` (0.1: about
+    +0.02 macro AUC)."""
+    from taskalign.evaluate.metrics import multiclass_auc
+
+    true = rng.integers(0, n_classes, n_patients)
+    ids = [f"c{k:04d}" for k in range(n_patients)]
+    per_run = {}
+    for init, strength in ((BASE, 1.0), (OTHER, 1.0 + effect)):
+        view = rng.normal(0, 1.0, (n_patients, n_classes))
+        for seed in range(seeds):
+            logits = ((strength + rng.normal(0, seed_sd)) * np.eye(n_classes)[true] + view
+                      + rng.normal(0, 0.5, (n_patients, n_classes)))
+            prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+            frame = pd.DataFrame({"case_id": ids, "patient_id": ids, "true": true, "pred": prob.argmax(axis=1)})
+            per_run[(init, seed)] = frame.assign(**{f"prob_{c}": prob[:, c] for c in range(n_classes)})
+    auc = lambda f: multiclass_auc(f["true"], f[[f"prob_{c}" for c in range(n_classes)]].to_numpy(), n_classes)  # noqa: E731
+    return _frames("sector_cls", per_run, auc, "auc")
+
+
+def marks(simulate, reps: int, seeds: int, seed_sd: float, effect: float = 0.0, bootstrap: int = 200,
+          seed: int = 0) -> dict:
+    """performance_table over `reps` simulated pairs of procedures: the share of OTHER marked (p <= 0.05) and the
+    share of brackets (both rows) that cover the procedure's mean (BASE: the simulation's expectation, measured
+    as the mean over all runs of all repetitions, which differs from it by far less than a bracket)."""
+    rng = np.random.default_rng(seed)
+    marked, brackets, seed_means = [], [], []
+    for rep in range(reps):
+        metrics, cases = simulate(rng, seeds, seed_sd, effect)
+        task, metric = metrics["task"].iloc[0], metrics["metric"].iloc[0]
+        table = performance_table(metrics, cases, [task], BASE, set(), bootstrap=bootstrap, seed=rep)
+        raw = table.raw.set_index("init")
+        marked.append(raw.loc[OTHER, f"{task}/{metric}/p_value"] <= 0.05)
+        brackets.append((raw.loc[BASE, f"{task}/{metric}/ci_low"], raw.loc[BASE, f"{task}/{metric}/ci_high"]))
+        seed_means.append(metrics[metrics["init"] == BASE]["value"].to_numpy())
+    values = np.concatenate(seed_means)
+    truth = values.mean()
+    low, high = np.array(brackets).T
+    return {"rate": float(np.mean(marked)), "coverage": float(np.mean((low <= truth) & (truth <= high))),
+            "seed_sd_metric": float(np.mean([np.std(v, ddof=1) for v in seed_means])), "reps": reps}
