@@ -457,3 +457,20 @@ def test_lens_table():
     assert table.cells.loc["lesion_seg", "features p_FWER ≤ 0.05"] == "3"
     assert table.cells.loc["pirads_cls", "stability ρ (FT seeds)"] == "–"
     assert "n_significant" not in [c for c in table.cells.columns]
+
+
+def test_lens_table_shows_only_r2_and_why_below_the_floor():
+    summary = pd.DataFrame({"task": ["lesion_seg", "pirads_cls"], "r2_pre": [0.5, -0.3], "r2_ft": [0.7, -0.2],
+                            "total_change": [1.25, 0.9], "perm_p": [0.0004, 0.001], "n_significant": [3, 5],
+                            "stability_spearman": [0.9, 0.3], "finetune_stability_spearman": [0.8, 0.2],
+                            "top_features": ["glcm_contrast", "firstorder_mean"], "interpretable": [True, False],
+                            "note": ["", "held-out R² -0.300 below the floor 0.1: ..."],
+                            "intensity": [0.2, 0.05], "shape": [0.6, 0.01], "texture": [0.45, 0.04]})
+    table = lens_table(summary)
+    row = table.cells.loc["pirads_cls"]
+    assert row["R² pre"] == "-0.300" and row["R² FT"] == "-0.200"
+    assert (row[["total change", "perm. p", "features p_FWER ≤ 0.05", "shape", "top features"]] == "–").all()
+    assert row["why not shown"].startswith("held-out R² -0.300 below the floor")
+    assert table.stars.loc["pirads_cls", "perm. p"] == "" and table.stars.loc["lesion_seg", "perm. p"] == "***"
+    assert table.cells.loc["lesion_seg", "top features"] == "glcm_contrast"
+    assert "reaches the configured floor" in table.caption

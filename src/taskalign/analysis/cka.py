@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy import stats as st
 
 from taskalign.analysis.stats import percentile_interval
 
@@ -227,6 +228,30 @@ def subsample_values(x, y, estimator: Estimator, n_sub: int, fraction: float = 0
         kx, ky = xc @ xc.T, yc @ yc.T
         return np.array([_gram_cka(kx[np.ix_(s, s)], ky[np.ix_(s, s)], debiased) for s in subsets])
     return np.array([_cka(_centre(xc[s]), _centre(yc[s]), debiased, "feature") for s in subsets])
+
+
+def jackknife_values(x, y, estimator: Estimator) -> np.ndarray:
+    """CKA with each case left out in turn, shape (n,): sub-blocks of the full Grams, re-centred (or U-centred) per
+    case left out, O(n^2) each. Two calls on the same cases leave out the same case at each position (paired)."""
+    debiased = _is_debiased(estimator)
+    xc, yc = _pair(x, y, debiased)
+    n = len(xc)
+    _check_n(n - 1, debiased)
+    kx, ky = xc @ xc.T, yc @ yc.T
+    rest = [np.delete(np.arange(n), i) for i in range(n)]
+    return np.array([_gram_cka(kx[np.ix_(r, r)], ky[np.ix_(r, r)], debiased) for r in rest])
+
+
+def jackknife_interval(full: float, leave_one_out, level: float = 0.95) -> tuple[float, float]:
+    """full ± z sqrt((n - 1)/n sum_i (theta_(i) - mean)^2): the normal interval with the delete-1 jackknife standard
+    error, centred on the full-sample value (so a small-sample bias of subsets cannot shift it)."""
+    values = np.asarray(leave_one_out, dtype=np.float64)
+    if len(values) < 2 or not np.isfinite(values).all() or not np.isfinite(full):
+        return float("nan"), float("nan")
+    n = len(values)
+    se = np.sqrt((n - 1) / n * np.sum((values - values.mean()) ** 2))
+    half = float(st.norm.ppf(0.5 + level / 2.0) * se)
+    return float(full - half), float(full + half)
 
 
 def subsample_ci(x, y, estimator: Estimator, n_sub: int, fraction: float = 0.5, seed: int = 0,

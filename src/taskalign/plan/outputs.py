@@ -139,6 +139,7 @@ def report_settings(plan: Plan, figure: bool = False) -> dict:
                      "protocol": (plan.pretrain.get("ablation") or {}).get("protocol")},
         "objective_sets": {v: spec["objectives"] for v, spec in plan.variants.items() if spec["source"] == "train"},
         "other_cohorts": sorted(c for c in plan.cohorts if c not in task_cohorts),
+        "bootstrap": plan.config["report"]["bootstrap"], "seed": plan.config["report"]["seed"],
     }
     if figure:
         settings.update(style=plan.config["report"]["style"], overlay_cases=plan.config["report"]["overlay_cases"])

@@ -312,12 +312,16 @@ def _draw_lens_heatmap(change: pd.DataFrame, st: dict) -> Figure:
     shown = values.loc[top]
     fig, axes = _figure(1, 1, (max(3.0, 0.7 * shown.shape[1] + 2.5), max(2.5, 0.2 * len(shown) + 1.2)))
     ax = axes[0, 0]
-    vmax = float(np.nanmax(np.abs(shown.to_numpy()))) or 1.0
+    finite_values = np.abs(shown.to_numpy())[np.isfinite(shown.to_numpy())]
+    # tasks below the lens's R² floor arrive blank (NaN); all blank: an empty, labelled map
+    vmax = float(finite_values.max()) if finite_values.size and finite_values.max() > 0 else 1.0
     # Signed changes need a diverging map centred on zero; magnitudes use the configured map.
     signed = bool((shown.to_numpy() < 0).any())
     image = ax.imshow(shown.to_numpy(), aspect="auto", interpolation="nearest",
                       cmap="RdBu_r" if signed else st["cmap"], vmin=-vmax if signed else 0.0, vmax=vmax)
-    ax.set_xticks(range(shown.shape[1]), [str(c) for c in shown.columns], rotation=45, ha="right")
+    blank = [c for c in shown.columns if not np.isfinite(shown[c].to_numpy(float)).any()]
+    ax.set_xticks(range(shown.shape[1]), [f"{c} (R² below floor)" if c in blank else str(c) for c in shown.columns],
+                  rotation=45, ha="right")
     ax.set_yticks(range(len(shown)), [str(i) for i in shown.index], fontsize=max(4, st["font_size"] - 2))
     ax.set_title(f"radiomic weight change (top {len(shown)} features)")
     fig.colorbar(image, ax=ax, label="weight change")

@@ -60,7 +60,8 @@ def performance(name: str, inputs: dict, settings: dict) -> Table:
     tasks = tasks_of_kind(settings, PERFORMANCE_TABLES[name])
     metrics = pd.read_csv(inputs["metrics"])
     cases = {run: pd.read_csv(path) for run, path in per_run(inputs["cases"]).items()}
-    return performance_table(metrics, cases, tasks, f"pretrained:{settings['variant']}", LOWER_IS_BETTER)
+    return performance_table(metrics, cases, tasks, f"pretrained:{settings['variant']}", LOWER_IS_BETTER,
+                             bootstrap=settings["bootstrap"], seed=settings["seed"])
 
 
 def cohorts(inputs: dict, settings: dict) -> Table:
@@ -213,15 +214,23 @@ def fig_cka(stem: Path, inputs: dict, settings: dict) -> int:
     return figures.cka_heatmaps(matrices, stem, footer(), settings["style"])
 
 
+def lens_shown(path: str) -> pd.DataFrame:
+    """lens.csv with the change of tasks below the lens's R² floor blanked (NaN; `interpretable` False)."""
+    table = pd.read_csv(path)
+    if "interpretable" in table.columns:
+        table.loc[~table["interpretable"].astype(bool), "change"] = np.nan
+    return table
+
+
 def fig_lens_heatmap(stem: Path, inputs: dict, settings: dict) -> int:
-    table = pd.read_csv(inputs["lens"])
+    table = lens_shown(inputs["lens"])
     return figures.lens_heatmap(table.pivot(index="feature", columns="task", values="change"), stem, footer(),
                                 settings["style"])
 
 
 def fig_lens_bars(stem: Path, inputs: dict, settings: dict) -> int:
-    table = pd.read_csv(inputs["lens"])
-    groups = table.groupby(["task", "group"], sort=False)["change"].sum().reset_index()
+    table = lens_shown(inputs["lens"])
+    groups = table.groupby(["task", "group"], sort=False)["change"].sum(min_count=1).reset_index()
     return figures.lens_class_bars(groups, stem, footer(), settings["style"])
 
 
