@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from taskalign.analysis.distances import rpg_metric, split_model
+from taskalign.plan.experiment import ABLATION_BASELINE
 from taskalign.plan.outputs import FIGURES, PERFORMANCE_TABLES
 from taskalign.report import figures
 from taskalign.report.tables.ablation import ablation_table
@@ -106,8 +107,9 @@ def compute(inputs: dict, settings: dict) -> Table:
 
 def ablation(inputs: dict, settings: dict) -> Table:
     metrics = pd.read_csv(inputs["metrics"])
+    init, protocol = ABLATION_BASELINE  # the plan fine-tunes it on every ablation task and seed
     return ablation_table(metrics, settings["ablation"]["steps"], protocol=settings["ablation"]["protocol"],
-                          lower_is_better=LOWER_IS_BETTER)
+                          lower_is_better=LOWER_IS_BETTER, baseline=(f"{init} (no pretraining)", init, protocol))
 
 
 def lens(inputs: dict, settings: dict) -> Table:
