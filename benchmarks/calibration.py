@@ -96,3 +96,64 @@ def marks(simulate, reps: int, seeds: int, seed_sd: float, effect: float = 0.0, 
     low, high = np.array(brackets).T
     return {"rate": float(np.mean(marked)), "coverage": float(np.mean((low <= truth) & (truth <= high))),
             "seed_sd_metric": float(np.mean([np.std(v, ddof=1) for v in seed_means])), "reps": reps}
+
+
+# --- 000 Table 6: the Δ interval at 113 cases x 768 features ------------------------------------------------------
+
+DELTA_SCENARIOS = {  # (pretrained's share of the FT map, its noise), (continual's share, its noise)
+    "H0": ((0.6, 1.0), (0.6, 1.0)),  # equally close to FT: E[Δ] = 0 by symmetry
+    "shift": ((0.3, 2.0), (0.9, 0.5)),  # continual much closer: subsets' biased CKA biased differently
+}
+
+
+def delta_encoders(scenario: str, d: int = 768, rank: int = 20, seed: int = 0) -> dict:
+    """Fixed linear encoders of a rank-`rank` latent: FT, and pretrained / continual mixing FT's map with their own
+    (the `scenario`'s share of FT's map and noise level). Cases are drawn anew per repetition (delta_features)."""
+    rng = np.random.default_rng(seed)
+    mix = lambda: rng.standard_normal((rank, d)) / np.sqrt(rank)  # noqa: E731
+    ft = mix()
+    (c_pre, noise_pre), (c_cont, noise_cont) = DELTA_SCENARIOS[scenario]
+    return {"ft": (ft, 1.0), "pre": (c_pre * ft + np.sqrt(1 - c_pre ** 2) * mix(), noise_pre),
+            "cont": (c_cont * ft + np.sqrt(1 - c_cont ** 2) * mix(), noise_cont)}
+
+
+def delta_features(rng: np.random.Generator, encoders: dict, n: int = DICE_PATIENTS) -> dict:
+    """{name: {"block11": (n, d) features}} of n new cases through each encoder."""
+    z = rng.standard_normal((n, next(iter(encoders.values()))[0].shape[0]))
+    return {name: {"block11": z @ a + noise * rng.standard_normal((n, a.shape[1]))}
+            for name, (a, noise) in encoders.items()}
+
+
+def delta_coverage(scenario: str, reps: int, seed: int = 1, subsample_too: bool = False) -> dict:
+    """Coverage of the expectation of Δ (the mean of Δ over all repetitions) by protocol_deltas' interval, per
+    estimator, with one FT encoder; optionally also by the former half-sample percentile interval."""
+    from taskalign.analysis.cka import debiased_cka, linear_cka, subsample_values
+    from taskalign.analysis.similarity import protocol_deltas
+    from taskalign.analysis.stats import percentile_interval
+
+    encoders = delta_encoders(scenario)
+    rng = np.random.default_rng(seed)
+    rows, old = [], {"linear": [], "debiased": []}
+    for rep in range(reps):
+        f = delta_features(rng, encoders)
+        table = protocol_deltas(f["pre"], f["cont"], {"0": f["ft"]})
+        rows.append(table[table["seed"] == "mean"][["estimator", "delta", "ci_low", "ci_high"]])
+        if subsample_too:
+            for name, est in (("linear", linear_cka), ("debiased", debiased_cka)):
+                draws = [subsample_values(f[k]["block11"], f["ft"]["block11"], est, 200, 0.5, rep)
+                         for k in ("pre", "cont")]
+                old[name].append(percentile_interval(draws[1] - draws[0]))
+    frame = pd.concat(rows, ignore_index=True)
+    out = {}
+    for name, group in frame.groupby("estimator"):
+        truth = group["delta"].mean()
+        covered = (group["ci_low"] <= truth) & (truth <= group["ci_high"])
+        out[name] = {"expectation": float(truth), "coverage": float(covered.mean()),
+                     "excludes_0": float(((group["ci_low"] > 0) | (group["ci_high"] < 0)).mean()),
+                     "width": float((group["ci_high"] - group["ci_low"]).mean()),
+                     "sd_delta": float(group["delta"].std())}
+        if subsample_too:
+            low, high = np.array(old[name]).T
+            out[name]["subsample_coverage"] = float(np.mean((low <= truth) & (truth <= high)))
+            out[name]["subsample_width"] = float(np.mean(high - low))
+    return out

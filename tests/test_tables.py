@@ -403,6 +403,14 @@ def test_cka_table_layout_threshold_and_correlation():
     assert "docs/deviations.md" in table.caption
     supplementary = cka_supplementary_table(cka, deltas, metrics, variant="mae", lower_is_better={"mse"})
     assert "zone_seg: Δ (Continual − Pretrained, same FT)" in supplementary.cells.index
+    # an explicit task list (000's selection) replaces the threshold, in its order, and the caption says which
+    # of them fall short of it
+    chosen = cka_table(cka, deltas, metrics, variant="mae", threshold=0.002, lower_is_better={"mse"},
+                       tasks=["zone_seg", "lesion_seg"])
+    assert [r.split(":")[0] for r in chosen.cells.index[:-1:4]] == ["zone_seg", "lesion_seg"]
+    assert "zone_seg differ by less than 0.002" in chosen.caption
+    with pytest.raises(ValueError, match=r"analysis.cka.tasks: no Table 6 CKA results for \['translation'\]"):
+        cka_table(cka, deltas, metrics, variant="mae", tasks=["translation"])
 
 
 def test_ablation_table():
