@@ -377,3 +377,122 @@ def test_002_table5_cumulative_rows_and_change_columns(tmp_path):
                                                                     "+metadata", "+contrastive"]  # configured order
     assert table.cells[("volume_reg (mse)", "Δ prev.")].tolist() == ["–", "↓0.050", "↓0.100", "↓0.100", "↓0.100"]
     assert "from the scratch (no pretraining) row" in table.caption
+
+
+# --- positive control of the whole analysis path (issue 31 item 8) ------------------------------------------------
+
+PC_GEOMETRY = dict(in_channels=1, img_size=(8, 16, 16), patch_size=(4, 8, 8), hidden_size=48, mlp_dim=96,
+                   num_layers=8, num_heads=4)
+PC_FROM, PC_CASES, PC_FEATURES, PC_SIZES = 6, 80, 6, (0.5, 2.0, 8.0)
+
+
+class _Batches(list):
+    """The loader interface token_means reads: batches of {"image"} and a dataset that moves them (no-op)."""
+
+    dataset = type("Inputs", (), {"on_device": staticmethod(lambda batch: batch)})
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> dict:
+    """A tiny encoder file and copies with a change planted in block 6 only: its MLP gets 4 units that add
+    alpha x (the component of each token along u) along u, u being the direction of block 5's token means that
+    carries radiomic feature F0 (the images are sums of one pattern per radiomic feature). So fine-tuning
+    'amplified' F0. Features of every file: token means of each block and of the normed output (token_means)."""
+    import torch
+
+    from taskalign.analysis.features import token_means
+    from taskalign.models.checkpoint_io import load_encoder, save_encoder
+    from taskalign.models.encoder import Encoder, EncoderGeometry
+
+    root = tmp_path_factory.mktemp("positive_control")
+    rng = np.random.default_rng(0)
+    radiomic = rng.standard_normal((PC_CASES, PC_FEATURES))
+    patterns = rng.standard_normal((PC_FEATURES, 1, 8, 16, 16))
+    images = torch.as_tensor(np.einsum("nf,fcdhw->ncdhw", radiomic, patterns)
+                             + 0.3 * rng.standard_normal((PC_CASES, 1, 8, 16, 16)), dtype=torch.float32)
+    ids = [f"c{k:03d}" for k in range(PC_CASES)]
+    cases = pd.DataFrame({"case_id": ids, "patient_id": ids, "split": ["train"] * 56 + ["val"] * 12 + ["test"] * 12})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_encoder(Encoder(EncoderGeometry(**PC_GEOMETRY)), root / "pretrained.safetensors")
+
+    def features(name: str) -> dict[str, np.ndarray]:
+        encoder = load_encoder(root / f"{name}.safetensors")
+        batches = _Batches({"image": images[i:i + 40]} for i in range(0, PC_CASES, 40))
+        layers = token_means(encoder, batches, list(range(PC_GEOMETRY["num_layers"])), torch.device("cpu"))
+        write_features(root / f"{name}.npz", cases, layers)
+        return layers
+
+    pre = features("pretrained")
+    carrier = pre["block5"] - pre["block5"].mean(axis=0)
+    u = torch.as_tensor(np.linalg.lstsq(carrier, radiomic[:, 0], rcond=None)[0], dtype=torch.float32)
+    u /= u.norm()
+    units, offset, gain = 4, 6.0, 0.5  # GELU is ~linear around +6: the 4 units pass gain x u.token through
+    out = {"pretrained": pre}
+    for alpha in PC_SIZES:
+        encoder = load_encoder(root / "pretrained.safetensors")
+        mlp = encoder.blocks[PC_FROM].mlp
+        with torch.no_grad():
+            mlp.linear1.weight[:units], mlp.linear1.bias[:units] = gain * u, offset
+            mlp.linear2.weight[:, :units] = (alpha / (gain * units)) * u[:, None]
+            mlp.linear2.bias -= alpha * offset / gain * u
+        save_encoder(encoder, root / f"planted{alpha}.safetensors")
+        out[alpha] = features(f"planted{alpha}")
+    radiomics = cases[["case_id", "split"]].assign(
+        **{f"t2w_original_firstorder_F{j}": radiomic[:, j] for j in range(PC_FEATURES)})
+    radiomics.to_csv(root / "radiomics.csv", index=False)
+    return {"root": root, "features": out}
+
+
+def test_positive_control_cka_drops_only_from_the_planted_block(planted):
+    root = planted["root"]
+    settings = {**SETTINGS, "splits": ["train", "val", "test"]}
+    last = {}
+    for alpha in PC_SIZES:
+        pairs = [{"pair": "pretrained-continual", "protocol": "", "seed": "", "a": str(root / "pretrained.npz"),
+                  "b": str(root / f"planted{alpha}.npz")}]
+        out = root / f"cka{alpha}.csv"
+        assert cka_cli.main(["--task", "lesion_seg", "--pairs", json.dumps(pairs), "--settings",
+                             json.dumps(settings), "--out", str(out)]) == 0
+        cka = pd.read_csv(out)
+        diagonal = cka[cka["layer_a"] == cka["layer_b"]].set_index("layer_a")["linear"]
+        assert (diagonal[[f"block{n}" for n in range(PC_FROM)]] > 1 - 1e-9).all()  # untouched blocks: identical
+        assert (diagonal[[f"block{n}" for n in range(PC_FROM, 8)]] < 0.999).all()
+        last[alpha] = diagonal["block7"]
+    assert last[PC_SIZES[0]] > last[PC_SIZES[1]] > last[PC_SIZES[2]]  # a larger change, a larger drop
+
+
+def test_positive_control_d2p_grows_with_the_planted_size(planted):
+    from taskalign.cli import mmd as mmd_cli
+
+    root = planted["root"]
+    pre = str(root / "pretrained.npz")
+    inputs = {"pretrained:x/full": {"lesion_seg": {
+        "random": pre, "pretrained": pre, "finetuned": [str(root / f"planted{a}.npz") for a in PC_SIZES],
+        "scratch": [pre] * len(PC_SIZES), "seeds": [0, 1, 2]}}}
+    settings = {"splits": ["train", "val", "test"], "layer": "final", "normalise": "l2", "sigma": "median",
+                "permutations": 50, "seed": 0}
+    assert mmd_cli.main(["--inputs", json.dumps(inputs), "--settings", json.dumps(settings), "--out",
+                         str(root / "mmd.csv")]) == 0
+    mmd = pd.read_csv(root / "mmd.csv")
+    d2p = mmd[(mmd["distance"] == "d2p") & (mmd["estimator"] == "unbiased")].sort_values("seed")
+    assert d2p["value"].is_monotonic_increasing and (d2p["value"] > 0).all()
+    assert (d2p["p_value"] <= 0.05).all()
+
+
+def test_positive_control_lens_finds_the_planted_reweighting(planted):
+    from taskalign.cli import lens as lens_cli
+
+    root = planted["root"]
+    settings = {"layer": "final", "pca_components": 4, "hidden": 16, "steps": 300, "permutations": 100,
+                "seeds": [0]}
+    assert lens_cli.main(["--task", "lesion_seg", "--radiomics", str(root / "radiomics.csv"), "--pretrained",
+                          str(root / "pretrained.npz"), "--finetuned", str(root / "planted2.0.npz"), "--seeds", "0",
+                          "--settings", json.dumps(settings), "--table", str(root / "lens.csv"), "--summary",
+                          str(root / "lens_summary.csv")]) == 0
+    table = pd.read_csv(root / "lens.csv")
+    summary = pd.read_csv(root / "lens_summary.csv").iloc[0]
+    assert summary["interpretable"]
+    top = table.iloc[0]
+    assert top["feature"] == "t2w_original_firstorder_F0" and top["change"] > 0 and top["p_fwer"] <= 0.05
+    assert (table.iloc[1:]["p_fwer"] > 0.05).all()
