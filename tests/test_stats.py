@@ -149,9 +149,13 @@ def test_rpg_table_leaves_out_a_task_whose_reference_scores_zero(caplog):
     with caplog.at_level("WARNING"):
         table = rpg_table(rpg_rows(metrics, distances, [model]))
     assert set(table[table["reference"] == "random"]["task"]) == {"zone_seg", "lesion_seg", "super_res"}
-    assert set(table[table["reference"] == "specialist"]["task"]) == {"zone_seg", "super_res"}
-    assert np.isfinite(table["rpg"]).all()
+    specialist = table[table["reference"] == "specialist"].set_index("task")
+    assert set(specialist.index[np.isfinite(specialist["rpg"])]) == {"zone_seg", "super_res"}
+    # the left-out task keeps a row that says why (Fig. 2 names it)
+    assert np.isnan(specialist.loc["lesion_seg", "rpg"])
+    assert specialist.loc["lesion_seg", "note"].startswith("left out: the specialist reference scores dice = 0")
     assert "lesion_seg: the specialist reference scores dice = 0" in caplog.text
+    assert (table["d2r_se"] == 0.01).all()
 
 def test_procedure_test_is_welch_without_patient_variance_and_counts_it_otherwise():
     from scipy.stats import ttest_ind
