@@ -122,13 +122,12 @@ def _scratch_dice_draws(bootstrap: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 
 def test_performance_interval_is_the_procedure_mean_over_seeds_and_patients():
-    """The interval of the training procedure's mean: seed mean ± t sqrt(s^2/S + Var(patient-resampled seed
-    mean)), Welch-Satterthwaite df; not the mean of per-seed CI bounds (metrics.csv's ci_low/ci_high)."""
+    """The interval of the training procedure's mean: seed mean ± sqrt(t_{S-1}^2 s^2/S + t_{n-1}^2 Var(patient-
+    resampled seed mean)); not the mean of per-seed CI bounds (metrics.csv's ci_low/ci_high)."""
     table = performance_table(_metrics(), _cases(), ["lesion_seg"], "pretrained:mae", set(), bootstrap=200, seed=3)
     seeds, draws = _scratch_dice_draws(200, 3)
     v_seed, v_patient = seeds.var(ddof=1) / 2, draws.mean(axis=0).var(ddof=1)
-    df = (v_seed + v_patient) ** 2 / (v_seed ** 2 / 1 + v_patient ** 2 / 5)
-    half = st.t.ppf(0.975, df) * np.sqrt(v_seed + v_patient)
+    half = np.sqrt(st.t.ppf(0.975, 1) ** 2 * v_seed + st.t.ppf(0.975, 5) ** 2 * v_patient)
     raw = table.raw.set_index(["init", "protocol"]).loc[("scratch", "full")]
     assert (raw["lesion_seg/dice/ci_low"], raw["lesion_seg/dice/ci_high"]) == pytest.approx(
         (seeds.mean() - half, seeds.mean() + half))

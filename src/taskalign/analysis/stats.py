@@ -239,12 +239,18 @@ def procedure_test(seeds_a, seeds_b, difference_draws, n_patients: int) -> tuple
 
 def procedure_interval(seed_values, mean_draws, n_patients: int, level: float = 0.95) -> tuple[float, float]:
     """`level` interval of a training procedure's mean metric (over training runs and patients): seed mean
-    ± t_df sqrt(s^2/S + Var(patient-bootstrap draws of the seed mean)), Welch-Satterthwaite df. (nan, nan) with
-    fewer than MIN_SEEDS finite runs (the spread between runs is then unknown)."""
+    ± sqrt(t_{S-1}^2 s^2/S + t_{n_patients-1}^2 Var(patient-bootstrap draws of the seed mean)), each variance
+    component with its own quantile. (nan, nan) with fewer than MIN_SEEDS finite runs (the spread between runs is
+    then unknown).
+
+    A single Welch-Satterthwaite t (as procedure_test uses) covered the procedure's mean only ~0.90 in simulation
+    when the seed spread is estimated from 3 runs (benchmarks/results.md, "Calibration"); this combination is
+    exact when either component is 0 and conservative in between."""
     values = np.asarray(seed_values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if len(values) < MIN_SEEDS:
         return float("nan"), float("nan")
-    parts = _procedure_parts(values, mean_draws, n_patients)
-    half = st.t.ppf(0.5 + level / 2.0, _satterthwaite(parts)) * math.sqrt(sum(v for v, _ in parts))
+    (v_seed, df_seed), (v_patient, df_patient) = _procedure_parts(values, mean_draws, n_patients)
+    tail = 0.5 + level / 2.0
+    half = math.sqrt(st.t.ppf(tail, df_seed) ** 2 * v_seed + st.t.ppf(tail, df_patient) ** 2 * v_patient)
     return float(values.mean() - half), float(values.mean() + half)

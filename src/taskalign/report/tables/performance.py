@@ -210,11 +210,12 @@ def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str,
     caption = (f"Performance on {', '.join(tasks)}: mean ± sample std over fine-tuning seeds (no ± for one seed). "
                "Unit of inference: the training procedure (init and protocol), with its training runs (seeds) and "
                f"the test patients both as samples. In brackets, the {level:.0%} interval of the procedure's mean: "
-               "seed mean ± t × sqrt(seed variance / seeds + patient-bootstrap variance of the seed mean), "
-               f"Welch-Satterthwaite df, {bootstrap} resamples of patients (seed {seed}), every seed's metric "
+               "seed mean ± sqrt(t²(seeds − 1 df) × seed variance / seeds + t²(patients − 1 df) × patient-bootstrap "
+               f"variance of the seed mean), {bootstrap} resamples of patients (seed {seed}), every seed's metric "
                "recomputed on each resample. AUC, accuracy and specificity in %, other metrics as fractions or in "
                "their units; specificity at 90% sensitivity uses the threshold read off the validation split; best "
                f"mean per column in bold. Marks: two-sided tests against {baseline_init} ({baseline_protocol}), "
-               "the same t over both procedures' seed variances and the paired patient-bootstrap variance of their "
-               f"difference; {STARS_LEGEND}.{_too_few_seeds_note(sorted(short))} See docs/deviations.md.")
+               "a t of the seed-mean difference over both procedures' seed variances and the paired "
+               "patient-bootstrap variance of their difference (Welch-Satterthwaite df); "
+               f"{STARS_LEGEND}.{_too_few_seeds_note(sorted(short))} See docs/deviations.md.")
     return Table(cells, pd.DataFrame(list(raw.values())), caption, bold, star_cells)
