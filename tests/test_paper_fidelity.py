@@ -136,7 +136,8 @@ def test_table6_delta_interval_covers_its_expectation_at_113_by_768():
     old = []
     for rep in range(4):
         f = calibration.delta_features(rng, encoders)
-        draws = [subsample_values(f[k]["block11"], f["ft"]["block11"], linear_cka, 50, 0.5, rep) for k in ("pre", "cont")]
+        draws = [subsample_values(f[k]["block11"], f["ft"]["block11"], linear_cka, 50, 0.5, rep)
+                 for k in ("pre", "cont")]
         low, high = percentile_interval(draws[1] - draws[0])
         old.append(low <= result["linear"]["expectation"] <= high)
     assert not any(old)
@@ -375,7 +376,8 @@ def test_002_table5_cumulative_rows_and_change_columns(tmp_path):
     table = paper.ablation({"metrics": str(tmp_path / "metrics.csv")}, settings)
     assert [label.split(" ")[0] for label in table.cells.index] == ["scratch", "reconstruction", "+translation",
                                                                     "+metadata", "+contrastive"]  # configured order
-    assert table.cells[("volume_reg (mse)", "Δ prev.")].tolist() == ["–", "↓0.050", "↓0.100", "↓0.100", "↓0.100"]
+    changes = table.cells[("volume_reg (mse)", "Δ prev.")].tolist()
+    assert changes == ["–", "↓0.050", "↓0.100", "↓0.100", "↓0.100"]
     assert "from the scratch (no pretraining) row" in table.caption
 
 

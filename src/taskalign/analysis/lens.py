@@ -11,7 +11,8 @@ the profile of these sensitivities: feature j's share ||S[:, j]|| / sum_i ||S[:,
 feature j is the change of its share. Held-out R^2 says whether the fits are worth reading (below `min_r2` the
 report shows no ranking); a permutation null (fine-tuning shifts shuffled over cases) calibrates the change, with a
 family-wise p from the maximum over features of each permuted change; repeating the MLP over seeds and the lens
-over fine-tuning seeds gives the stability of the ranking. The seed paper has only an abstract; the choices here follow the design notes
+over fine-tuning seeds gives the stability of the ranking. The seed paper has only an abstract; the choices here
+follow the design notes
 of the analysis research (anchors-analysis.md, section 5).
 """
 

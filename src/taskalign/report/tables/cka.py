@@ -174,7 +174,8 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
                "features is about d/(n+d)). Δ = CKA(continual, FT) − CKA(pretrained, FT): seed mean ± std over seeds "
                "[95% interval over the test cases: Δ ± 1.96 × the delete-1 jackknife standard error, both CKAs and "
                "all seeds leaving out the same case; it covers Δ's expectation for these encoders, not the spread "
-               "between fine-tuning runs, which the ± gives]. Performance gain: primary metric of FT from continual minus FT from pretrained, seed means, "
+               "between fine-tuning runs, which the ± gives]. Performance gain: primary metric of FT from continual "
+               "minus FT from pretrained, seed means, "
                "on the metric's own scale, sign flipped where lower is better. Correlation: Pearson r and Spearman ρ "
                f"across the tasks shown between Δ at {last} and the gain, permutation p (exact over all orderings "
                "for up to 8 tasks, else 10000 random orderings). See docs/deviations.md.")
@@ -185,8 +186,8 @@ def cka_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *,
               threshold: float = MIN_PERFORMANCE_DIFFERENCE, lower_is_better: Collection[str] = (),
               protocol: str = "full", digits: int = 3, tasks: Sequence[str] | None = None) -> Table:
     """Seed 000 Table 6 for `tasks` (in that order, e.g. 000's lesion_seg and pirads_cls), else for the tasks whose
-    performance gain (see performance_gains) is at least `threshold` in absolute value: per task the rows Pretrained–Continual, Pretrained–Finetuned, Continual–Finetuned (the same
-    FT encoder, fine-tuned from the pretrained weights with `protocol`) and Δ, columns L<n> for the block layers
+    performance gain (see performance_gains) is at least `threshold` in absolute value: per task the rows
+    Pretrained–Continual, Pretrained–Finetuned, Continual–Finetuned (the same FT encoder, fine-tuned from the pretrained weights with `protocol`) and Δ, columns L<n> for the block layers
     present and their average, linear CKA beside debiased CKA, and the correlation row.
 
     cka: the CKA stage's CSV (results/analysis/cka.csv: task, pair, protocol, seed, file_b, layer_a, layer_b,
