@@ -252,6 +252,10 @@ def test_analysis_tables_hold_values_in_valid_ranges(workdir):
     assert set(lens["group"]) <= {"intensity", "shape", "texture"}
     summary = pd.read_csv(workdir / "results/analysis/lens_summary.csv")
     assert summary["perm_p"].between(0, 1).all()
+    # the lens is read only where it fits: below the R² floor a task says so instead of ranking features
+    gated = ~summary["interpretable"].astype(bool)
+    assert (gated == (summary[["r2_pre", "r2_ft"]].min(axis=1) < summary["r2_floor"])).all()
+    assert summary.loc[gated, "note"].str.contains("below the floor").all()
     probe = pd.read_csv(workdir / "results/analysis/target_probe.csv")
     variants = CONFIG["continual"]["variants"]
     assert set(probe["encoder"]) == {f"{stage}-{v}" for stage in ("pretrained", "continual") for v in variants}
