@@ -146,10 +146,10 @@ def plain_bootstrap_ci(frame: pd.DataFrame, metric_fn, n_boot: int, seed: int,
     return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
-def plain_pirads_metrics(y_true, prob) -> dict[str, float]:
+def plain_pirads_metrics(y_true, prob, threshold: float = float("nan")) -> dict[str, float]:
     """taskalign.evaluate.metrics.pirads_metrics as first written: roc_auc_score per AUC (label checks and
-    binarisation on every call), and a second ROC curve of P(>=3) for the specificity."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    binarisation on every call); the specificity counted directly at the (validation) threshold."""
+    from sklearn.metrics import roc_auc_score
 
     def auc(y, score):
         return float(roc_auc_score(y, score)) if 0 < np.sum(y) < len(y) else float("nan")
@@ -157,9 +157,7 @@ def plain_pirads_metrics(y_true, prob) -> dict[str, float]:
     y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=float)
     ge3, ge4 = prob[:, 1:].sum(axis=1), prob[:, 2:].sum(axis=1)
     per_class = [a for a in (auc(y_true == c, prob[:, c - 2]) for c in (2, 3, 4, 5)) if np.isfinite(a)]
-    spec = float("nan")
-    if 0 < np.sum(y_true >= 3) < len(y_true):
-        fpr, tpr, _ = roc_curve(y_true >= 3, ge3)
-        spec = float((1.0 - fpr[tpr >= 0.9 - 1e-12]).max())
+    negatives = ge3[y_true < 3]
+    spec = float(np.mean(negatives < threshold)) if len(negatives) and np.isfinite(threshold) else float("nan")
     return {"auc": float(np.mean(per_class)) if per_class else float("nan"), "auc_ge3": auc(y_true >= 3, ge3),
             "auc_ge4": auc(y_true >= 4, ge4), "spec_at_sens90": spec}

@@ -113,7 +113,8 @@ def test_pirads_metrics_equal_their_first_implementation():
         for _ in range(40):
             y = rng.choice([2, 3, 4, 5], n, p=[0.5, 0.3, 0.15, 0.05])
             prob = rng.dirichlet(np.ones(4), n).round(int(rng.integers(1, 3)))
-            plain, fast = baselines.plain_pirads_metrics(y, prob), pirads_metrics(y, prob)
+            threshold = float(rng.choice([np.nan, 0.3, 0.5]))  # no validation threshold, or one
+            plain, fast = baselines.plain_pirads_metrics(y, prob, threshold), pirads_metrics(y, prob, threshold)
             assert plain.keys() == fast.keys()
             for name in plain:
                 assert plain[name] == fast[name] or (np.isnan(plain[name]) and np.isnan(fast[name])), name

@@ -183,3 +183,19 @@ def test_constant_features_give_nan(estimator):
     x = np.full((10, 3), 0.1)
     y = np.random.default_rng(8).normal(size=(10, 3))
     assert np.isnan(estimator(x, y))
+
+
+@pytest.mark.parametrize("estimator", [linear_cka, debiased_cka])
+def test_jackknife_values_match_leaving_each_case_out(estimator):
+    from taskalign.analysis.cka import jackknife_interval, jackknife_values
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 12))
+    y = x @ rng.normal(size=(12, 9)) + rng.normal(size=(30, 9)) + 4.0
+    loop = [estimator(np.delete(x, i, axis=0), np.delete(y, i, axis=0)) for i in range(30)]
+    values = jackknife_values(x, y, estimator)
+    np.testing.assert_allclose(values, loop, rtol=0, atol=1e-12)
+    full = estimator(x, y)
+    low, high = jackknife_interval(full, values)
+    se = np.sqrt(29 / 30 * np.sum((values - values.mean()) ** 2))
+    assert (low, high) == pytest.approx((full - 1.959964 * se, full + 1.959964 * se), rel=1e-6)

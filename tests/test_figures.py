@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -150,6 +151,25 @@ def test_rpg_titles_carry_statistics():
     titles = [ax.get_title() for ax in F._data_axes(fig)]
     assert titles[0].startswith("random: RPG vs D2R") and "r=-0.80" in titles[0] and "n=5" in titles[0]
     assert titles[3].startswith("specialist: RPG vs D2R")
+
+
+def test_rpg_points_have_error_bars_a_legend_and_name_the_left_out_task():
+    frame, corr = _rpg(["random"])
+    frame["rpg_seed_sd"] = 2.0
+    frame[["d2r_se", "d2p_se", "d2s_se"]] = 0.05
+    frame["note"] = ""
+    frame.loc[4, ["rpg", "note"]] = [np.nan, "left out: the random reference scores spec_at_sens90 = 0"]
+    fig = F._draw_rpg_vs_distance(frame, corr, F._style(None))
+    ax = F._data_axes(fig)[0]
+    bars = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    assert len(bars) == 4  # one per drawn task; the left-out one is not drawn
+    _, (xerr, yerr) = bars[0].lines[0], bars[0].lines[2]
+    assert np.ptp(yerr.get_segments()[0][:, 1]) == pytest.approx(4.0)  # ± the seeds' spread of RPG
+    assert np.ptp(xerr.get_segments()[0][:, 0]) == pytest.approx(0.1)  # ± the distance's standard error
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == list(TASKS[:4])
+    assert not ax.texts  # no per-point labels to overlap
+    assert f"{TASKS[4]} (random): left out: the random reference scores" in fig._suptitle.get_text()
 
 
 def test_rpg_missing_correlation_row_is_an_error():

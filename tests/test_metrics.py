@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from taskalign.evaluate.metrics import (bootstrap_ci, dice_per_class, multiclass_auc, pirads_metrics,
-                                        regression_metrics, ssim_3d)
+from taskalign.evaluate.metrics import (bootstrap_ci, dice_per_class, multiclass_auc, operating_threshold,
+                                        pirads_metrics, regression_metrics, specificity_cases, ssim_3d)
 
 
 def _pirads_rows(y_true, ge3_score):
@@ -19,7 +19,8 @@ def _pirads_rows(y_true, ge3_score):
 
 def test_pirads_perfect_prediction():
     y = np.array([2, 3, 4, 5, 2, 5])
-    m = pirads_metrics(y, np.eye(4)[y - 2])
+    prob = np.eye(4)[y - 2]
+    m = pirads_metrics(y, prob, operating_threshold(y >= 3, prob[:, 1:].sum(axis=1), 0.9))
     assert m == {"auc": 1.0, "auc_ge3": 1.0, "auc_ge4": 1.0, "spec_at_sens90": 1.0}
 
 
@@ -45,12 +46,23 @@ def test_pirads_auc_matches_sklearn_ovr_when_all_classes_present():
     assert pirads_metrics(y, prob)["auc"] == pytest.approx(expected)
 
 
-def test_spec_at_sens90_hand_computed():
-    # Catching 9/10 positives needs threshold 0.55; only the negative at 0.58 is above it -> specificity 4/5.
+def test_spec_at_sens90_threshold_from_validation_applied_to_test():
+    # Validation: catching 9/10 positives needs threshold 0.55 (the lowest positive, 0.2, is given up).
     pos = [0.2, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
     neg = [0.1, 0.3, 0.4, 0.5, 0.58]
-    y, prob = _pirads_rows([3] * len(pos) + [2] * len(neg), pos + neg)
-    assert pirads_metrics(y, prob)["spec_at_sens90"] == pytest.approx(0.8)
+    val_y, val_prob = _pirads_rows([3] * len(pos) + [2] * len(neg), pos + neg)
+    threshold = operating_threshold(val_y >= 3, val_prob[:, 1:].sum(axis=1), 0.9)
+    assert threshold == pytest.approx(0.55)
+    assert pirads_metrics(val_y, val_prob, threshold)["spec_at_sens90"] == pytest.approx(0.8)
+    # Test: all positives at 0.9 (the test ROC would allow any threshold up to 0.9, specificity 1.0); at the
+    # validation threshold the negatives at 0.56 and 0.6 are called positive -> 2 of 4.
+    test_y, test_prob = _pirads_rows([3] * 5 + [2] * 4, [0.9] * 5 + [0.1, 0.5, 0.56, 0.6])
+    assert pirads_metrics(test_y, test_prob, threshold)["spec_at_sens90"] == pytest.approx(0.5)
+    cases = specificity_cases(test_y >= 3, test_prob[:, 1:].sum(axis=1), threshold)
+    assert np.isnan(cases[:5]).all() and cases[5:].tolist() == [1.0, 1.0, 0.0, 0.0]
+    # no validation threshold, no specificity
+    assert np.isnan(pirads_metrics(test_y, test_prob)["spec_at_sens90"])
+    assert np.isnan(operating_threshold(np.zeros(4, bool), np.arange(4.0), 0.9))
 
 
 def test_pirads_single_class_is_nan():

@@ -8,6 +8,7 @@ from itertools import permutations
 
 import numpy as np
 import pytest
+from scipy import stats as st
 from scipy.stats import norm, pearsonr, spearmanr
 from sklearn.metrics import roc_auc_score
 
@@ -148,6 +149,28 @@ def test_rpg_table_leaves_out_a_task_whose_reference_scores_zero(caplog):
     with caplog.at_level("WARNING"):
         table = rpg_table(rpg_rows(metrics, distances, [model]))
     assert set(table[table["reference"] == "random"]["task"]) == {"zone_seg", "lesion_seg", "super_res"}
-    assert set(table[table["reference"] == "specialist"]["task"]) == {"zone_seg", "super_res"}
-    assert np.isfinite(table["rpg"]).all()
+    specialist = table[table["reference"] == "specialist"].set_index("task")
+    assert set(specialist.index[np.isfinite(specialist["rpg"])]) == {"zone_seg", "super_res"}
+    # the left-out task keeps a row that says why (Fig. 2 names it)
+    assert np.isnan(specialist.loc["lesion_seg", "rpg"])
+    assert specialist.loc["lesion_seg", "note"].startswith("left out: the specialist reference scores dice = 0")
     assert "lesion_seg: the specialist reference scores dice = 0" in caplog.text
+    assert (table["d2r_se"] == 0.01).all()
+
+def test_procedure_test_is_welch_without_patient_variance_and_counts_it_otherwise():
+    from scipy.stats import ttest_ind
+
+    from taskalign.analysis.stats import procedure_interval, procedure_test
+
+    a, b = np.array([0.61, 0.64, 0.60, 0.66]), np.array([0.58, 0.57, 0.60])
+    p, df = procedure_test(a, b, np.zeros(100), 50)
+    welch = ttest_ind(a, b, equal_var=False)
+    assert p == pytest.approx(welch.pvalue, rel=1e-10)
+    draws = np.random.default_rng(0).normal(0.04, 0.02, 500)  # patient sampling adds variance: larger p
+    assert procedure_test(a, b, draws, 50)[0] > p
+    assert np.isnan(procedure_test(a[:1], b, draws, 50)[0])  # one training run: no test
+    assert procedure_test(b, b, np.zeros(10), 50)[0] == pytest.approx(1.0)
+    low, high = procedure_interval(a, np.full(100, a.mean()), 50)
+    half = st.t.ppf(0.975, 3) * a.std(ddof=1) / 2  # no patient variance: the t interval of the seed values
+    assert (low, high) == pytest.approx((a.mean() - half, a.mean() + half))
+    assert np.isnan(procedure_interval(a[:1], draws, 50)[0])

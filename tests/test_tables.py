@@ -9,9 +9,11 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as st
 from sklearn.metrics import roc_auc_score
 
-from taskalign.analysis.stats import correlation, patient_bootstrap_weights, weighted_macro_auc, wilcoxon_paired
+from taskalign.analysis.stats import (correlation, patient_bootstrap_weights, procedure_interval, procedure_test,
+                                      weighted_macro_auc)
 from taskalign.report.tables import model as table_model
 from taskalign.report.tables.ablation import OBJECTIVES, ablation_table
 from taskalign.report.tables.cka import cka_supplementary_table, cka_table
@@ -110,18 +112,32 @@ def test_performance_layout_and_cells(perf):
     assert perf.cells.loc["random", ("volume_reg", "mae_ml")] == "10.000 ± 1.414"  # no cases.csv for this run
 
 
-def test_performance_interval_is_the_seed_mean_over_patient_resamples():
-    """The interval of the seed mean: patients resampled, every seed's Dice recomputed on the same resample (not
-    the mean of per-seed CI bounds, which metrics.csv's ci_low/ci_high would give)."""
-    table = performance_table(_metrics(), _cases(), ["lesion_seg"], "pretrained:mae", set(), bootstrap=200, seed=3)
+def _scratch_dice_draws(bootstrap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-seed Dice of scratch on all cases (2,) and on each patient resample (2, B), by hand."""
     cases = _cases()
     frames = [cases[("lesion_seg", "scratch", "full", s)].set_index("case_id").sort_index() for s in (0, 1)]
-    weights = patient_bootstrap_weights(frames[0]["patient_id"].to_numpy(), 200, seed=3)
-    draws = [np.mean([np.average(f["dice"], weights=w) for f in frames]) for w in weights]
+    weights = patient_bootstrap_weights(frames[0]["patient_id"].to_numpy(), bootstrap, seed=seed)
+    return (np.array([f["dice"].mean() for f in frames]),
+            np.array([[np.average(f["dice"], weights=w) for w in weights] for f in frames]))
+
+
+def test_performance_interval_is_the_procedure_mean_over_seeds_and_patients():
+    """The interval of the training procedure's mean: seed mean ± sqrt(t_{S-1}^2 s^2/S + t_{n-1}^2 Var(patient-
+    resampled seed mean)); not the mean of per-seed CI bounds (metrics.csv's ci_low/ci_high)."""
+    table = performance_table(_metrics(), _cases(), ["lesion_seg"], "pretrained:mae", set(), bootstrap=200, seed=3)
+    seeds, draws = _scratch_dice_draws(200, 3)
+    v_seed, v_patient = seeds.var(ddof=1) / 2, draws.mean(axis=0).var(ddof=1)
+    half = np.sqrt(st.t.ppf(0.975, 1) ** 2 * v_seed + st.t.ppf(0.975, 5) ** 2 * v_patient)
     raw = table.raw.set_index(["init", "protocol"]).loc[("scratch", "full")]
     assert (raw["lesion_seg/dice/ci_low"], raw["lesion_seg/dice/ci_high"]) == pytest.approx(
-        tuple(np.percentile(draws, [2.5, 97.5])))
+        (seeds.mean() - half, seeds.mean() + half))
+    assert (raw["lesion_seg/dice/ci_low"], raw["lesion_seg/dice/ci_high"]) == pytest.approx(
+        procedure_interval(seeds, draws.mean(axis=0), 6))
     assert raw["lesion_seg/dice/ci_low"] != pytest.approx(0.42 - HALF_CI["dice"])
+    # one seed (specialist) or one seed with cases (pretrained frozen): no interval
+    raw = table.raw.set_index(["init", "protocol"])
+    assert np.isnan(raw.loc[("specialist", "full"), "lesion_seg/dice/ci_low"])
+    assert np.isnan(raw.loc[("pretrained:mae", "frozen"), "lesion_seg/dice/ci_low"])
 
 
 def test_performance_bold_is_best_per_column(perf):
@@ -131,27 +147,44 @@ def test_performance_bold_is_best_per_column(perf):
     assert bold[("volume_reg", "mae_ml")][lambda s: s].index.tolist() == ["continual:mae"]
 
 
-def test_performance_stars_follow_patient_level_tests(perf):
-    """Each case averaged over seeds, one pair per patient: 6 patients all one way give the exact two-sided
-    Wilcoxon p = 2/64 (pooling the 2 seeds' 12 cases gave 2/4096: pseudo-replication)."""
-    dice = perf.stars[("lesion_seg", "dice")]
-    assert dice.to_dict() == {"random": "*", "scratch": "*", "specialist": "", "pretrained:mae (full)": "",
-                              "pretrained:mae (frozen)": "*", "continual:mae": ""}
-    mse = perf.stars[("volume_reg", "mse")]
-    assert mse["scratch"] == "*" and mse["continual:mae"] == "" and mse["pretrained:mae (full)"] == ""
-    raw = perf.raw.set_index(["init", "protocol"])
-    assert raw.loc[("scratch", "full"), "lesion_seg/dice/p_value"] == pytest.approx(2 / 64)
-    assert raw.loc[("scratch", "full"), "lesion_seg/dice/test"].startswith("Wilcoxon")
-    assert np.isnan(raw.loc[BASE, "lesion_seg/dice/p_value"])
+def test_performance_marks_test_procedures_over_seeds_and_patients(perf):
+    """The mark's p is procedure_test of the per-seed values with the paired patient-bootstrap difference; runs
+    with one seed (with cases) get none, and the caption names them and says why."""
     cases = _cases()
-    def seed_mean(init, protocol):
-        return np.mean([cases[("lesion_seg", init, protocol, s)].set_index("case_id").sort_index()["dice"]
-                        for s in (0, 1)], axis=0)
+    frames = {run: [cases[("lesion_seg", *run, s)].set_index("case_id").sort_index() for s in (0, 1)]
+              for run in (("scratch", "full"), BASE)}
+    weights = patient_bootstrap_weights(frames[BASE][0]["patient_id"].to_numpy(), 2000, seed=0)
+    per_seed = {run: np.array([f["dice"].mean() for f in fs]) for run, fs in frames.items()}
+    mean_draws = {run: np.mean([[np.average(f["dice"], weights=w) for w in weights] for f in fs], axis=0)
+                  for run, fs in frames.items()}
+    expected, _ = procedure_test(per_seed[("scratch", "full")], per_seed[BASE],
+                                 mean_draws[("scratch", "full")] - mean_draws[BASE], 6)
+    raw = perf.raw.set_index(["init", "protocol"])
+    assert raw.loc[("scratch", "full"), "lesion_seg/dice/p_value"] == pytest.approx(expected)
+    assert raw.loc[("scratch", "full"), "lesion_seg/dice/test"].startswith("Welch-Satterthwaite t")
+    for run in (BASE, ("specialist", "full"), ("pretrained:mae", "frozen")):
+        assert np.isnan(raw.loc[run, "lesion_seg/dice/p_value"])
+    assert "pretrained:mae (frozen), specialist: fewer than 2 training runs" in perf.caption
+    assert "Unit of inference: the training procedure" in perf.caption
 
-    expected = wilcoxon_paired(seed_mean("continual:mae", "full"), seed_mean(*BASE))
-    assert raw.loc[("continual:mae", "full"), "lesion_seg/dice/p_value"] == pytest.approx(expected)
-    assert expected > 0.05
-    assert "Wilcoxon signed-rank test on per-patient values averaged over seeds" in perf.caption
+
+def test_procedure_mark_with_more_seeds():
+    """Five seeds each, the other procedure better by 0.1 Dice on every patient with a seed spread of 0.01: marked
+    ***; the same seeds with the difference removed: no mark."""
+    rng = np.random.default_rng(4)
+    ids = [f"c{k:02d}" for k in range(30)]
+    base = rng.uniform(0.4, 0.8, 30)
+    for gain, expected in ((0.1, "***"), (0.0, "")):
+        cases, rows = {}, []
+        for init, shift in (("pretrained:mae", 0.0), ("continual:mae", gain)):
+            for seed in range(5):
+                dice = base + shift + rng.normal(0, 0.01) + rng.normal(0, 0.005, 30)
+                cases[("lesion_seg", init, "full", seed)] = pd.DataFrame({"case_id": ids, "patient_id": ids,
+                                                                          "dice": dice})
+                rows.append({"task": "lesion_seg", "init": init, "protocol": "full", "seed": seed, "metric": "dice",
+                             "value": dice.mean(), "primary": True})
+        table = performance_table(pd.DataFrame(rows), cases, ["lesion_seg"], "pretrained:mae", set(), bootstrap=300)
+        assert table.stars.loc["continual:mae", ("lesion_seg", "dice")] == expected
 
 
 def _pirads(scores_ge3: np.ndarray) -> pd.DataFrame:
@@ -180,20 +213,26 @@ def test_pirads_auc_routing():
                          "value": value, "primary": metric == "auc"})
     table = performance_table(pd.DataFrame(rows), cases, ["pirads_cls"], "pretrained:mae", set(), bootstrap=500)
     raw = table.raw.set_index("init")
-    # No resample ranks the bad model above the good one: the smallest bootstrap p (a resample with one class
-    # only has no AUC and is left out).
-    assert raw.loc["scratch", "pirads_cls/auc_ge3/p_value"] < 2 / 450  # 2 / (finite draws + 1): none reversed
-    assert table.stars.loc["scratch", ("pirads_cls", "auc_ge3")] == "**"
-    assert raw.loc["scratch", "pirads_cls/auc/p_value"] <= 0.05 and table.stars.loc["scratch", ("pirads_cls", "auc")]
-    for metric in ("auc", "auc_ge3", "spec_at_sens90"):
-        assert raw.loc["scratch", f"pirads_cls/{metric}/test"].startswith("paired patient bootstrap")
-    assert table.cells.loc["scratch", ("pirads_cls", "auc_ge3")].startswith(f"{100 * rows[4]['value']:.2f} [")
+    # one seed each: no mark and no interval, whatever the difference
+    assert raw.loc["scratch", [f"pirads_cls/{m}/p_value" for m in ("auc", "auc_ge3", "spec_at_sens90")]].isna().all()
+    assert table.cells.loc["scratch", ("pirads_cls", "auc_ge3")] == f"{100 * rows[4]['value']:.2f}"
     assert not table.bold[("pirads_cls", "spec_at_sens90")].any()  # all tied: no best
     assert table.bold.loc["pretrained:mae", ("pirads_cls", "auc")]
+    # the ROC metrics recomputed on resamples: the good model's AUC >= 3 on the full sample
+    from taskalign.report.tables.performance import metric_draws
+
+    good_frame = cases[("pirads_cls", "pretrained:mae", "full", 0)]
+    assert metric_draws("auc_ge3", good_frame, np.ones((1, 12)))[0] == pytest.approx(rows[1]["value"])
+    # specificity at sensitivity 0.9 only from the per-case column at the validation threshold
+    assert metric_draws("spec_at_sens90", good_frame, np.ones((1, 12))) is None
+    spec = np.where(good_frame["true"] >= 3, np.nan, [1.0, 0.0, 1.0, 1.0] + [np.nan] * 8)
+    assert metric_draws("spec_at_sens90", good_frame.assign(spec_at_sens90=spec), np.ones((1, 12)))[0] == 0.75
 
 
 def test_write_table_three_formats(perf, tmp_path):
-    perf.provenance = PROV
+    perf = Table(perf.cells, perf.raw.copy(), perf.caption, perf.bold, perf.stars.copy(), PROV)
+    perf.stars.loc["scratch", ("lesion_seg", "dice")] = "*"
+    perf.raw.loc[perf.raw["init"] == "scratch", "lesion_seg/dice/stars"] = "*"
     paths = write_table(perf, tmp_path / "table2")
     assert sorted(p.name for p in paths) == ["table2.csv", "table2.md", "table2.provenance.json", "table2.tex"]
     md = (tmp_path / "table2.md").read_text(encoding="utf-8")
@@ -207,7 +246,7 @@ def test_write_table_three_formats(perf, tmp_path):
     tex_best, tex_scratch = (cell.replace("±", r"$\pm$") for cell in (best, scratch))
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{tabular}", r"lesion\_seg",
                   rf"\textbf{{{tex_best}}}", rf"{tex_scratch}$^{{*}}$",
-                  r"95\% percentile", r"\multicolumn{2}{c}{volume\_reg}"):
+                  r"95\% interval", r"\multicolumn{2}{c}{volume\_reg}"):
         assert token in tex, token
     assert "lesion_seg" not in tex.replace(r"lesion\_seg", "")
     assert tex.rstrip().splitlines()[-1].startswith("% provenance: config_hash=abc123def456")
@@ -363,6 +402,14 @@ def test_cka_table_layout_threshold_and_correlation():
     assert "docs/deviations.md" in table.caption
     supplementary = cka_supplementary_table(cka, deltas, metrics, variant="mae", lower_is_better={"mse"})
     assert "zone_seg: Δ (Continual − Pretrained, same FT)" in supplementary.cells.index
+    # an explicit task list (000's selection) replaces the threshold, in its order, and the caption says which
+    # of them fall short of it
+    chosen = cka_table(cka, deltas, metrics, variant="mae", threshold=0.002, lower_is_better={"mse"},
+                       tasks=["zone_seg", "lesion_seg"])
+    assert [r.split(":")[0] for r in chosen.cells.index[:-1:4]] == ["zone_seg", "lesion_seg"]
+    assert "zone_seg differ by less than 0.002" in chosen.caption
+    with pytest.raises(ValueError, match=r"analysis.cka.tasks: no Table 6 CKA results for \['translation'\]"):
+        cka_table(cka, deltas, metrics, variant="mae", tasks=["translation"])
 
 
 def test_ablation_table():
@@ -417,3 +464,20 @@ def test_lens_table():
     assert table.cells.loc["lesion_seg", "features p_FWER ≤ 0.05"] == "3"
     assert table.cells.loc["pirads_cls", "stability ρ (FT seeds)"] == "–"
     assert "n_significant" not in [c for c in table.cells.columns]
+
+
+def test_lens_table_shows_only_r2_and_why_below_the_floor():
+    summary = pd.DataFrame({"task": ["lesion_seg", "pirads_cls"], "r2_pre": [0.5, -0.3], "r2_ft": [0.7, -0.2],
+                            "total_change": [1.25, 0.9], "perm_p": [0.0004, 0.001], "n_significant": [3, 5],
+                            "stability_spearman": [0.9, 0.3], "finetune_stability_spearman": [0.8, 0.2],
+                            "top_features": ["glcm_contrast", "firstorder_mean"], "interpretable": [True, False],
+                            "note": ["", "held-out R² -0.300 below the floor 0.1: ..."],
+                            "intensity": [0.2, 0.05], "shape": [0.6, 0.01], "texture": [0.45, 0.04]})
+    table = lens_table(summary)
+    row = table.cells.loc["pirads_cls"]
+    assert row["R² pre"] == "-0.300" and row["R² FT"] == "-0.200"
+    assert (row[["total change", "perm. p", "features p_FWER ≤ 0.05", "shape", "top features"]] == "–").all()
+    assert row["why not shown"].startswith("held-out R² -0.300 below the floor")
+    assert table.stars.loc["pirads_cls", "perm. p"] == "" and table.stars.loc["lesion_seg", "perm. p"] == "***"
+    assert table.cells.loc["lesion_seg", "top features"] == "glcm_contrast"
+    assert "reaches the configured floor" in table.caption

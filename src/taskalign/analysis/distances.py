@@ -150,12 +150,14 @@ def rpg_rows(metrics: pd.DataFrame, distances: pd.DataFrame, models: Sequence[st
                 ref = run_values(metrics, task, ref_init, ref_protocol)
                 if ft.empty or ref.empty:
                     continue
+                entry = {"model": model, "task": task, "reference": reference, "ft": ft, "ref": ref,
+                         "distances": per_seed, "note": ""}
                 if ref["value"].mean() == 0:  # e.g. a lesion Dice of 0: no relative gain exists
                     log.warning("%s %s: the %s reference scores %s = 0, RPG is undefined; left out", model, task,
                                 reference, rpg_metric(task))
-                    continue
-                entries.append({"model": model, "task": task, "reference": reference, "ft": ft, "ref": ref,
-                                "distances": per_seed})
+                    entry["note"] = (f"left out: the {reference} reference scores {rpg_metric(task)} = 0, so the "
+                                     "relative gain is undefined")
+                entries.append(entry)
     return entries
 
 
@@ -168,17 +170,24 @@ def _column(distance: str, estimator: str) -> str:
 
 
 def rpg_table(entries: list[dict]) -> pd.DataFrame:
-    """Columns model, task, metric, reference, p_finetuned, p_reference, rpg (%), n_seeds, and the mean over
-    seeds of each distance: d2r, d2p, d2s unbiased (primary), d2r_biased, d2p_biased, d2s_biased."""
+    """Columns model, task, metric, reference, p_finetuned, p_reference, rpg (%), rpg_seed_sd (sample std over
+    the fine-tuned seeds of each seed's RPG against the reference's seed mean), n_seeds, the mean over seeds of
+    each distance (d2r, d2p, d2s unbiased, primary; d2r_biased, ...) and its standard error (d2r_se, ...: the
+    jackknife over cases, averaged over seeds), and note (why a task has no RPG: rpg NaN)."""
     rows = []
     for e in entries:
         p_ft, p_ref = e["ft"]["value"].mean(), e["ref"]["value"].mean()
+        defined = not e.get("note")
+        seed_rpg = [_rpg_of(e, v, p_ref) for v in e["ft"]["value"]] if defined else []
         row = {"model": e["model"], "task": e["task"], "metric": rpg_metric(e["task"]), "reference": e["reference"],
-               "p_finetuned": p_ft, "p_reference": p_ref, "rpg": _rpg_of(e, p_ft, p_ref), "n_seeds": len(e["ft"])}
+               "p_finetuned": p_ft, "p_reference": p_ref, "rpg": _rpg_of(e, p_ft, p_ref) if defined else np.nan,
+               "rpg_seed_sd": float(np.std(seed_rpg, ddof=1)) if len(seed_rpg) > 1 else np.nan,
+               "n_seeds": len(e["ft"])}
         for distance in DISTANCES:
             for estimator in ESTIMATORS:
                 row[_column(distance, estimator)] = e["distances"][("value", distance, estimator)].mean()
-        rows.append(row)
+            row[f"{distance}_se"] = e["distances"][("se", distance, ESTIMATORS[0])].mean()
+        rows.append({**row, "note": e.get("note", "")})
     return pd.DataFrame(rows)
 
 
@@ -219,7 +228,9 @@ def pearson_spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def rpg_correlations(entries: list[dict], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per model, reference, distance and estimator: Pearson r and Spearman rho of RPG with the distance across
     tasks (permutation p, see stats.correlation) and 95% percentile intervals of both from `n_boot` draws of
-    bootstrap_replicate for every task at once. Columns CORRELATION_COLUMNS."""
+    bootstrap_replicate for every task at once; tasks without an RPG (an entry's note) are left out. Columns
+    CORRELATION_COLUMNS."""
+    entries = [e for e in entries if not e.get("note")]
     table = rpg_table(entries)
     rng = np.random.default_rng(seed)
     rows = []

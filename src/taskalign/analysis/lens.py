@@ -1,15 +1,18 @@
 """The radiomic lens (seed 003): which radiomic features fine-tuning re-weighted in an encoder's embeddings.
 
-A 2-layer MLP maps preprocessed radiomic features (training split) to standardised PCA scores of the pretrained
-embeddings. Its first layer is then frozen and the last layer re-estimated in closed form (ridge) on the pretrained
-and on the fine-tuned embeddings, both in the pretrained PCA basis. Per radiomic feature j the sensitivity is the
-column norm of S = W2 diag(a) W1 (the mean Jacobian of the ReLU network, a_k = share of training cases where hidden
-unit k is active). What an encoder emphasises is the profile of these sensitivities: feature j's share
-||S[:, j]|| / sum_i ||S[:, i]||, which a rescaling (or rotation) of the embeddings leaves unchanged; fine-tuning's
-effect on feature j is the change of its share. Held-out R^2 says whether the fits are worth reading; a
-permutation null (fine-tuning shifts shuffled over cases) calibrates the change, with a family-wise p from the
-maximum over features of each permuted change; repeating the MLP over seeds and the lens over fine-tuning seeds
-gives the stability of the ranking. The seed paper has only an abstract; the choices here follow the design notes
+A 2-layer MLP maps preprocessed radiomic features (training split) to the pretrained embeddings' principal
+component scores. Its first layer is then frozen and the last layer re-estimated in closed form (ridge) on the
+pretrained and on the fine-tuned embeddings. Each encoder's targets are its own top principal components (centred,
+one overall scale), the fine-tuned ones rotated onto the pretrained ones (orthogonal Procrustes): so an orthogonal
+rotation, a translation or an overall rescaling of either embedding space changes nothing (a per-dimension
+rescaling does). Per radiomic feature j the sensitivity is the column norm of S = W2 diag(a) W1 (the mean Jacobian
+of the ReLU network, a_k = share of training cases where hidden unit k is active). What an encoder emphasises is
+the profile of these sensitivities: feature j's share ||S[:, j]|| / sum_i ||S[:, i]||; fine-tuning's effect on
+feature j is the change of its share. Held-out R^2 says whether the fits are worth reading (below `min_r2` the
+report shows no ranking); a permutation null (fine-tuning shifts shuffled over cases) calibrates the change, with a
+family-wise p from the maximum over features of each permuted change; repeating the MLP over seeds and the lens
+over fine-tuning seeds gives the stability of the ranking. The seed paper has only an abstract; the choices here
+follow the design notes
 of the analysis research (anchors-analysis.md, section 5).
 """
 
@@ -23,16 +26,19 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import rankdata, skew, spearmanr
+from scipy.linalg import orthogonal_procrustes
 from sklearn.decomposition import PCA
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.metrics import r2_score
 
 from taskalign.analysis.radiomics import feature_groups
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"pca_components": 8, "hidden": 32, "steps": 500, "lr": 0.01, "weight_decay": 0.001, "ridge_alpha": 1.0,
-            "dedup_spearman": 0.95, "permutations": 200, "seeds": [0, 1, 2]}
+DEFAULTS = {"pca_components": 8, "hidden": 32, "steps": 500, "lr": 0.01, "weight_decay": 0.001, "ridge_alpha": "cv",
+            "dedup_spearman": 0.95, "permutations": 200, "seeds": [0, 1, 2], "min_r2": 0.1}
+# ridge_alpha "cv": chosen by leave-one-out over this grid on the pretrained training fit, then used for every fit
+RIDGE_ALPHAS = np.logspace(-3, 4, 15)
 # Read by the entry point (which layer's embeddings to use), not by the fit.
 PASSED_THROUGH = {"layer"}
 META_COLUMNS = ("case_id", "patient_id", "cohort", "split")
@@ -54,6 +60,9 @@ def lens_settings(settings: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown lens setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     merged = {**DEFAULTS, **{k: v for k, v in settings.items() if k in DEFAULTS}}
+    if merged["ridge_alpha"] != "cv" and not (isinstance(merged["ridge_alpha"], (int, float))
+                                              and merged["ridge_alpha"] > 0):
+        raise ValueError(f"lens settings: ridge_alpha must be a positive number or 'cv', got {merged['ridge_alpha']!r}")
     if not merged["seeds"]:
         raise ValueError("lens settings: seeds must list at least one seed")
     return merged
@@ -92,20 +101,24 @@ def prepare_radiomics(features: pd.DataFrame, train: np.ndarray, dedup_spearman:
     return z[:, kept], [columns[j] for j in kept]
 
 
-def embedding_targets(pre: np.ndarray, ft: np.ndarray, train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised PCA scores of both embeddings in the basis fitted on the standardised pretrained training rows.
+def principal_scores(embedding: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:
+    """Top-k principal component scores of (n, d) `embedding`, fitted on the training rows (centred, no
+    per-dimension scaling), divided by their overall RMS on those rows: unchanged, up to the components' signs and
+    a rotation within tied ones, by an orthogonal rotation, translation or overall rescaling of the embedding."""
+    scores = PCA(n_components=k, svd_solver="full").fit(embedding[train]).transform(embedding)
+    rms = float(np.sqrt(np.mean(scores[train] ** 2)))
+    return scores / rms if rms > 0 else scores
 
-    The fine-tuned embeddings go through the same scaler and basis, so a change in targets is a change of the
-    encoder, not of the coordinate system (fine-tuning also rescales features, which the shared scaler keeps).
-    """
-    mean, std = pre[train].mean(axis=0), pre[train].std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    pca = PCA(n_components=k, svd_solver="full").fit((pre[train] - mean) / std)
-    scores_pre = pca.transform((pre - mean) / std)
-    scores_ft = pca.transform((ft - mean) / std)
-    scale = scores_pre[train].std(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    return scores_pre / scale, scores_ft / scale
+
+def embedding_targets(pre: np.ndarray, ft: np.ndarray, train: np.ndarray,
+                      k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lens's targets: each encoder's principal_scores (z_pre, z_ft), and z_ft rotated onto z_pre by orthogonal
+    Procrustes on the training rows. The sensitivity shares do not depend on that rotation (a rotation of the
+    targets rotates S's rows), so they are read off z_ft itself; the rotated scores line the fine-tuning shift
+    z_ft - z_pre up for the permutation null."""
+    z_pre, z_ft = principal_scores(pre, train, k), principal_scores(ft, train, k)
+    rotation, _ = orthogonal_procrustes(z_ft[train], z_pre[train])
+    return z_pre, z_ft, z_ft @ rotation
 
 
 def first_layers(x: np.ndarray, z: np.ndarray, settings: dict) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -140,6 +153,18 @@ def first_layers(x: np.ndarray, z: np.ndarray, settings: dict) -> list[tuple[np.
     finally:
         torch.set_num_threads(threads)
     return [(w1[i].detach().double().numpy(), b1[i].detach().double().numpy()) for i in range(len(inits))]
+
+
+def ridge_alpha(h: np.ndarray, z: np.ndarray, setting) -> float:
+    """The ridge penalty: `setting` itself, or for "cv" the RIDGE_ALPHAS value with the lowest leave-one-out error
+    of the pretrained fit (sklearn's RidgeCV, closed form)."""
+    if setting != "cv":
+        return float(setting)
+    return float(RidgeCV(alphas=RIDGE_ALPHAS).fit(h, z).alpha_)
+
+
+def _heldout_r2(true: np.ndarray, predicted: np.ndarray) -> float:
+    return float(r2_score(true, predicted, multioutput="variance_weighted")) if len(true) >= 2 else float("nan")
 
 
 def ridge_coefficients(h: np.ndarray, z: np.ndarray, alpha: float) -> np.ndarray:
@@ -236,14 +261,17 @@ def fit_lens(radiomics: pd.DataFrame, pre: pd.DataFrame, finetuned: Mapping[int,
     radiomics: case_id, split and feature columns (patient_id and cohort are ignored); pre and each fine-tuned
     frame: case_id plus the same numeric embedding columns; finetuned: {fine-tuning seed: frame} (a single frame
     counts as seed 0). Cases are joined on case_id; at least MIN_JOINED of the embedded cases must join. Fitting
-    uses the training split; R^2 (uniform over the k targets) uses val and test.
+    uses the training split; R^2 (variance-weighted over the k targets: the share of the top-k embedding variance
+    explained) uses val and test.
 
     Table columns TABLE_COLUMNS: sensitivity shares sens_pre, sens_ft and change = sens_ft - sens_pre (means over
     MLP and fine-tuning seeds), rank by |change|, p_value (per feature) and p_fwer (max-statistic over features)
     under the permutation null, and rank_min / rank_max over the fine-tuning seeds. Summary: n_train, n_heldout,
     n_features_in, n_features_kept, r2_pre, r2_ft, total_change (sum |change|), perm_p (of ||change||_2 under the
     same null), n_significant (p_fwer <= FWER_ALPHA), stability_spearman (MLP seeds) and
-    finetune_stability_spearman (fine-tuning seeds): mean pairwise Spearman of |change|; seeds, finetune_seeds.
+    finetune_stability_spearman (fine-tuning seeds): mean pairwise Spearman of |change|; seeds, finetune_seeds;
+    r2_floor, interpretable (both R^2 >= min_r2: only then does the report show rankings and changes) and a note
+    saying why not; ridge_alpha (mean over MLP seeds).
     """
     st = lens_settings(settings)
     if isinstance(finetuned, pd.DataFrame):
@@ -270,7 +298,6 @@ def fit_lens(radiomics: pd.DataFrame, pre: pd.DataFrame, finetuned: Mapping[int,
     targets = {seed: embedding_targets(e_pre, data[[f"{c}@ft{seed}" for c in emb_cols]].to_numpy(np.float64),
                                        train, k) for seed in finetuned}
     z_pre = next(iter(targets.values()))[0]
-    alpha = float(st["ridge_alpha"])
     # Null: what fine-tuning changed in the targets (z_ft - z_pre) is unrelated to the radiomics, so its rows are
     # permuted over the training cases (fine-tuned targets z_pre + shift[perm]). Ridge is linear in the targets, so
     # the permuted fit is the pre fit plus the ridge fit of the permuted shift. One set of permutations serves every
@@ -281,20 +308,20 @@ def fit_lens(radiomics: pd.DataFrame, pre: pd.DataFrame, finetuned: Mapping[int,
     for mlp_seed, (w1, b1) in zip(st["seeds"], first_layers(x[train], z_pre[train], st)):
         h = np.maximum(x @ w1.T + b1, 0.0)
         active = (h[train] > 0).mean(axis=0)
+        alpha = ridge_alpha(h[train], z_pre[train], st["ridge_alpha"])
         fit_pre = Ridge(alpha=alpha).fit(h[train], z_pre[train])
         s_pre = _sensitivity(fit_pre.coef_, active, w1)
         profile_pre = sensitivity_profile(s_pre)
-        r2_pre = r2_score(z_pre[heldout], fit_pre.predict(h[heldout])) if heldout.sum() >= 2 else float("nan")
-        for ft_seed, (_, z_ft) in targets.items():
+        r2_pre = _heldout_r2(z_pre[heldout], fit_pre.predict(h[heldout]))
+        for ft_seed, (_, z_ft, z_aligned) in targets.items():
             fit_ft = Ridge(alpha=alpha).fit(h[train], z_ft[train])
-            shift = (z_ft - z_pre)[train][perms]
+            shift = (z_aligned - z_pre)[train][perms]
             s_null = s_pre + _sensitivity(ridge_coefficients(h[train], shift, alpha), active, w1)
             profile_ft = sensitivity_profile(_sensitivity(fit_ft.coef_, active, w1))
             per_run.append({"mlp_seed": mlp_seed, "ft_seed": ft_seed, "sens_pre": profile_pre,
                             "sens_ft": profile_ft, "change": profile_ft - profile_pre,
                             "null": sensitivity_profile(s_null) - profile_pre, "r2_pre": r2_pre,
-                            "r2_ft": (r2_score(z_ft[heldout], fit_ft.predict(h[heldout])) if heldout.sum() >= 2
-                                      else float("nan"))})
+                            "r2_ft": _heldout_r2(z_ft[heldout], fit_ft.predict(h[heldout])), "alpha": alpha})
 
     def mean(key: str, runs=per_run) -> np.ndarray:
         return np.mean([run[key] for run in runs], axis=0)
@@ -312,6 +339,7 @@ def fit_lens(radiomics: pd.DataFrame, pre: pd.DataFrame, finetuned: Mapping[int,
     summary = {
         "n_train": n_train, "n_heldout": int(heldout.sum()), "n_features_in": len(feature_cols),
         "n_features_kept": len(kept), "r2_pre": float(mean("r2_pre")), "r2_ft": float(mean("r2_ft")),
+        "r2_floor": float(st["min_r2"]), "ridge_alpha": float(mean("alpha")),
         "total_change": float(np.abs(change).sum()),
         "perm_p": float((1 + (np.linalg.norm(null, axis=1) >= np.linalg.norm(change) - 1e-12).sum())
                         / (len(null) + 1)),
@@ -320,6 +348,10 @@ def fit_lens(radiomics: pd.DataFrame, pre: pd.DataFrame, finetuned: Mapping[int,
         "finetune_stability_spearman": _mean_pairwise_spearman([np.abs(c) for c in by_ft]),
         "seeds": ";".join(map(str, st["seeds"])), "finetune_seeds": ";".join(map(str, finetuned)),
     }
+    summary["interpretable"] = bool(min(summary["r2_pre"], summary["r2_ft"]) >= st["min_r2"])
+    summary["note"] = "" if summary["interpretable"] else (
+        f"held-out R² {min(summary['r2_pre'], summary['r2_ft']):.3f} below the floor {st['min_r2']:g}: the radiomics "
+        "do not explain the embeddings, so no ranking or change is shown")
     return table[TABLE_COLUMNS], summary
 
 

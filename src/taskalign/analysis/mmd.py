@@ -4,9 +4,10 @@ same cases through two encoders), a sign-flip test, jackknife standard errors an
 
 With the paper's sigma = 1 on raw 768-d embeddings every off-diagonal kernel value underflows to 0 and the biased
 MMD^2 is 2/N for any pair of models, so features are L2-normalised first and saturation is reported and logged.
-The paper's biased estimator is not 0 for two samples of one distribution: its bias is about 2/N (1 - E k(x, x'))
-(0.015 at N = 113 for normalised 768-d features), as large as the smallest distances 001 reports, so the unbiased
-U-statistic is the primary estimate.
+The paper's biased estimator is not 0 for two samples of one distribution: for two independent samples its bias is
+about 2/N (1 - E k(x, x')) (0.015 at N = 113 for normalised 768-d features), for the paired D2x (the same cases
+through two encoders) 2/N (1 - mean_i k(x_i, y_i)), smaller the closer each case's two encodings are; either is as
+large as the smallest distances 001 reports, so the unbiased U-statistic is the primary estimate.
 """
 
 from __future__ import annotations

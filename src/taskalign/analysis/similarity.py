@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taskalign.analysis.cka import (cka_matrix, debiased_cka, linear_cka, null_summary, shuffled_null, subsample_ci,
-                                    subsample_values)
+from taskalign.analysis.cka import (cka_matrix, debiased_cka, jackknife_interval, jackknife_values, linear_cka,
+                                    null_summary, shuffled_null, subsample_ci)
 from taskalign.analysis.feature_files import joined, load_features
-from taskalign.analysis.stats import percentile_interval
 
 log = logging.getLogger(__name__)
 
 PRETRAINED_FT, CONTINUAL_FT = "pretrained-finetuned", "continual-finetuned"
 ESTIMATORS = {"linear": linear_cka, "debiased": debiased_cka}
 AVERAGE_LAYER = "avg"  # Table 6's "Avg." column: the mean over the block layers (the final normed output left out)
+DELTA_INTERVAL = "delete-1 jackknife, normal"
 MIN_CASES_FOR_INTERVAL = 5  # a debiased subsample needs 4 cases; with 4 every subset is the whole sample
 
 
@@ -123,21 +123,19 @@ def aligned_features(paths: list[str], splits: tuple[str, ...]) -> tuple[list[st
     return common, [aligned[path] for path in paths]
 
 
-def _delta_draws(pre: np.ndarray, cont: np.ndarray, ft: np.ndarray, estimator, settings: dict) -> np.ndarray:
-    """Delta on each subsample, shape (subsamples,); both CKAs of a subsample use the same cases (paired)."""
+def _delta_draws(pre: np.ndarray, cont: np.ndarray, ft: np.ndarray, estimator) -> np.ndarray:
+    """Delta with each case left out in turn, shape (n,); both CKAs leave out the same case (paired)."""
     if len(ft) < MIN_CASES_FOR_INTERVAL:
-        return np.full(settings["subsamples"], np.nan)
-    draws = [subsample_values(a, ft, estimator, settings["subsamples"], settings["subsample_fraction"],
-                              settings["seed"]) for a in (pre, cont)]
-    return draws[1] - draws[0]
+        return np.full(len(ft), np.nan)
+    return jackknife_values(cont, ft, estimator) - jackknife_values(pre, ft, estimator)
 
 
-def _seed_layer_deltas(pre: dict, cont: dict, ft: dict, estimator, settings: dict) -> dict[str, dict]:
+def _seed_layer_deltas(pre: dict, cont: dict, ft: dict, estimator) -> dict[str, dict]:
     """layer -> {cka_pretrained, cka_continual, delta, draws} for one FT encoder, plus the block average."""
     out = {}
     for layer in pre:
         cka_pre, cka_cont = estimator(pre[layer], ft[layer]), estimator(cont[layer], ft[layer])
-        draws = _delta_draws(pre[layer], cont[layer], ft[layer], estimator, settings)
+        draws = _delta_draws(pre[layer], cont[layer], ft[layer], estimator)
         out[layer] = {"cka_pretrained": cka_pre, "cka_continual": cka_cont, "delta": cka_cont - cka_pre,
                       "draws": draws}
     blocks = [layer for layer in pre if layer.startswith("block")]
@@ -147,28 +145,31 @@ def _seed_layer_deltas(pre: dict, cont: dict, ft: dict, estimator, settings: dic
     return out
 
 
-def protocol_deltas(pre: dict, cont: dict, fts: dict[str, dict], settings: dict) -> pd.DataFrame:
+def protocol_deltas(pre: dict, cont: dict, fts: dict[str, dict]) -> pd.DataFrame:
     """Per seed, layer (plus the block average `avg`) and estimator: CKA(pretrained, FT), CKA(continual, FT),
-    Delta and its paired subsampling interval; then the seed mean (seed "mean") whose interval comes from the
-    seed-mean Delta of each subsample (every seed uses the same subsets) and whose spread is the std over seeds.
+    Delta and its interval over cases (jackknife_interval: Delta ± z x the delete-1 jackknife standard error, both
+    CKAs leaving out the same case); then the seed mean (seed "mean") whose interval comes from the seed-mean Delta
+    with each case left out, and whose spread is the std over seeds. The jackknife replaced half-sample
+    subsampling: at 113 cases x 768 features a subset's biased CKA carries a larger bias than the full sample's and
+    moved the interval off its centre (benchmarks/results.md, "Calibration").
 
     pre, cont: {layer: (n, d)}; fts: seed -> {layer: (n, d)}; all on the same n cases in the same order."""
     rows = []
     for name, estimator in ESTIMATORS.items():
-        by_seed = {seed: _seed_layer_deltas(pre, cont, ft, estimator, settings) for seed, ft in fts.items()}
+        by_seed = {seed: _seed_layer_deltas(pre, cont, ft, estimator) for seed, ft in fts.items()}
         for layer in next(iter(by_seed.values())):
             values = [by_seed[seed][layer] for seed in fts]
             for seed, v in zip(fts, values):
                 rows.append({"seed": seed, "layer": layer, "estimator": name, "cka_pretrained": v["cka_pretrained"],
                              "cka_continual": v["cka_continual"], "delta": v["delta"],
-                             **dict(zip(("ci_low", "ci_high"), percentile_interval(v["draws"]))),
+                             **dict(zip(("ci_low", "ci_high"), jackknife_interval(v["delta"], v["draws"]))),
                              "seed_std": np.nan, "n_seeds": 1})
             deltas = np.array([v["delta"] for v in values])
             rows.append({"seed": "mean", "layer": layer, "estimator": name,
                          "cka_pretrained": np.mean([v["cka_pretrained"] for v in values]),
                          "cka_continual": np.mean([v["cka_continual"] for v in values]), "delta": deltas.mean(),
                          **dict(zip(("ci_low", "ci_high"),
-                                    percentile_interval(np.mean([v["draws"] for v in values], axis=0)))),
+                                    jackknife_interval(deltas.mean(), np.mean([v["draws"] for v in values], axis=0)))),
                          "seed_std": deltas.std(ddof=1) if len(deltas) > 1 else np.nan, "n_seeds": len(deltas)})
     return pd.DataFrame(rows)
 
@@ -176,7 +177,7 @@ def protocol_deltas(pre: dict, cont: dict, fts: dict[str, dict], settings: dict)
 def task_deltas(task: str, pairs: list[dict], settings: dict) -> pd.DataFrame:
     """Delta rows of every protocol with paired pretrained-/continual-finetuned pairs (see protocol_deltas);
     columns task, protocol, seed, finetuned, layer, estimator, cka_pretrained, cka_continual, delta, ci_low,
-    ci_high, seed_std, n_seeds, n_cases, n_subsamples. Empty (with these columns) when no pair qualifies."""
+    ci_high, seed_std, n_seeds, n_cases, interval. Empty (with these columns) when no pair qualifies."""
     tables = []
     for protocol, triples in finetuned_triples(pairs).items():
         pre_path, cont_path = triples[0][1], triples[0][2]
@@ -184,17 +185,17 @@ def task_deltas(task: str, pairs: list[dict], settings: dict) -> pd.DataFrame:
             raise ValueError(f"protocol {protocol}: the seeds' pairs name different pretrained/continual files")
         cases, (pre, cont, *fts) = aligned_features([pre_path, cont_path, *(t[3] for t in triples)],
                                                    tuple(settings["splits"]))
-        table = protocol_deltas(pre, cont, {seed: ft for (seed, *_), ft in zip(triples, fts)}, settings)
+        table = protocol_deltas(pre, cont, {seed: ft for (seed, *_), ft in zip(triples, fts)})
         names = {seed: encoder_name(Path(ft)) for seed, _, _, ft in triples}
         table.insert(0, "finetuned", table["seed"].map(names).fillna(""))
         table.insert(0, "protocol", protocol)
-        table["n_cases"], table["n_subsamples"] = len(cases), settings["subsamples"]
+        table["n_cases"], table["interval"] = len(cases), DELTA_INTERVAL
         tables.append(table)
         last = table[(table["seed"] == "mean") & (table["estimator"] == "linear")]
         log.info("%s %s: Delta (linear, seed mean) by layer %s", task, protocol,
                  " ".join(f"{r.layer} {r.delta:+.4f}" for r in last.itertuples()))
     columns = ["task", "protocol", "seed", "finetuned", "layer", "estimator", "cka_pretrained", "cka_continual",
-               "delta", "ci_low", "ci_high", "seed_std", "n_seeds", "n_cases", "n_subsamples"]
+               "delta", "ci_low", "ci_high", "seed_std", "n_seeds", "n_cases", "interval"]
     if not tables:
         return pd.DataFrame(columns=columns)
     out = pd.concat(tables, ignore_index=True)

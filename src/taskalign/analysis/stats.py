@@ -1,7 +1,7 @@
 """Statistics for the reports: relative performance gain (001), correlation with permutation p-values for a handful
 of tasks, DeLong's paired AUC test and the paired Wilcoxon test (002 section 4.6), a paired patient bootstrap
-(resampling weights, weighted AUC and ROC operating points, the bootstrap p of a difference), and significance
-stars.
+(resampling weights, weighted means and AUCs), the test and interval of a training procedure over its training
+runs and the test patients, and significance stars.
 
 Bootstrap resamples are weight matrices: weights[b, i] = how often case i's patient was drawn in resample b. A
 metric computed with these weights equals the metric of the resampled rows (duplicates counted), in one vectorised
@@ -168,21 +168,6 @@ def weighted_macro_auc(true_index, prob, weights) -> np.ndarray:
         return np.where(finite.any(axis=0), np.nansum(per_class, axis=0) / finite.sum(axis=0), np.nan)
 
 
-def weighted_specificity(positive, score, weights, sensitivity: float) -> np.ndarray:
-    """Highest specificity among ROC operating points with sensitivity >= `sensitivity`, under each row of (B, n)
-    `weights`, shape (B,); NaN where a class is empty."""
-    positive, score = np.asarray(positive, dtype=bool), np.asarray(score, dtype=np.float64)
-    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    pos_w, neg_w = _class_weight_by_score(score, positive, weights)
-    # threshold at each distinct score (descending): everything at or above it is called positive
-    pos_above, neg_above = np.cumsum(pos_w[:, ::-1], axis=1), np.cumsum(neg_w[:, ::-1], axis=1)
-    n_pos, n_neg = pos_above[:, -1:], neg_above[:, -1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpr, spec = pos_above / n_pos, 1.0 - neg_above / n_neg
-    spec = np.where(tpr >= sensitivity - 1e-12, spec, -np.inf).max(axis=1)
-    return np.where((n_pos[:, 0] > 0) & (n_neg[:, 0] > 0), spec, np.nan)
-
-
 def weighted_mean(values, weights) -> np.ndarray:
     """Mean of per-case `values` under each row of (B, n) `weights`, NaN values left out (a lesion Dice of a
     lesion-free case), shape (B,)."""
@@ -192,26 +177,6 @@ def weighted_mean(values, weights) -> np.ndarray:
     total = np.einsum("bi,i->b", weights, finite.astype(np.float64))  # einsum: no BLAS threads (see above)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, np.einsum("bi,i->b", weights, np.where(finite, values, 0.0)) / total, np.nan)
-
-
-def bootstrap_p(differences) -> float:
-    """Two-sided p of "no difference" from bootstrap draws of a difference: twice the smaller share of draws on
-    either side of 0, each share counted as (1 + #) / (B + 1) so that p > 0 (the smallest p is 2 / (B + 1)).
-    All draws exactly 0 (identical models) give p = 1; NaN draws are left out."""
-    d = np.asarray(differences, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if not len(d):
-        return float("nan")
-    tail = min(np.sum(d <= 0), np.sum(d >= 0))
-    return float(min(1.0, 2.0 * (1 + tail) / (len(d) + 1)))
-
-
-def auc_bootstrap_p(true_index, prob_a, prob_b, patients, n_boot: int = 2000, seed: int = 0) -> float:
-    """Paired patient bootstrap of the seed-mean macro AUC difference of two models scored on the same cases:
-    prob_a (S_a, n, k), prob_b (S_b, n, k) per seed; every seed of both models is rescored on each resample."""
-    weights = patient_bootstrap_weights(patients, n_boot, seed)
-    seed_mean = lambda prob: np.mean([weighted_macro_auc(true_index, p, weights) for p in prob], axis=0)  # noqa: E731
-    return bootstrap_p(seed_mean(prob_a) - seed_mean(prob_b))
 
 
 def percentile_interval(draws, level: float = 0.95) -> tuple[float, float]:
@@ -225,13 +190,67 @@ def percentile_interval(draws, level: float = 0.95) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def patient_means(values, patients) -> np.ndarray:
-    """Mean of per-case `values` per patient (sorted patient ids), NaN values left out, NaN for a patient with no
-    finite value: the unit a paired test counts once, however many cases (or seeds, averaged before) it has."""
-    values = np.asarray(values, dtype=np.float64)
-    _, codes = np.unique(np.asarray(patients), return_inverse=True)
-    finite = np.isfinite(values)
-    counts = np.bincount(codes, weights=finite.astype(float))
-    sums = np.bincount(codes, weights=np.where(finite, values, 0.0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / counts, np.nan)
+# --- training procedures: seeds and patients ----------------------------------------------------------------------
+
+MIN_SEEDS = 2  # one training run gives no estimate of how much training runs differ
+
+
+def _satterthwaite(parts: list[tuple[float, float]]) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of variance estimates [(variance, its df), ...]."""
+    total = sum(v for v, _ in parts)
+    denominator = sum(v * v / df for v, df in parts if df > 0)
+    return float(total * total / denominator) if denominator > 0 else math.inf
+
+
+def _procedure_parts(seed_values, mean_draws, n_patients: int) -> list[tuple[float, float]]:
+    """[(s^2 / S, S - 1), (Var of the patient-bootstrap draws, n_patients - 1)] of one procedure's seed mean."""
+    seed_values = np.asarray(seed_values, dtype=np.float64)
+    draws = np.asarray(mean_draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    return [(float(np.var(seed_values, ddof=1)) / len(seed_values), len(seed_values) - 1.0),
+            (float(np.var(draws, ddof=1)) if len(draws) > 1 else 0.0, max(n_patients - 1.0, 1.0))]
+
+
+def procedure_test(seeds_a, seeds_b, difference_draws, n_patients: int) -> tuple[float, float]:
+    """Two-sided p and degrees of freedom of "training procedures a and b are equally good", with both sources of
+    variance: the spread between training runs and the sampling of test patients.
+
+    seeds_a (S_a,), seeds_b (S_b,): each training run's metric on the shared test cases; difference_draws (B,):
+    the seed-mean difference a - b on paired patient resamples (the same resamples for both, every seed rescored).
+    t = (mean_a - mean_b) / sqrt(s_a^2/S_a + s_b^2/S_b + Var(draws)), Welch-Satterthwaite df (the seed terms
+    have S - 1 df, the patient term n_patients - 1). The seed variance also holds each run's own patient noise,
+    which the bootstrap term counts again: the test errs on the conservative side. NaN with fewer than MIN_SEEDS
+    runs on either side; p = 1 when both means and all variances are 0 (identical procedures)."""
+    a, b = np.asarray(seeds_a, dtype=np.float64), np.asarray(seeds_b, dtype=np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if min(len(a), len(b)) < MIN_SEEDS:
+        return float("nan"), float("nan")
+    draws = np.asarray(difference_draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    parts = [(float(np.var(a, ddof=1)) / len(a), len(a) - 1.0), (float(np.var(b, ddof=1)) / len(b), len(b) - 1.0),
+             (float(np.var(draws, ddof=1)) if len(draws) > 1 else 0.0, max(n_patients - 1.0, 1.0))]
+    variance = sum(v for v, _ in parts)
+    diff = float(a.mean() - b.mean())
+    if variance <= 0:
+        return (1.0 if diff == 0 else 0.0), math.inf
+    df = _satterthwaite(parts)
+    return float(2.0 * st.t.sf(abs(diff) / math.sqrt(variance), df)), df
+
+
+def procedure_interval(seed_values, mean_draws, n_patients: int, level: float = 0.95) -> tuple[float, float]:
+    """`level` interval of a training procedure's mean metric (over training runs and patients): seed mean
+    ± sqrt(t_{S-1}^2 s^2/S + t_{n_patients-1}^2 Var(patient-bootstrap draws of the seed mean)), each variance
+    component with its own quantile. (nan, nan) with fewer than MIN_SEEDS finite runs (the spread between runs is
+    then unknown).
+
+    A single Welch-Satterthwaite t (as procedure_test uses) covered the procedure's mean only ~0.90 in simulation
+    when the seed spread is estimated from 3 runs (benchmarks/results.md, "Calibration"); this combination is
+    exact when either component is 0 and conservative in between."""
+    values = np.asarray(seed_values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < MIN_SEEDS:
+        return float("nan"), float("nan")
+    (v_seed, df_seed), (v_patient, df_patient) = _procedure_parts(values, mean_draws, n_patients)
+    tail = 0.5 + level / 2.0
+    half = math.sqrt(st.t.ppf(tail, df_seed) ** 2 * v_seed + st.t.ppf(tail, df_patient) ** 2 * v_patient)
+    return float(values.mean() - half), float(values.mean() + half)

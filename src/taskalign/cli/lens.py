@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in groups[groups["by"] == "group"].itertuples():
         summary[f"change_{row.level}"] = row.sum  # change of each class's sensitivity share: intensity, shape, texture
     table.insert(0, "task", args.task)
+    table["interpretable"] = summary["interpretable"]  # the report blanks the changes of a task below the R² floor
     log.info("%s: held-out R2 pre %.3f ft %.3f, total change %.3f (p %.3f), %d features significant (family-wise), "
              "rank stability over fine-tuning seeds %.3f, top %s", args.task, summary["r2_pre"], summary["r2_ft"],
              summary["total_change"], summary["perm_p"], summary["n_significant"],

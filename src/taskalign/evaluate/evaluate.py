@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from taskalign.data.dataset import read_index
-from taskalign.evaluate.metrics import bootstrap_cis
+from taskalign.evaluate.metrics import (PIRADS_POSITIVE_FROM, SPEC_SENSITIVITY, bootstrap_cis, operating_threshold,
+                                        pirads_positive_score, specificity_cases)
 from taskalign.evaluate.scoring import case_scores, predict, split_metrics
 from taskalign.models.device import select_device
 from taskalign.models.task_model import load_task_model
@@ -49,8 +50,15 @@ def run_evaluation(*, task: Task, model_path: Path, indexes: list[Path], params:
     if cases.empty:
         raise ValueError(f"task {task.name}: no test cases with a {task.type.target} label")
 
-    point = split_metrics(task, cases, meta["norm"])
-    intervals = bootstrap_cis(cases, lambda frame: split_metrics(task, frame, meta["norm"]),
+    threshold = float("nan")
+    if task.kind == "classification" and task.type.ordinal:
+        threshold = validation_threshold(model, task, indexes, params, meta["norm"], device)
+        prob = cases[[f"prob_{c}" for c in task.type.classes]].to_numpy()
+        # per case, so the tables can resample it: a negative called negative at the validation threshold
+        cases["spec_at_sens90"] = specificity_cases(cases["true"] >= PIRADS_POSITIVE_FROM,
+                                                    pirads_positive_score(prob), threshold)
+    point = split_metrics(task, cases, meta["norm"], threshold)
+    intervals = bootstrap_cis(cases, lambda frame: split_metrics(task, frame, meta["norm"], threshold),
                               n_boot=params["bootstrap"], seed=params["seed"])
     summary = []
     for name, value in point.items():
@@ -71,6 +79,30 @@ def run_evaluation(*, task: Task, model_path: Path, indexes: list[Path], params:
     log.info("%s %s %s: test %s %.4f (%d cases)", task.name, meta["init"], meta["protocol"], task.type.metric,
              primary, len(cases))
     return frame
+
+
+def validation_threshold(model, task: Task, indexes: list[Path], params: dict, norm: dict, device) -> float:
+    """The P(PI-RADS >= 3) threshold that reaches SPEC_SENSITIVITY on the validation split, for the test's
+    specificity (chosen on test, the operating point would flatter every model); NaN with a warning when the
+    validation split lacks positives or negatives."""
+    rows = usable_rows(read_index(indexes, splits=["val"]), task)
+    if rows.empty:
+        log.warning("%s: no validation cases, so no operating threshold and no spec_at_sens90", task.name)
+        return float("nan")
+    val = TaskDataset(rows, task, params["channels"], train=False, seed=params["seed"], norm=norm)
+    loader = make_loader(val, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
+    true, score = [], []
+    for _, prediction, target in predict(model, loader, task, device):
+        true.append(task.type.classes[int(target)])
+        score.append(float(pirads_positive_score(prediction[None])[0]))
+    threshold = operating_threshold(np.array(true) >= PIRADS_POSITIVE_FROM, score, SPEC_SENSITIVITY)
+    if not np.isfinite(threshold):
+        log.warning("%s: the %d validation cases hold one class only (PI-RADS >= %d or below), so no operating "
+                    "threshold and no spec_at_sens90", task.name, len(true), PIRADS_POSITIVE_FROM)
+    else:
+        log.info("%s: P(PI-RADS >= %d) threshold %.4f for sensitivity %.2f on %d validation cases", task.name,
+                 PIRADS_POSITIVE_FROM, threshold, SPEC_SENSITIVITY, len(true))
+    return threshold
 
 
 def prediction_montage(task: Task, shown: list, path: Path, title: str) -> None:

@@ -49,24 +49,45 @@ def multiclass_auc(y_true, prob, n_classes: int) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def _specificity(curve: tuple[np.ndarray, np.ndarray] | None, sensitivity: float) -> float:
-    """The highest specificity on the ROC curve among operating points with sensitivity >= `sensitivity`."""
-    if curve is None:
+def operating_threshold(positive, score, sensitivity: float) -> float:
+    """The highest score threshold at which calling `score >= threshold` positive reaches `sensitivity` on these
+    cases (scikit-learn's ROC thresholds), for use on other cases; NaN when a class is missing."""
+    positive = np.asarray(positive).astype(bool)
+    if positive.all() or not positive.any():
         return float("nan")
-    fpr, tpr = curve
-    return float((1.0 - fpr[tpr >= sensitivity - 1e-12]).max())
+    from sklearn.metrics import roc_curve
+
+    _, tpr, thresholds = roc_curve(positive, score, drop_intermediate=False)
+    return float(thresholds[np.argmax(tpr >= sensitivity - 1e-12)])
 
 
-def pirads_metrics(y_true, prob) -> dict[str, float]:
-    """PI-RADS 2-5: macro OvR AUC, AUC of P(>=3) and P(>=4), specificity at 90% sensitivity for >=3.
-    prob columns are the classes [2, 3, 4, 5]."""
+def specificity_cases(positive, score, threshold: float) -> np.ndarray:
+    """Per case at a fixed threshold: 1.0 for a negative called negative (score < threshold), 0.0 for a negative
+    called positive, NaN for a positive; their mean is the specificity. All NaN for a NaN threshold."""
+    positive, score = np.asarray(positive).astype(bool), np.asarray(score, dtype=float)
+    called_negative = (score < threshold).astype(float)
+    return np.where(positive | ~np.isfinite(threshold), np.nan, called_negative)
+
+
+PIRADS_POSITIVE_FROM, SPEC_SENSITIVITY = 3, 0.9  # spec_at_sens90: PI-RADS >= 3 called at 90% sensitivity
+
+
+def pirads_positive_score(prob) -> np.ndarray:
+    """P(PI-RADS >= 3) from (n, 4) probabilities over the classes [2, 3, 4, 5]."""
+    return np.asarray(prob, dtype=float)[:, PIRADS_POSITIVE_FROM - 2:].sum(axis=1)
+
+
+def pirads_metrics(y_true, prob, threshold: float = float("nan")) -> dict[str, float]:
+    """PI-RADS 2-5: macro OvR AUC, AUC of P(>=3) and P(>=4), and the specificity for >=3 at `threshold` on P(>=3),
+    the threshold that gave 90% sensitivity on the validation split (operating_threshold; NaN: no threshold, no
+    specificity). prob columns are the classes [2, 3, 4, 5]."""
     y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=float)
-    ge3, ge4 = prob[:, 1:].sum(axis=1), prob[:, 2:].sum(axis=1)
-    curve_ge3 = _roc(y_true >= 3, ge3)
+    ge3, ge4 = pirads_positive_score(prob), prob[:, 2:].sum(axis=1)
+    spec = specificity_cases(y_true >= PIRADS_POSITIVE_FROM, ge3, threshold)
     return {"auc": multiclass_auc(y_true - 2, prob, 4),
-            "auc_ge3": _area(curve_ge3),
+            "auc_ge3": _binary_auc(y_true >= 3, ge3),
             "auc_ge4": _binary_auc(y_true >= 4, ge4),
-            "spec_at_sens90": _specificity(curve_ge3, 0.9)}
+            "spec_at_sens90": float(np.nanmean(spec)) if np.isfinite(spec).any() else float("nan")}
 
 
 def regression_metrics(true_norm, pred_norm, scale: float, offset: float = 0.0) -> dict[str, float]:

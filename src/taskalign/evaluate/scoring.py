@@ -73,12 +73,13 @@ def case_scores(task: Task, prediction: np.ndarray, target: torch.Tensor, norm: 
     return {"ssim": ssim_3d(prediction, true, data_range), "l1": float(np.abs(prediction - true).mean())}
 
 
-def split_metrics(task: Task, cases: pd.DataFrame, norm: dict) -> dict[str, float]:
-    """The task's metrics over a set of per-case rows (a split or a bootstrap resample)."""
+def split_metrics(task: Task, cases: pd.DataFrame, norm: dict, threshold: float = float("nan")) -> dict[str, float]:
+    """The task's metrics over a set of per-case rows (a split or a bootstrap resample); `threshold`: PI-RADS's
+    operating point from the validation split (taskalign.evaluate.metrics.pirads_metrics)."""
     if task.kind == "classification":
         prob = cases[[f"prob_{c}" for c in task.type.classes]].to_numpy()
         if task.type.ordinal:
-            metrics = pirads_metrics(cases["true"].to_numpy(), prob)
+            metrics = pirads_metrics(cases["true"].to_numpy(), prob, threshold)
         else:
             metrics = {"auc": multiclass_auc(cases["true"].to_numpy(), prob, task.type.n_outputs)}
         metrics["accuracy"] = float((cases["true"] == cases["pred"]).mean())

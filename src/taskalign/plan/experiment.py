@@ -19,6 +19,8 @@ from taskalign.tasks.spec import TASK_TYPES, check_combination
 IMPORTERS = ("picai", "dicom", "nifti", "prostate158", "msd")
 
 
+ABLATION_BASELINE = ("scratch", "full")  # 002 Table 5: Swin-B without pretraining, the row the first change is from
+
 class PlanError(ValueError):
     """A config whose parts do not fit together; `problems` lists each as `key: what is wrong`."""
 
@@ -167,8 +169,12 @@ class Plan:
         except ValueError as err:
             problems.append(f"pretrain.ablation: {err}")
             return []
-        return [Run(task, f"pretrained:{variant}", ablation["protocol"], seed) for _, variant, _ in self.ablation_steps
-                for task in tasks if task in self.tasks for seed in ablation.get("seeds", [0])]
+        # 002 Table 5's first row is measured from the unpretrained backbone: scratch, fine-tuned in full
+        baseline = [Run(task, ABLATION_BASELINE[0], ABLATION_BASELINE[1], seed)
+                    for task in tasks if task in self.tasks for seed in ablation.get("seeds", [0])]
+        return baseline + [Run(task, f"pretrained:{variant}", ablation["protocol"], seed)
+                           for _, variant, _ in self.ablation_steps
+                           for task in tasks if task in self.tasks for seed in ablation.get("seeds", [0])]
 
     def _add_runs(self, runs: list[Run]) -> None:
         self.runs += [run for run in runs if run not in self.runs]

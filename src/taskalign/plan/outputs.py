@@ -134,11 +134,13 @@ def report_settings(plan: Plan, figure: bool = False) -> dict:
         "runs": [list(r) for r in sorted(plan.runs)],  # sorted: the order of tasks in the config is no setting
         "variant": plan.analysed,
         "min_performance_difference": plan.analysis["cka"]["min_performance_difference"],
+        "cka_tasks": plan.analysis["cka"]["tasks"],
         "models": [plan.model_label(m) for m in plan.models],
         "ablation": {"steps": [[f"{label} ({v})", f"pretrained:{v}", objs] for label, v, objs in plan.ablation_steps],
                      "protocol": (plan.pretrain.get("ablation") or {}).get("protocol")},
         "objective_sets": {v: spec["objectives"] for v, spec in plan.variants.items() if spec["source"] == "train"},
         "other_cohorts": sorted(c for c in plan.cohorts if c not in task_cohorts),
+        "bootstrap": plan.config["report"]["bootstrap"], "seed": plan.config["report"]["seed"],
     }
     if figure:
         settings.update(style=plan.config["report"]["style"], overlay_cases=plan.config["report"]["overlay_cases"])

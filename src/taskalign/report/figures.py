@@ -174,16 +174,20 @@ def _interval(c: pd.Series, name: str) -> str:
 def _draw_rpg_vs_distance(frame: pd.DataFrame, correlations: pd.DataFrame, st: dict) -> Figure:
     _require(frame, ("task", "rpg", *DISTANCES), "rpg_vs_distance")
     _require(correlations, CORRELATION_COLUMNS, "rpg_vs_distance correlations")
-    rows = [(m, r) for m in _groups(frame, "model") for r in _groups(_part(frame, model=m), "reference")]
-    colours = _colours(frame["task"])
+    drawn = frame[np.isfinite(frame["rpg"].to_numpy(float))]
+    if drawn.empty:
+        raise ValueError("rpg_vs_distance: no task has an RPG to draw")
+    rows = [(m, r) for m in _groups(drawn, "model") for r in _groups(_part(drawn, model=m), "reference")]
+    colours = _colours(drawn["task"])
     fig, axes = _figure(len(rows), len(DISTANCES))
     for row, (model, reference) in zip(axes, rows):
-        part = _part(frame, model=model, reference=reference)
+        part = _part(drawn, model=model, reference=reference)
         for ax, distance in zip(row, DISTANCES):
             for _, r in part.iterrows():
-                ax.scatter(r[distance], r["rpg"], color=colours[r["task"]], edgecolors="k", linewidths=0.5)
-                ax.annotate(str(r["task"]), (r[distance], r["rpg"]), xytext=(5, 3), textcoords="offset points",
-                            fontsize=st["font_size"] - 1)
+                # error bars: the seeds' spread of RPG, the distance's standard error over cases
+                ax.errorbar(r[distance], r["rpg"], xerr=r.get(f"{distance}_se", np.nan),
+                            yerr=r.get("rpg_seed_sd", np.nan), fmt="o", color=colours[r["task"]], mec="k", mew=0.5,
+                            elinewidth=0.8, capsize=2, label=str(r["task"]))
             c = _correlation_row(correlations, distance, reference, model)
             prefix = ": ".join(str(v) for v in (model, reference) if v is not None)
             ax.set_title(f"{prefix + ': ' if prefix else ''}RPG vs {distance.upper()}\n"
@@ -192,18 +196,32 @@ def _draw_rpg_vs_distance(frame: pd.DataFrame, correlations: pd.DataFrame, st: d
                          fontsize=st["font_size"] - 1)
             ax.set_xlabel(f"{distance.upper()} (unbiased MMD²)")
             ax.set_ylabel("RPG (%)")
+    # one legend of task colours instead of a text label at each point: labels cannot overlap
+    handles = {t: h for ax in fig.axes for h, t in zip(*ax.get_legend_handles_labels())}
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=st["font_size"] - 1,
+               title="task")
+    left_out = frame[~np.isfinite(frame["rpg"].to_numpy(float))]
+    if not left_out.empty:
+        notes = dict.fromkeys(f"{r['task']} ({r['reference']}): {r.get('note') or 'no RPG'}"
+                              if "reference" in left_out.columns else f"{r['task']}: {r.get('note') or 'no RPG'}"
+                              for _, r in left_out.iterrows())
+        fig.suptitle("\n".join(notes), fontsize=st["font_size"] - 1, color="0.3")
     return fig
 
 
 def rpg_vs_distance(frame: pd.DataFrame, correlations: pd.DataFrame, stem: str | Path, footer: str,
                     style: Mapping[str, Any] | None = None) -> int:
-    """001 Fig. 2: RPG (y) against D2R, D2P and D2S (x, unbiased MMD²), one labelled point per task, r with its
-    bootstrap interval (when given), p, rho and n in each title.
+    """001 Fig. 2: RPG (y) against D2R, D2P and D2S (x, unbiased MMD²), one point per task with error bars (y: the
+    fine-tuned seeds' std of RPG, `rpg_seed_sd`; x: the distance's standard error over cases, `<distance>_se`;
+    either column may be absent), tasks told apart by colour in one legend, r with its bootstrap interval (when
+    given), p, rho and n in each title; rows whose rpg is NaN (e.g. a reference scoring 0) are not drawn and are
+    named, with their `note`, above the panels.
 
-    frame columns: task, rpg, d2r, d2p, d2s and optionally model and reference: one row of three panels per
-    (model, reference), as 001 gives each foundation model a row. correlations columns: distance, pearson_r,
-    pearson_p, spearman_rho, spearman_p, n, optionally pearson_ci_low / pearson_ci_high, and model / reference
-    when frame has them; exactly one row per (model, reference, distance) drawn.
+    frame columns: task, rpg, d2r, d2p, d2s and optionally model, reference, rpg_seed_sd, d2r_se, d2p_se, d2s_se,
+    note: one row of three panels per (model, reference), as 001 gives each foundation model a row. correlations
+    columns: distance, pearson_r, pearson_p, spearman_rho, spearman_p, n, optionally pearson_ci_low /
+    pearson_ci_high, and model / reference when frame has them; exactly one row per (model, reference, distance)
+    drawn.
     """
     return _render(stem, footer, style, lambda st: _draw_rpg_vs_distance(frame, correlations, st))
 
@@ -312,12 +330,16 @@ def _draw_lens_heatmap(change: pd.DataFrame, st: dict) -> Figure:
     shown = values.loc[top]
     fig, axes = _figure(1, 1, (max(3.0, 0.7 * shown.shape[1] + 2.5), max(2.5, 0.2 * len(shown) + 1.2)))
     ax = axes[0, 0]
-    vmax = float(np.nanmax(np.abs(shown.to_numpy()))) or 1.0
+    finite_values = np.abs(shown.to_numpy())[np.isfinite(shown.to_numpy())]
+    # tasks below the lens's R² floor arrive blank (NaN); all blank: an empty, labelled map
+    vmax = float(finite_values.max()) if finite_values.size and finite_values.max() > 0 else 1.0
     # Signed changes need a diverging map centred on zero; magnitudes use the configured map.
     signed = bool((shown.to_numpy() < 0).any())
     image = ax.imshow(shown.to_numpy(), aspect="auto", interpolation="nearest",
                       cmap="RdBu_r" if signed else st["cmap"], vmin=-vmax if signed else 0.0, vmax=vmax)
-    ax.set_xticks(range(shown.shape[1]), [str(c) for c in shown.columns], rotation=45, ha="right")
+    blank = [c for c in shown.columns if not np.isfinite(shown[c].to_numpy(float)).any()]
+    ax.set_xticks(range(shown.shape[1]), [f"{c} (R² below floor)" if c in blank else str(c) for c in shown.columns],
+                  rotation=45, ha="right")
     ax.set_yticks(range(len(shown)), [str(i) for i in shown.index], fontsize=max(4, st["font_size"] - 2))
     ax.set_title(f"radiomic weight change (top {len(shown)} features)")
     fig.colorbar(image, ax=ax, label="weight change")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from taskalign.analysis.distances import rpg_metric, split_model
+from taskalign.plan.experiment import ABLATION_BASELINE
 from taskalign.plan.outputs import FIGURES, PERFORMANCE_TABLES
 from taskalign.report import figures
 from taskalign.report.tables.ablation import ablation_table
@@ -60,7 +61,8 @@ def performance(name: str, inputs: dict, settings: dict) -> Table:
     tasks = tasks_of_kind(settings, PERFORMANCE_TABLES[name])
     metrics = pd.read_csv(inputs["metrics"])
     cases = {run: pd.read_csv(path) for run, path in per_run(inputs["cases"]).items()}
-    return performance_table(metrics, cases, tasks, f"pretrained:{settings['variant']}", LOWER_IS_BETTER)
+    return performance_table(metrics, cases, tasks, f"pretrained:{settings['variant']}", LOWER_IS_BETTER,
+                             bootstrap=settings["bootstrap"], seed=settings["seed"])
 
 
 def cohorts(inputs: dict, settings: dict) -> Table:
@@ -83,9 +85,11 @@ def cka_frames(inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 def cka(inputs: dict, settings: dict) -> Table:
-    """000 Table 6: tasks whose FT-from-continual and FT-from-pretrained differ by the configured threshold."""
+    """000 Table 6: the configured tasks (analysis.cka.tasks), else those whose FT-from-continual and
+    FT-from-pretrained differ by the configured threshold."""
     return cka_table(*cka_frames(inputs), variant=settings["variant"],
-                     threshold=settings["min_performance_difference"], lower_is_better=LOWER_IS_BETTER)
+                     threshold=settings["min_performance_difference"], lower_is_better=LOWER_IS_BETTER,
+                     tasks=settings["cka_tasks"])
 
 
 def cka_supplementary(inputs: dict, settings: dict) -> Table:
@@ -105,8 +109,9 @@ def compute(inputs: dict, settings: dict) -> Table:
 
 def ablation(inputs: dict, settings: dict) -> Table:
     metrics = pd.read_csv(inputs["metrics"])
+    init, protocol = ABLATION_BASELINE  # the plan fine-tunes it on every ablation task and seed
     return ablation_table(metrics, settings["ablation"]["steps"], protocol=settings["ablation"]["protocol"],
-                          lower_is_better=LOWER_IS_BETTER)
+                          lower_is_better=LOWER_IS_BETTER, baseline=(f"{init} (no pretraining)", init, protocol))
 
 
 def lens(inputs: dict, settings: dict) -> Table:
@@ -213,15 +218,23 @@ def fig_cka(stem: Path, inputs: dict, settings: dict) -> int:
     return figures.cka_heatmaps(matrices, stem, footer(), settings["style"])
 
 
+def lens_shown(path: str) -> pd.DataFrame:
+    """lens.csv with the change of tasks below the lens's R² floor blanked (NaN; `interpretable` False)."""
+    table = pd.read_csv(path)
+    if "interpretable" in table.columns:
+        table.loc[~table["interpretable"].astype(bool), "change"] = np.nan
+    return table
+
+
 def fig_lens_heatmap(stem: Path, inputs: dict, settings: dict) -> int:
-    table = pd.read_csv(inputs["lens"])
+    table = lens_shown(inputs["lens"])
     return figures.lens_heatmap(table.pivot(index="feature", columns="task", values="change"), stem, footer(),
                                 settings["style"])
 
 
 def fig_lens_bars(stem: Path, inputs: dict, settings: dict) -> int:
-    table = pd.read_csv(inputs["lens"])
-    groups = table.groupby(["task", "group"], sort=False)["change"].sum().reset_index()
+    table = lens_shown(inputs["lens"])
+    groups = table.groupby(["task", "group"], sort=False)["change"].sum(min_count=1).reset_index()
     return figures.lens_class_bars(groups, stem, footer(), settings["style"])
 
 

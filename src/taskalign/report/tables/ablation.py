@@ -69,7 +69,9 @@ def ablation_table(metrics: pd.DataFrame, steps: Sequence[tuple[str, str, Sequen
             means[label] = s["mean"]
             previous = s["mean"] if finite(s["mean"]) else previous
         bold[(column, "mean ± std")] = best_cells(means, metric in lower_is_better)
+    first = (f"the first from the {baseline[0]} row ({baseline[1]}, {baseline[2]} protocol: 002's Swin-B baseline)"
+             if baseline else "the first without a baseline row (–)")
     caption = (f"Ablation over pretraining objectives (002 Table 5): cumulative rows, each variant fine-tuned with "
                f"the {protocol} protocol; primary metric per task, mean ± std over seeds, and the change from the "
-               "previous row (↑/↓: the value rose/fell); best in bold. See docs/deviations.md.")
+               f"previous row (↑/↓: the value rose/fell), {first}; best in bold. See docs/deviations.md.")
     return Table(cells, pd.DataFrame(list(raw.values())), caption, bold)

@@ -4,7 +4,7 @@ with the performance gain of fine-tuning from the continual encoder."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import pandas as pd
 
@@ -102,15 +102,21 @@ def _delta_cells(deltas: pd.DataFrame, layers: list[int], digits: int) -> tuple[
 
 
 def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str, threshold: float | None,
-           lower_is_better: Collection[str], protocol: str, digits: int) -> Table:
+           lower_is_better: Collection[str], protocol: str, digits: int, chosen: Sequence[str] | None = None) -> Table:
     diagonal = _diagonal(cka, protocol)
     check_same_finetuned(diagonal)
     layers = sorted(diagonal["layer"].unique())
     columns = [f"L{n}" for n in layers] + [AVG]
     gains = performance_gains(metrics, variant, protocol, lower_is_better).set_index("task")
     tasks = list(dict.fromkeys(diagonal["task"]))
-    if threshold is not None:
-        tasks = [t for t in tasks if t in gains.index and abs(gains.loc[t, "gain"]) >= threshold]
+    meets = [t for t in tasks if t in gains.index and abs(gains.loc[t, "gain"]) >= (threshold or 0.0)]
+    if chosen is not None:
+        missing = [t for t in chosen if t not in tasks]
+        if missing:
+            raise ValueError(f"analysis.cka.tasks: no Table 6 CKA results for {missing} (computed for {tasks})")
+        tasks = list(chosen)
+    elif threshold is not None:
+        tasks = meets
     pairs = [PRETRAINED_CONTINUAL, PRETRAINED_FT, CONTINUAL_FT] + ([] if threshold is not None else [FROM_CONTINUAL])
     means = deltas.assign(seed=deltas["seed"].astype(str), protocol=deltas["protocol"].fillna("").astype(str))
     means = means[(means["seed"] == "mean") & (means["protocol"] == protocol)]
@@ -149,18 +155,27 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
                          columns=pd.MultiIndex.from_tuples(table_columns, names=["estimator", "layer"]))
     stars = pd.DataFrame([[marks.get(r, {}).get(c, "") for c in table_columns] for r in rows], index=index,
                          columns=cells.columns)
-    selection = (f"tasks whose primary metric differs by at least {threshold:g} between FT from continual and FT from "
-                 "pretrained (000 analyses tasks differing by ~0.2% or more; all tasks: supplementary table)"
-                 if threshold is not None else "all tasks (the main table keeps those whose performance differs by "
-                 "at least the configured threshold)")
+    if chosen is not None:
+        below = [t for t in tasks if t not in meets]
+        selection = (f"the configured tasks {', '.join(tasks)} (analysis.cka.tasks, as 000's Table 6 chose them; "
+                     + (f"{', '.join(below)} differ by less than {threshold:g}; " if below else "")
+                     + "all tasks: supplementary table)")
+    elif threshold is not None:
+        selection = (f"tasks whose primary metric differs by at least {threshold:g} between FT from continual and FT "
+                     "from pretrained (000 analyses tasks differing by ~0.2% or more; all tasks: supplementary table)")
+    else:
+        selection = ("all tasks (the main table keeps those whose performance differs by at least the configured "
+                     "threshold, or the configured tasks)")
     caption = (f"Layer-wise and average CKA between encoder pairs on each task's test images, {selection}. "
                f"Finetuned = ONE encoder fine-tuned from the pretrained weights ({protocol} protocol), the same "
                "file in both Finetuned rows; cells: mean ± std over fine-tuning seeds (no ± for one seed). "
                "Left: the paper's biased linear CKA; right: debiased CKA (unbiased HSIC). "
                f"{NOT_ABOVE_NULL}: not above the 95th percentile of the shuffled-rows null (biased CKA of unrelated "
                "features is about d/(n+d)). Δ = CKA(continual, FT) − CKA(pretrained, FT): seed mean ± std over seeds "
-               "[95% interval over case subsamples without replacement, the same subsamples for both CKAs and all "
-               "seeds]. Performance gain: primary metric of FT from continual minus FT from pretrained, seed means, "
+               "[95% interval over the test cases: Δ ± 1.96 × the delete-1 jackknife standard error, both CKAs and "
+               "all seeds leaving out the same case; it covers Δ's expectation for these encoders, not the spread "
+               "between fine-tuning runs, which the ± gives]. Performance gain: primary metric of FT from continual "
+               "minus FT from pretrained, seed means, "
                "on the metric's own scale, sign flipped where lower is better. Correlation: Pearson r and Spearman ρ "
                f"across the tasks shown between Δ at {last} and the gain, permutation p (exact over all orderings "
                "for up to 8 tasks, else 10000 random orderings). See docs/deviations.md.")
@@ -169,17 +184,17 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
 
 def cka_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str,
               threshold: float = MIN_PERFORMANCE_DIFFERENCE, lower_is_better: Collection[str] = (),
-              protocol: str = "full", digits: int = 3) -> Table:
-    """Seed 000 Table 6 for the tasks whose performance gain (see performance_gains) is at least `threshold` in
-    absolute value: per task the rows Pretrained–Continual, Pretrained–Finetuned, Continual–Finetuned (the same
-    FT encoder, fine-tuned from the pretrained weights with `protocol`) and Δ, columns L<n> for the block layers
+              protocol: str = "full", digits: int = 3, tasks: Sequence[str] | None = None) -> Table:
+    """Seed 000 Table 6 for `tasks` (in that order, e.g. 000's lesion_seg and pirads_cls), else for the tasks whose
+    performance gain (see performance_gains) is at least `threshold` in absolute value: per task the rows
+    Pretrained–Continual, Pretrained–Finetuned, Continual–Finetuned (the same FT encoder, fine-tuned from the pretrained weights with `protocol`) and Δ, columns L<n> for the block layers
     present and their average, linear CKA beside debiased CKA, and the correlation row.
 
     cka: the CKA stage's CSV (results/analysis/cka.csv: task, pair, protocol, seed, file_b, layer_a, layer_b,
     linear, debiased, null_<estimator>_p95, ...); deltas: its --deltas-out CSV; metrics: metrics.csv rows (task,
     init, protocol, seed, metric, value, primary)."""
     return _build(cka, deltas, metrics, variant=variant, threshold=threshold, lower_is_better=lower_is_better,
-                  protocol=protocol, digits=digits)
+                  protocol=protocol, digits=digits, chosen=tasks)
 
 
 def cka_supplementary_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str,

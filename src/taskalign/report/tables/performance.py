@@ -1,5 +1,7 @@
-"""Seed 000 Tables 2-5: performance per task and init, seed spread, the seed mean's interval and paired
-significance marks, with patients (not cases x seeds) as the unit of every resample and test."""
+"""Seed 000 Tables 2-5: performance per task and init, seed spread, an interval of the training procedure's mean and
+significance marks between procedures. The unit of inference is the training procedure (init and protocol): its
+training runs (seeds) and the test patients are both samples, so intervals and tests count both sources of
+variance."""
 
 from __future__ import annotations
 
@@ -10,29 +12,21 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import pandas as pd
 
-from taskalign.analysis.stats import (bootstrap_p, patient_bootstrap_weights, patient_means, percentile_interval,
-                                      stars, weighted_auc, weighted_macro_auc, weighted_mean, weighted_specificity,
-                                      wilcoxon_paired)
+from taskalign.analysis.stats import (MIN_SEEDS, patient_bootstrap_weights, procedure_interval, procedure_test,
+                                      stars, weighted_auc, weighted_macro_auc, weighted_mean)
 from taskalign.report.tables.model import MISSING, STARS_LEGEND, Table, best_cells, finite
 
 log = logging.getLogger(__name__)
 
 STAT_FIELDS = ("mean", "std", "ci_low", "ci_high", "n_seeds", "p_value", "stars", "test")
 _AUC_GE = re.compile(r"auc_ge(\d+)$")
-SPEC_POSITIVE_FROM, SPEC_SENSITIVITY = 3, 0.9  # spec_at_sens90: PI-RADS >= 3 at 90% sensitivity (pirads_metrics)
 PERCENT_DIGITS = 2  # 000 prints AUC as a percentage with two decimals (Table 2)
-BOOTSTRAP_TEST = "paired patient bootstrap of the seed-mean difference"
-WILCOXON_TEST = "Wilcoxon signed-rank on per-patient values averaged over seeds"
+PROCEDURE_TEST = "Welch-Satterthwaite t over training runs and paired patient resamples"
 
 
 def is_percent(metric: str) -> bool:
     """Metrics 000 prints as percentages (AUCs, Table 2) and their kin (accuracy, specificity)."""
     return metric in ("auc", "accuracy", "spec_at_sens90") or bool(_AUC_GE.match(metric))
-
-
-def is_curve(metric: str) -> bool:
-    """Metrics of the whole ROC curve: no per-case value, so they are compared by the paired bootstrap."""
-    return metric in ("auc", "spec_at_sens90") or bool(_AUC_GE.match(metric))
 
 
 def seed_stats(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -51,7 +45,9 @@ def _task_metrics(metrics: pd.DataFrame, task: str) -> list[str]:
 
 def _case_values(metric: str, cases: pd.DataFrame) -> np.ndarray | None:
     """The per-case quantity whose mean is `metric`; None for the ROC-curve metrics."""
-    if metric in cases.columns:  # dice, dice_<structure>, empty_correct, ssim, l1
+    # dice, dice_<structure>, empty_correct, ssim, l1, spec_at_sens90 (1/0 per negative case at the validation
+    # threshold, NaN for positives: taskalign.evaluate.metrics.specificity_cases)
+    if metric in cases.columns:
         return cases[metric].to_numpy(float)
     if metric == "mse":
         return ((cases["pred_norm"] - cases["true_norm"]) ** 2).to_numpy(float)
@@ -82,9 +78,6 @@ def metric_draws(metric: str, cases: pd.DataFrame, weights: np.ndarray) -> np.nd
     ge = _AUC_GE.match(metric)
     if ge:
         return weighted_auc(true >= int(ge[1]), prob[:, [c >= int(ge[1]) for c in classes]].sum(axis=1), weights)
-    if metric == "spec_at_sens90":
-        score = prob[:, [c >= SPEC_POSITIVE_FROM for c in classes]].sum(axis=1)
-        return weighted_specificity(true >= SPEC_POSITIVE_FROM, score, weights, SPEC_SENSITIVITY)
     return None
 
 
@@ -108,42 +101,17 @@ def _seed_frames(cases: Mapping, task: str, run: tuple[str, str], case_ids: pd.I
     return [cases[(task, *run, s)].set_index("case_id").reindex(case_ids).reset_index() for s in seeds]
 
 
-def _seed_averaged_patients(metric: str, frames: list[pd.DataFrame], patient: np.ndarray) -> np.ndarray | None:
-    """Per-patient values: each case averaged over seeds first, then a patient's cases averaged."""
-    values = [_case_values(metric, f) for f in frames]
-    if not values or values[0] is None:
-        return None
-    stacked = np.stack(values)
-    finite = np.isfinite(stacked)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_case = np.where(finite.any(axis=0), np.where(finite, stacked, 0).sum(axis=0) / finite.sum(axis=0), np.nan)
-    return patient_means(per_case, patient)
-
-
-def _paired_p(metric: str, run: list[pd.DataFrame], base: list[pd.DataFrame], run_draws, base_draws,
-              patient: np.ndarray) -> tuple[float, str]:
-    if is_curve(metric):
-        if run_draws is None or base_draws is None:
-            return float("nan"), ""
-        return bootstrap_p(run_draws - base_draws), BOOTSTRAP_TEST
-    a, b = _seed_averaged_patients(metric, run, patient), _seed_averaged_patients(metric, base, patient)
-    if a is None or b is None:
-        return float("nan"), ""
-    both = np.isfinite(a) & np.isfinite(b)  # lesion Dice: patients with a lesion only
-    return (wilcoxon_paired(a[both], b[both]), WILCOXON_TEST) if both.sum() >= 2 else (float("nan"), "")
-
-
-def _seed_mean_draws(metric: str, frames: list[pd.DataFrame], weights: np.ndarray) -> np.ndarray | None:
-    """(B,) seed mean of the metric, every seed recomputed on the same patient resamples."""
+def _seed_draws(metric: str, frames: list[pd.DataFrame], weights: np.ndarray) -> np.ndarray | None:
+    """(S, B) the metric of every seed on the same patient resamples (rows of `weights`)."""
     draws = [metric_draws(metric, f, weights) for f in frames]
-    return np.mean(draws, axis=0) if draws and draws[0] is not None else None
+    return np.stack(draws) if draws and draws[0] is not None else None
 
 
 def _check_recomputed(label: str, metric: str, frames: list[pd.DataFrame], mean: float) -> None:
     """The intervals recompute the metric from cases.csv: warn when that disagrees with metrics.csv."""
-    full = _seed_mean_draws(metric, frames, np.ones((1, len(frames[0]))))
-    if full is not None and finite(mean) and not np.isclose(full[0], mean, rtol=1e-6, atol=1e-9):
-        log.warning("%s %s: recomputed from cases %.6g, metrics.csv %.6g", label, metric, full[0], mean)
+    full = _seed_draws(metric, frames, np.ones((1, len(frames[0]))))
+    if full is not None and finite(mean) and not np.isclose(np.nanmean(full), mean, rtol=1e-6, atol=1e-9):
+        log.warning("%s %s: recomputed from cases %.6g, metrics.csv %.6g", label, metric, np.nanmean(full), mean)
 
 
 # --- builder ------------------------------------------------------------------------------------------------------
@@ -160,21 +128,30 @@ def _cell(s: pd.Series, low: float, high: float, metric: str, digits: int) -> st
     return text
 
 
+def _too_few_seeds_note(short: list[str]) -> str:
+    if not short:
+        return ""
+    return (f" {', '.join(short)}: fewer than {MIN_SEEDS} training runs, so no interval and no mark: one run "
+            "says nothing about how much training runs differ, and an interval or test without that spread "
+            "speaks for these seeds, not for the procedure.")
+
+
 def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str, int], pd.DataFrame],
                       tasks: list[str], baseline_init: str, lower_is_better: Collection[str], *,
                       baseline_protocol: str = "full", digits: int = 3, patients: Mapping[str, str] | None = None,
                       bootstrap: int = 2000, seed: int = 0, level: float = 0.95) -> Table:
     """Seed 000 Tables 2-5: one row per init (with its protocol when the init ran several), per task its metrics
-    (primary first). Cell = mean ± sample std over seeds (no ± for one seed) [the `level` percentile interval of
-    the seed mean over `bootstrap` resamples of patients, every seed's metric recomputed on each resample]. AUCs,
-    accuracy and specificity in percent (000 Table 2), the rest as fractions / in their units. The best mean per
-    column is bold (lowest for metrics in `lower_is_better`).
+    (primary first). Cell = mean ± sample std over seeds (no ± for one seed) [`level` interval of the training
+    procedure's mean]. AUCs, accuracy and specificity in percent (000 Table 2), the rest as fractions / in their
+    units. The best mean per column is bold (lowest for metrics in `lower_is_better`).
 
-    Marks: two-sided paired test of each run against (baseline_init, baseline_protocol), patients as the unit
-    (`patients`: case_id -> patient_id, else the cases' patient_id column). ROC metrics (auc, auc_ge<k>,
-    spec_at_sens90): the paired patient bootstrap of the seed-mean difference (the same resamples for both runs);
-    per-case metrics (Dice, SSIM, L1, squared / absolute errors, accuracy): Wilcoxon signed-rank on per-patient
-    values, each case averaged over the run's seeds first. The baseline row and runs without cases get no mark.
+    The unit of inference is the training procedure (init, protocol): both its training runs (seeds) and the test
+    patients are samples. Interval: taskalign.analysis.stats.procedure_interval (seed spread + patient bootstrap,
+    `bootstrap` resamples of patients from `seed`, every seed's metric recomputed on each resample). Marks:
+    two-sided taskalign.analysis.stats.procedure_test of each run against (baseline_init, baseline_protocol), the
+    patient resamples shared (paired); `patients`: case_id -> patient_id, else the cases' patient_id column.
+    Runs with fewer than MIN_SEEDS seeds get neither (the caption says why); the baseline row and runs without
+    cases get no mark.
 
     metrics: columns task, init, protocol, seed, metric, value, primary (metrics.csv).
     cases: (task, init, protocol, seed) -> that run's cases.csv frame (case_id and the per-case columns).
@@ -194,13 +171,18 @@ def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str,
     bold = pd.DataFrame(False, index=index, columns=columns)
     star_cells = pd.DataFrame("", index=index, columns=columns)
     raw = {label: {"init": init, "protocol": protocol} for label, (init, protocol) in zip(labels, runs)}
+    short = set()
     for task in tasks:
         task_frames = [frame for key, frame in cases.items() if key[0] == task]
         patient = _patient_of(task_frames, patients) if task_frames else pd.Series(dtype=str)
         weights = patient_bootstrap_weights(patient.to_numpy(), bootstrap, seed) if task_frames else None
+        ones = np.ones((1, len(patient)))
+        n_patients = int(patient.nunique())
         frames = {run: _seed_frames(cases, task, run, patient.index) for run in runs}
         for metric in _task_metrics(rows, task):
-            draws = {run: _seed_mean_draws(metric, f, weights) if f else None for run, f in frames.items()}
+            draws = {run: _seed_draws(metric, f, weights) if f else None for run, f in frames.items()}
+            per_seed = {run: _seed_draws(metric, f, ones)[:, 0] if draws[run] is not None else None
+                        for run, f in frames.items()}
             means = pd.Series(np.nan, index=index)
             for label, run in zip(labels, runs):
                 if (task, metric, *run) not in stats.index:
@@ -208,9 +190,15 @@ def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str,
                 s = stats.loc[(task, metric, *run)]
                 if frames[run]:
                     _check_recomputed(f"{task} {label}", metric, frames[run], s["mean"])
-                low, high = percentile_interval(draws[run], level) if draws[run] is not None else (np.nan, np.nan)
-                p, test = (float("nan"), "") if run == base or not frames[run] or not frames.get(base) else \
-                    _paired_p(metric, frames[run], frames[base], draws[run], draws[base], patient.to_numpy())
+                if min(s["n_seeds"], len(frames[run]) or s["n_seeds"]) < MIN_SEEDS:  # seeds with cases count
+                    short.add(label)
+                low, high, p, test = np.nan, np.nan, float("nan"), ""
+                if draws[run] is not None:
+                    low, high = procedure_interval(per_seed[run], draws[run].mean(axis=0), n_patients, level)
+                    if run != base and draws.get(base) is not None:
+                        p, _ = procedure_test(per_seed[run], per_seed[base],
+                                              draws[run].mean(axis=0) - draws[base].mean(axis=0), n_patients)
+                        test = PROCEDURE_TEST if finite(p) else ""
                 star = stars(p)
                 cells.loc[label, (task, metric)] = _cell(s, low, high, metric, digits)
                 star_cells.loc[label, (task, metric)] = star
@@ -219,12 +207,15 @@ def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str,
                           "n_seeds": int(s["n_seeds"]), "p_value": p, "stars": star, "test": test}
                 raw[label].update({f"{task}/{metric}/{name}": values[name] for name in STAT_FIELDS})
             bold[(task, metric)] = best_cells(means, metric in lower_is_better)
-    caption = (f"Performance on {', '.join(tasks)}: mean ± sample std over fine-tuning seeds (no ± for one seed) "
-               f"and, in brackets, the {level:.0%} percentile bootstrap interval of the seed mean ({bootstrap} "
-               "resamples of patients, every seed's metric recomputed on each resample); AUC, accuracy and "
-               "specificity in %, other metrics as fractions or in their units; best mean per column in bold. Marks: "
-               f"two-sided paired tests against {baseline_init} ({baseline_protocol}) with patients as the unit: "
-               "for AUC and specificity a paired patient bootstrap of the seed-mean difference, for the other "
-               "metrics a Wilcoxon signed-rank test on per-patient values averaged over seeds; "
-               f"{STARS_LEGEND}. See docs/deviations.md.")
+    caption = (f"Performance on {', '.join(tasks)}: mean ± sample std over fine-tuning seeds (no ± for one seed). "
+               "Unit of inference: the training procedure (init and protocol), with its training runs (seeds) and "
+               f"the test patients both as samples. In brackets, the {level:.0%} interval of the procedure's mean: "
+               "seed mean ± sqrt(t²(seeds − 1 df) × seed variance / seeds + t²(patients − 1 df) × "
+               f"patient-bootstrap variance of the seed mean), {bootstrap} resamples of patients (seed {seed}), "
+               "every seed's metric recomputed on each resample. AUC, accuracy and specificity in %, other metrics as fractions or in "
+               "their units; specificity at 90% sensitivity uses the threshold read off the validation split; best "
+               f"mean per column in bold. Marks: two-sided tests against {baseline_init} ({baseline_protocol}), "
+               "a t of the seed-mean difference over both procedures' seed variances and the paired "
+               "patient-bootstrap variance of their difference (Welch-Satterthwaite df); "
+               f"{STARS_LEGEND}.{_too_few_seeds_note(sorted(short))} See docs/deviations.md.")
     return Table(cells, pd.DataFrame(list(raw.values())), caption, bold, star_cells)
