@@ -34,7 +34,7 @@ TASKS = {
 
 
 def task(name: str) -> Task:
-    return Task.from_config(name, TASKS[name])
+    return Task.from_config(name, {"type": name, **TASKS[name]})
 
 
 def params(seed: int = 0, epochs: int = 3) -> dict:
@@ -248,7 +248,7 @@ def test_residual_restoration_models_start_as_the_identity(name):
     for model in (encoder_model(task(name), Encoder(GEOMETRY), CHANNELS, HEAD),
                   specialist_model(task(name), CHANNELS, {"channels": [4, 8, 16]})):
         assert torch.equal(model(image), image[:, :1]), type(model).__name__
-    translation = encoder_model(Task.from_config("translation", {"cohort": "anatomy", "inputs": ["t2w"]}),
+    translation = encoder_model(Task.from_config("translation", {"type": "translation", "cohort": "anatomy", "inputs": ["t2w"]}),
                                 Encoder(GEOMETRY), CHANNELS, HEAD)
     assert not torch.equal(translation(image), image[:, :1])  # no residual where input and target differ
 
@@ -267,7 +267,7 @@ def test_mask_prior_counts_the_training_masks(tmp_path):
         np.save(tmp_path / case / "zones.npy", z)
         np.save(tmp_path / case / "lesion.npy", les)
     rows = pd.DataFrame({"cache_dir": [str(tmp_path / "a"), str(tmp_path / "b")]})
-    binary = mask_prior(rows, Task.from_config("lesion_seg", {"cohort": "promis", "inputs": CHANNELS}))
+    binary = mask_prior(rows, Task.from_config("lesion_seg", {"type": "lesion_seg", "cohort": "promis", "inputs": CHANNELS}))
     np.testing.assert_allclose(binary.numpy(), np.array([77, 5]) / 82)  # 76 + 1, 4 + 1 of 80 voxels
     zone = mask_prior(rows, task("zone_seg")).numpy()
     assert zone.shape == (9,)
@@ -282,7 +282,7 @@ def test_segmentation_models_start_at_the_class_prior(name):
     from taskalign.models.heads import n_model_outputs, specialist_model
     from taskalign.models.task_model import start_at_prior
 
-    seg = Task.from_config(name, {"cohort": "anatomy", "inputs": CHANNELS})
+    seg = Task.from_config(name, {"type": name, "cohort": "anatomy", "inputs": CHANNELS})
     n = max(n_model_outputs(seg), 2)
     prior = torch.full((n,), 0.02 / (n - 1), dtype=torch.float64)
     prior[0] = 0.98

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics.pairwise import rbf_kernel
 
+from taskalign.tasks.spec import Task
 from taskalign.analysis.distances import (CORRELATION_COLUMNS, all_distances, rpg_correlations, rpg_rows,
                                           rpg_table, split_model)
 from taskalign.analysis.feature_files import write_features
@@ -204,7 +205,8 @@ def _metrics(models) -> pd.DataFrame:
 def test_rpg_per_model_with_bootstrap(distances_inputs):
     distances = all_distances(distances_inputs, SETTINGS)
     models = list(distances_inputs)
-    entries = rpg_rows(_metrics(models), distances, models)
+    tasks = {t: Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"]}) for t in TASKS}
+    entries = rpg_rows(_metrics(models), distances, models, tasks)
     table = rpg_table(entries)
     assert len(table) == 2 * 3 * 2
     pirads = table[(table["task"] == "pirads_cls") & (table["reference"] == "random")].iloc[0]

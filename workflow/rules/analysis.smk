@@ -91,6 +91,7 @@ rule rpg:
         correlations=layout.analysis_file("rpg_correlations.csv"),
     params:
         models=" ".join(PLAN.model_label(m) for m in PLAN.models),
+        tasks=as_json({t: PLAN.task_spec(t) for t in PLAN.tasks}),
         bootstrap=ANALYSIS["rpg"]["bootstrap"],
         seed=config["seed"],
     log:
@@ -99,7 +100,7 @@ rule rpg:
         "../../envs/taskalign.yaml"
     shell:
         "python -m taskalign.cli.rpg --metrics {input.metrics} --distances {input.distances}"
-        " --models {params.models} --bootstrap {params.bootstrap} --seed {params.seed}"
+        " --models {params.models} --tasks {params.tasks:q} --bootstrap {params.bootstrap} --seed {params.seed}"
         " --rpg {output.rpg} --correlations {output.correlations} 2> {log}"
 
 

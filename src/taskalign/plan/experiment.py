@@ -12,7 +12,7 @@ from functools import cached_property
 
 from taskalign.plan import layout
 from taskalign.plan.layout import Run
-from taskalign.tasks.spec import TASK_TYPES, check_combination
+from taskalign.tasks.spec import Task, check_combination, task_problems
 
 IMPORTERS = ("picai", "dicom", "nifti", "prostate158", "msd")
 
@@ -66,8 +66,7 @@ class Plan:
         for name, spec in self.tasks.items():
             if spec["cohort"] not in self.cohorts:
                 problems.append(f"tasks.{name}.cohort: unknown cohort '{spec['cohort']}'")
-            required = {"super_res": ["factor"], "distortion": ["amplitude_mm", "decay_mm"]}.get(name, [])
-            problems += [f"tasks.{name}: needs '{key}'" for key in required if key not in spec]
+            problems += task_problems(name, spec)  # the type exists and takes these options
         for n, model in enumerate(self.models):
             if model["variant"] not in self.variants:
                 problems.append(f"analysis.models[{n}].variant: '{model['variant']}' is not in pretrain.variants")
@@ -192,9 +191,12 @@ class Plan:
 
     def cache_fields(self, cohort: str) -> list[str]:
         """Per-case arrays preprocessing precomputes for the tasks on this cohort (the distortion's distance field)."""
-        rectal_air = any(TASK_TYPES[t].degradation == "rectal_air" for t, spec in self.tasks.items()
-                         if spec["cohort"] == cohort)
-        return ["rectum_distance"] if rectal_air else []
+        fields = [f for t, spec in self.tasks.items() if spec["cohort"] == cohort for f in self.task(t).type.cache_fields]
+        return list(dict.fromkeys(fields))
+
+    def task(self, name: str) -> Task:
+        """The configured task `name` (its type and kind, cohort, inputs and options)."""
+        return Task.from_config(name, self.task_spec(name))
 
     def task_cohort(self, task: str) -> str:
         return self.tasks[task]["cohort"]
@@ -262,7 +264,7 @@ class Plan:
     def finetune_settings(self, task: str) -> dict:
         """`finetune` with the task's own overrides; batch_size ends up as this task's integer."""
         settings = {k: self.finetune[k] for k in ("epochs", "lr", "warmup_epochs", "weight_decay")}
-        settings["batch_size"] = self.finetune["batch_size"][TASK_TYPES[task].kind]
+        settings["batch_size"] = self.finetune["batch_size"][self.task(task).kind.group]
         settings.update(self.tasks[task].get("finetune", {}))
         return settings
 

@@ -1,4 +1,5 @@
-"""The SPEC's loss per task, by the name in its `TaskType.loss`, from torch's and MONAI's losses.
+"""The SPEC's loss per task, by the name in its `TaskType.loss` (or the task's `loss` option), from torch's and
+MONAI's losses.
 
 Every loss takes (model output, target) as the task's samples give them and returns a scalar tensor.
 """
@@ -9,7 +10,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss, SSIMLoss
+from monai.losses import DiceCELoss, SSIMLoss, TverskyLoss
 
 from taskalign.tasks.spec import Task
 
@@ -38,6 +39,18 @@ def l1_ssim(weights: torch.Tensor | None) -> Loss:
     return loss
 
 
+def ssim_per_case(weights: torch.Tensor | None) -> Loss:
+    """1 - SSIM of each case on its target's [0, 1]-scaled range, shape (B,): the DDPM translation weights it per
+    case by its noise level (taskalign.tasks.kinds.DiffusionTranslation)."""
+    ssim = SSIMLoss(spatial_dims=3, data_range=1.0, win_size=3, reduction="none")
+
+    def loss(out, target):
+        low, high = target.amin(dim=(1, 2, 3, 4), keepdim=True), target.amax(dim=(1, 2, 3, 4), keepdim=True)
+        scale = (high - low).clamp(min=1e-6)
+        return ssim(((out.float() - low) / scale).clamp(-1, 2), (target - low) / scale).flatten(1).mean(dim=1)
+    return loss
+
+
 # name -> factory taking the class weights (None unless the task is class-weighted)
 LOSSES: dict[str, Callable[[torch.Tensor | None], Loss]] = {
     "cross_entropy": cross_entropy,
@@ -46,6 +59,9 @@ LOSSES: dict[str, Callable[[torch.Tensor | None], Loss]] = {
     "batch_dice_bce": batch_dice_bce,
     "l1": lambda weights: lambda out, target: F.l1_loss(out.float(), target),
     "l1_ssim": l1_ssim,
+    "ssim_per_case": ssim_per_case,
+    # 001's lesion segmentation: Tversky (alpha = beta = 0.5 is Dice; MONAI's defaults) on the sigmoid output
+    "tversky": lambda weights: TverskyLoss(sigmoid=True),
 }
 
 
@@ -61,4 +77,4 @@ def class_weights(task: Task, rows) -> torch.Tensor | None:
 
 def task_loss(task: Task, weights: torch.Tensor | None, device) -> Loss:
     """The task's loss; `weights` (from `class_weights`) go to `device`."""
-    return LOSSES[task.type.loss](None if weights is None else weights.to(device))
+    return LOSSES[task.loss](None if weights is None else weights.to(device))
