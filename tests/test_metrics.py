@@ -193,7 +193,8 @@ def test_every_metric_written_has_the_direction_the_tables_bold(name):
     from taskalign.tasks.kinds import LOWER_IS_BETTER
     from taskalign.tasks.spec import Task
 
-    task = Task.from_config(name, {"type": name, "cohort": "x", "inputs": ["t2w"]})
+    task = Task.from_config(name, {"type": name, "cohort": "x", "inputs": ["t2w"],
+                                   **({"factor": 2} if name == "super_res" else {})})
     rng = np.random.default_rng(0)
     n, norm = 12, {"scale": 10.0, "offset": 40.0}
     if task.kind.group == "classification":
