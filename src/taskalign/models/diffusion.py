@@ -57,13 +57,16 @@ class NoisePredictor(EncoderRestoration):
 
 
 class DiffusionUNet(nn.Module):
-    """MONAI's DiffusionModelUNet on [noisy target, condition]; no attention (a 3D volume's tokens are too many)."""
+    """MONAI's DiffusionModelUNet on [noisy target, condition]; attention in its middle block only (a 3D volume has
+    too many tokens for attention at the finer levels)."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...]):
         super().__init__()
         groups = math.gcd(*widths)
+        # the middle block always attends: MONAI's 8-channel heads where the deepest width allows, else one head
         self.net = DiffusionModelUNet(3, in_channels + 1, 1, num_res_blocks=1, channels=widths,
-                                      attention_levels=(False,) * len(widths), norm_num_groups=min(groups, 32))
+                                      attention_levels=(False,) * len(widths), norm_num_groups=min(groups, 32),
+                                      num_head_channels=8 if widths[-1] % 8 == 0 else widths[-1])
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context=None) -> torch.Tensor:
         return self.net(x, batch_timesteps(timesteps, x.shape[0]).long())
