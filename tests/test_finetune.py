@@ -248,7 +248,8 @@ def test_residual_restoration_models_start_as_the_identity(name):
     for model in (encoder_model(task(name), Encoder(GEOMETRY), CHANNELS, HEAD),
                   specialist_model(task(name), CHANNELS, {"channels": [4, 8, 16]})):
         assert torch.equal(model(image), image[:, :1]), type(model).__name__
-    translation = encoder_model(Task.from_config("translation", {"type": "translation", "cohort": "anatomy", "inputs": ["t2w"]}),
+    translation = encoder_model(Task.from_config("translation", {"type": "translation", "cohort": "anatomy",
+                                                                 "inputs": ["t2w"]}),
                                 Encoder(GEOMETRY), CHANNELS, HEAD)
     assert not torch.equal(translation(image), image[:, :1])  # no residual where input and target differ
 
@@ -267,7 +268,8 @@ def test_mask_prior_counts_the_training_masks(tmp_path):
         np.save(tmp_path / case / "zones.npy", z)
         np.save(tmp_path / case / "lesion.npy", les)
     rows = pd.DataFrame({"cache_dir": [str(tmp_path / "a"), str(tmp_path / "b")]})
-    binary = mask_prior(rows, Task.from_config("lesion_seg", {"type": "lesion_seg", "cohort": "promis", "inputs": CHANNELS}))
+    binary = mask_prior(rows, Task.from_config("lesion_seg", {"type": "lesion_seg", "cohort": "promis",
+                                                              "inputs": CHANNELS}))
     np.testing.assert_allclose(binary.numpy(), np.array([77, 5]) / 82)  # 76 + 1, 4 + 1 of 80 voxels
     zone = mask_prior(rows, task("zone_seg")).numpy()
     assert zone.shape == (9,)
@@ -462,7 +464,8 @@ def test_random_inputs_keep_one_diffusion_channel_per_sample_and_tversky_is_mona
             assert torch.equal(data.sample(0)["image"], data.sample(0)["image"])  # val/test fixed per case
     assert 0 < np.mean(kept) < 1  # both channels are drawn
     logits, target = torch.randn(2, 1, 4, 8, 8), (torch.rand(2, 1, 4, 8, 8) > 0.7).float()
-    torch.testing.assert_close(task_loss(lesion, None, "cpu")(logits, target), TverskyLoss(sigmoid=True)(logits, target))
+    torch.testing.assert_close(task_loss(lesion, None, "cpu")(logits, target),
+                               TverskyLoss(sigmoid=True)(logits, target))
 
 
 def test_a_task_name_is_only_a_name(tiny_cache, tmp_path, encoder_file):

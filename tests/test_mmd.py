@@ -4,6 +4,7 @@ estimators (jackknife, sign-flip test) and the all-models distance job with the 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 
@@ -236,7 +237,9 @@ def test_mmd_and_rpg_cli(distances_inputs, tmp_path):
     assert list(distances.columns[:8]) == ["model", "task", "seed", "distance", "reference", "estimator", "value", "se"]
     metrics = tmp_path / "metrics.csv"
     _metrics(list(distances_inputs)).to_csv(metrics, index=False)
-    args = ["--metrics", str(metrics), "--distances", str(out), "--models", *distances_inputs, "--bootstrap", "20",
+    tasks = json.dumps({t: {"type": t, "cohort": "x", "inputs": ["t2w"]} for t in TASKS})
+    args = ["--metrics", str(metrics), "--distances", str(out), "--models", *distances_inputs, "--tasks", tasks,
+            "--bootstrap", "20",
             "--rpg", str(tmp_path / "rpg.csv"), "--correlations", str(tmp_path / "corr.csv")]
     assert rpg_cli.main(args) == 0
     assert list(pd.read_csv(tmp_path / "corr.csv").columns) == CORRELATION_COLUMNS

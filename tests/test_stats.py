@@ -136,7 +136,8 @@ def test_rpg_table_leaves_out_a_task_whose_reference_scores_zero(caplog):
     from taskalign.tasks.spec import Task
 
     model = "pretrained:mae/full"
-    tasks = {t: Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"]})
+    tasks = {t: Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"], **({"factor": 2} if t == "super_res"
+                                                                                     else {})})
              for t in ("zone_seg", "lesion_seg", "super_res")}
     metrics = pd.DataFrame([
         {"task": t, "metric": m, "init": i, "protocol": p, "seed": 0, "value": v, "ci_low": v - 0.01,

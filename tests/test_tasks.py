@@ -86,7 +86,8 @@ def kind_or_name_branches(root: Path) -> list[str]:
     literal = "[\"'](" + "|".join(map(re.escape, names)) + ")[\"']"
     branch = re.compile(rf"\b(task|t|type)\.kind\s*(==|!=|\bin\b|\bnot in\b)|\.kind\.name\b|TASK_TYPES\["
                         rf"|(==|!=|\bin)\s*\(?{literal}|{literal}\s*(==|!=|\bin\b|:)")
-    files = [p for p in sorted((root / "src" / "taskalign").rglob("*.py")) if "tasks" not in p.relative_to(root).parts[2:3]]
+    files = [p for p in sorted((root / "src" / "taskalign").rglob("*.py"))
+             if p.relative_to(root).parts[2] != "tasks"]
     files += sorted((root / "workflow").rglob("*.smk")) + sorted((root / "workflow").rglob("Snakefile"))
     return [f"{path.relative_to(root)}:{i}: {line.strip()}" for path in files
             for i, line in enumerate(path.read_text().splitlines(), 1) if branch.search(line.split("#")[0])]

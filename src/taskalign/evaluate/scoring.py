@@ -58,8 +58,8 @@ def ordinal_metrics(task: Task, cases: pd.DataFrame, norm: dict) -> dict[str, fl
 
 def regression_cases(task: Task, prediction: np.ndarray, target: torch.Tensor, norm: dict) -> dict:
     value = float(prediction[0])
-    return {"true_norm": float(target[0]), "pred_norm": value, "true": float(target[0]) * norm["scale"] + norm["offset"],
-            "pred": value * norm["scale"] + norm["offset"]}
+    return {"true_norm": float(target[0]), "pred_norm": value,
+            "true": float(target[0]) * norm["scale"] + norm["offset"], "pred": value * norm["scale"] + norm["offset"]}
 
 
 def regression_split(task: Task, cases: pd.DataFrame, norm: dict) -> dict[str, float]:

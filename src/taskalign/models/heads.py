@@ -128,7 +128,8 @@ def _resnet(task, channels, specialist):
     widths = tuple(specialist["channels"])
     stages = (list(widths) + [widths[-1]] * 4)[:4]
     return ResNet("basic", [1, 1, 1, 1], stages, spatial_dims=3, n_input_channels=len(channels),
-                  num_classes=n_model_outputs(task), conv1_t_stride=tuple(specialist.get("resnet_stem_stride", (1, 1, 1))))
+                  num_classes=n_model_outputs(task),
+                  conv1_t_stride=tuple(specialist.get("resnet_stem_stride", (1, 1, 1))))
 
 
 def _unet(task, channels, specialist):

@@ -5,7 +5,8 @@ A kind declares its FM head and its specialist (keys that taskalign.models.heads
 models), its loss, where its target comes from, how a model output becomes a prediction, its scorer (a key of
 taskalign.evaluate.scoring.SCORERS, which sits above), its primary metric and the metrics where lower is better,
 and its table group (000 Tables 2-5 and the `finetune.batch_size` key). The DDPM translation kind also declares how
-it trains and infers: a denoising step and a sampling loop with MONAI's scheduler and inferer.
+it trains and infers: a denoising step and a sampling loop with MONAI's scheduler and inferer. Torch is imported
+where a kind runs a model, not here: the plan (and Snakemake building the DAG) reads kinds without it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -68,34 +67,38 @@ class Kind:
     def model_outputs(self, n_outputs: int) -> int:
         return n_outputs
 
-    def item_target(self, task, value) -> torch.Tensor | None:
+    def item_target(self, task, value):
         """The target of one item from its manifest value (row kinds); None where the batch makes it."""
         return None
 
-    def prediction(self, task, output: torch.Tensor) -> np.ndarray:
+    def prediction(self, task, output) -> np.ndarray:
         """Model output of one case -> prediction: an image (D, H, W) unless the kind says otherwise."""
         return output.float()[0].numpy()
 
-    def infer(self, task, model, image: torch.Tensor) -> torch.Tensor:
+    def infer(self, task, model, image):
         """The model's output for a batch of inputs."""
         return model(image)
 
-    def train_loss(self, task, model, batch: dict, loss) -> torch.Tensor:
+    def train_loss(self, task, model, batch: dict, loss):
         return loss(model(batch["image"]), batch["target"])
 
 
 @dataclass(frozen=True)
 class Classification(Kind):
-    def item_target(self, task, value) -> torch.Tensor:
+    def item_target(self, task, value):
+        import torch
+
         return torch.tensor(task.type.classes.index(int(value)))
 
     def prediction(self, task, output):
-        return torch.softmax(output.float(), dim=0).numpy()
+        return output.float().softmax(dim=0).numpy()
 
 
 @dataclass(frozen=True)
 class Regression(Kind):
-    def item_target(self, task, value) -> torch.Tensor:
+    def item_target(self, task, value):
+        import torch
+
         return torch.tensor([float(value)], dtype=torch.float32)
 
     def prediction(self, task, output):
@@ -129,7 +132,9 @@ class DiffusionTranslation(Kind):
         # cache intensities are standardised, not in [-1, 1]: no clipping of the denoised estimate
         return DDPMScheduler(num_train_timesteps=task.option("timesteps"), clip_sample=False)
 
-    def train_loss(self, task, model, batch: dict, loss) -> torch.Tensor:
+    def train_loss(self, task, model, batch: dict, loss):
+        import torch
+        import torch.nn.functional as F
         from monai.inferers import DiffusionInferer
 
         target = batch["target"]
@@ -143,8 +148,8 @@ class DiffusionTranslation(Kind):
         # the SSIM term weighted by alpha: at large t the estimate divides by sqrt(alpha) ~ 0 and carries no image
         return F.l1_loss(predicted.float(), noise) + (alpha.flatten() * loss(denoised, target)).mean()
 
-    @torch.no_grad()
-    def infer(self, task, model, image: torch.Tensor) -> torch.Tensor:
+    def infer(self, task, model, image):
+        import torch
         from monai.inferers import DiffusionInferer
 
         scheduler = self.scheduler(task)
