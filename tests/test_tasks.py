@@ -32,6 +32,16 @@ def test_every_task_type_names_a_known_loss_and_classification_types_their_class
         TaskType(CLASSIFICATION, "pirads", 3, "cross_entropy", classes=(2, 3))
 
 
+def test_a_ddpm_task_samples_in_at_most_its_schedules_steps():
+    from taskalign.tasks.spec import task_problems
+
+    spec = {"type": "translation_ddpm", "cohort": "x", "inputs": ["t2w"], "timesteps": 10}
+    assert task_problems("t2w_to_dwi", {**spec, "sample_steps": 10}) == []
+    assert task_problems("t2w_to_dwi", spec) == [  # the default 50 sampling steps
+        "tasks.t2w_to_dwi.sample_steps: 50 sampling steps, more than the schedule's 10 timesteps"]
+    assert task_problems("volume", {"type": "volume_reg", "cohort": "x", "inputs": ["t2w"]}) == []
+
+
 def test_class_weights_are_inverse_frequencies_for_weighted_tasks_only():
     rows = pd.DataFrame({"pirads": [2, 2, 2, 3, 4, 4], "sector": [0, 1, 2, 3, 4, 5]})
     weights = class_weights(task("pirads_cls"), rows)

@@ -153,7 +153,8 @@ class DiffusionTranslation(Kind):
         from monai.inferers import DiffusionInferer
 
         scheduler = self.scheduler(task)
-        scheduler.set_timesteps(task.option("sample_steps"), device=image.device)
+        # timesteps stay on the CPU, as MONAI's sampling loop appends a CPU 0 to them and indexes its tables with them
+        scheduler.set_timesteps(task.option("sample_steps"))
         with torch.random.fork_rng(devices=[image.device] if image.device.type == "cuda" else []):
             torch.manual_seed(0)  # every encoder is scored from the same noise
             noise = torch.randn((image.shape[0], 1, *image.shape[2:]), device=image.device)

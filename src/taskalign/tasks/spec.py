@@ -121,6 +121,10 @@ def task_problems(name: str, spec: dict) -> list[str]:
     problems += [f"tasks.{name}.{key}: not an option of type {kind} (its options: "
                  f"{', '.join([*own, *COMMON_OPTIONS])})" for key in spec
                  if key not in CONFIG_KEYS and key not in own and key not in COMMON_OPTIONS]
+    steps = {key: spec.get(key, own.get(key)) for key in ("timesteps", "sample_steps")}
+    if None not in steps.values() and steps["sample_steps"] > steps["timesteps"]:
+        problems.append(f"tasks.{name}.sample_steps: {steps['sample_steps']} sampling steps, more than the "
+                        f"schedule's {steps['timesteps']} timesteps")
     if "loss" in spec and spec["loss"] not in LOSSES:
         problems.append(f"tasks.{name}.loss: unknown loss {spec['loss']!r}; known: {', '.join(LOSSES)}")
     drawn = spec.get("random_inputs")
