@@ -483,3 +483,32 @@ def test_a_task_name_is_only_a_name(tiny_cache, tmp_path, encoder_file):
                              predictions_npz=out / "pred.npz", montage_png=out / "montage.png")
     assert set(metrics["task"]) == {"zones_second_cohort"}
     assert metrics.loc[metrics["primary"], "metric"].tolist() == ["dice"]
+
+
+def test_head_features_move_under_a_frozen_encoder(tiny_cache, tmp_path, encoder_file):
+    """001's D2P of a frozen FM is non-zero: at the `head` level the features are the head's (here the fused
+    UperNet features), which fine-tuning moves while the encoder's own features stay where they were."""
+    from taskalign.analysis.feature_files import load_features
+    from taskalign.analysis.features import extract
+
+    zones = task("zone_seg")
+    out = tmp_path / "run"
+    p = params(epochs=1)
+    run_finetune(task=zones, init="pretrained:x", protocol="frozen", encoder_path=encoder_file,
+                 indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                 history_csv=out / "history.csv", curve_png=out / "curve.png", timing_json=out / "timing.json",
+                 resume_dir=tmp_path / "resume")
+    settings = {"task": TASKS["zone_seg"], "channels": CHANNELS, "layers": [1, 3], "batch_size": 4, "seed": 0,
+                "head": HEAD}
+    files = {}
+    for name, path, source in [("pre", encoder_file, "encoder"), ("pre_again", encoder_file, "encoder"),
+                               ("ft", out / "model.safetensors", "finetuned")]:
+        files[name] = tmp_path / f"{name}.npz"
+        extract(task=zones, model_path=path, source=source, indexes=[tiny_cache["anatomy"]], params=settings,
+                out_npz=files[name])
+    (cases, pre), (_, again), (ft_cases, ft) = (load_features(files[k]) for k in ("pre", "pre_again", "ft"))
+    assert list(cases["case_id"]) == list(ft_cases["case_id"])
+    assert pre["head"].shape == (len(cases), HEAD["decoder_channels"])
+    np.testing.assert_array_equal(pre["head"], again["head"])  # the head at its seeded initialisation
+    np.testing.assert_allclose(pre["final"], ft["final"], rtol=1e-5, atol=1e-6)  # the encoder did not move
+    assert np.abs(pre["head"] - ft["head"]).max() > 1e-3  # the head did

@@ -34,7 +34,7 @@ def test_paper_config_plans_its_dag():
 def test_paper001_config_plans_001s_five_tasks_and_fig2(tmp_path):
     """001 as 001 ran it: five tasks, its reference models and two FMs, Fig. 2 over exactly these tasks."""
     from conftest import plan_of
-    from taskalign.plan import outputs
+    from taskalign.plan import layout, outputs
 
     config = yaml.safe_load((REPO / "config/paper001.yaml").read_text())
     plan = plan_of(config)
@@ -44,6 +44,13 @@ def test_paper001_config_plans_001s_five_tasks_and_fig2(tmp_path):
                                                             "restoration", "ddpm_translation"]
     assert plan.task("lesion_seg").loss == "tversky" and plan.task("super_res").option("factor") == 2
     assert "001_fig2_rpg_vs_distance" in outputs.paper_figures(plan)
+    # D2P at the head level: the frozen FM's runs have features of their own, compared with the pretrained
+    # encoder under the task head at its initialisation
+    frozen = plan.mmd_inputs()["pretrained:mae/frozen"]["pirads_cls"]
+    assert frozen["finetuned"][0] == layout.run_features(layout.Run("pirads_cls", "pretrained:mae", "frozen", 0))
+    assert frozen["pretrained"] == layout.base_features("pirads_cls", "pretrained-mae")
+    assert layout.Run("pirads_cls", "pretrained:mae", "frozen", 0) in plan.feature_runs
+    assert layout.Run("pirads_cls", "random", "frozen", 0) not in plan.feature_runs
     proc = run_snakemake(*outputs.paper_outputs(plan, "001"), "-n", "--configfile", "config/paper001.yaml")
     counts = job_counts(proc.stdout)
     # 5 tasks x 3 seeds x (random frozen, scratch, specialist, mae frozen, multitask partial:2)
@@ -161,5 +168,5 @@ def test_finetune_runs_that_make_no_sense_are_errors_naming_them(tmp_path):
     assert out.returncode != 0
     assert "init random runs with protocol frozen only, not full" in text
     assert "unknown task 'zone_sg'" in text and "'multitask' is not in continual.variants" in text
-    assert "tasks.super_res: needs 'factor'" in text
+    assert "tasks.super_res: type super_res needs 'factor'" in text
 

@@ -105,6 +105,15 @@ def residual_channel(task: Task, channels: list[str]) -> int | None:
     return channels.index(residual) if residual is not None else None
 
 
+def output_layer(model: nn.Module) -> nn.Module:
+    """The layer that makes an FM task model's output: its input is the head's (or decoder's) last features, what
+    fine-tuning changes even when the encoder is frozen (the `head` feature level, 001's D2P)."""
+    if isinstance(model, EncoderMLP):
+        return model.head.net[-1]
+    subpixel = getattr(model, "subpixel", None)
+    return subpixel if subpixel is not None else model.decoder.classifier
+
+
 def _mlp(task, encoder, channels, head):
     return EncoderMLP(encoder, n_model_outputs(task), head["mlp_hidden"])
 

@@ -270,10 +270,18 @@ class Plan:
 
     # --- features and analyses ----------------------------------------------------------------------------------
 
+    @property
+    def head_level(self) -> bool:
+        """The distances read the task head's features (`analysis.mmd.layer: head`), which a frozen run moves too."""
+        return self.analysis["mmd"]["layer"] == "head"
+
     @cached_property
     def feature_runs(self) -> list[Run]:
-        """Runs with features of their own: a frozen run's encoder is its starting encoder, a specialist has none."""
-        return [r for r in self.runs if r.init != "specialist" and r.protocol != "frozen"]
+        """Runs with features of their own: a frozen run's encoder is its starting encoder (at the head level, the
+        compared models' frozen runs have their own head), a specialist has none."""
+        compared = {(self.model_init(m), m["protocol"]) for m in self.models} if self.head_level else set()
+        return [r for r in self.runs if r.init != "specialist"
+                and (r.protocol != "frozen" or (r.init, r.protocol) in compared)]
 
     def cka_pairs(self, task: str) -> list[dict]:
         """000 Table 6's encoder pairs on this task's images: pretrained-continual, and for every fine-tuned run
@@ -285,7 +293,7 @@ class Plan:
         pre, cont = f"pretrained-{self.analysed}", f"continual-{self.analysed}"
         pairs = [{"pair": "pretrained-continual", "protocol": "", "seed": "",
                   "a": layout.base_features(task, pre), "b": layout.base_features(task, cont)}]
-        for run in sorted(r for r in self.feature_runs if r.task == task):
+        for run in sorted(r for r in self.feature_runs if r.task == task and r.protocol != "frozen"):
             ft = layout.run_features(run)
             if run.init == f"pretrained:{self.analysed}":
                 pairs += [{"pair": f"{start}-finetuned", "protocol": run.protocol, "seed": run.seed,
@@ -323,8 +331,9 @@ class Plan:
         return [task for task in self.tasks if any(self.mmd_seeds(task, m) for m in self.models)]
 
     def model_features(self, task: str, model: dict, seed: int) -> str:
-        """The fine-tuned model's features; a frozen encoder cannot move, so a frozen run has its start's."""
-        if model["protocol"] == "frozen":
+        """The fine-tuned model's features; a frozen encoder cannot move, so a frozen run has its start's (at the
+        head level its own: the head moved)."""
+        if model["protocol"] == "frozen" and not self.head_level:
             return layout.base_features(task, f"pretrained-{model['variant']}")
         return layout.run_features(Run(task, self.model_init(model), model["protocol"], seed))
 

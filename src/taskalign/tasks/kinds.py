@@ -82,6 +82,10 @@ class Kind:
     def train_loss(self, task, model, batch: dict, loss):
         return loss(model(batch["image"]), batch["target"])
 
+    def feature_pass(self, task, model, image):
+        """One forward pass whose head features are read (analysis.features, the `head` level)."""
+        return model(image)
+
 
 @dataclass(frozen=True)
 class Classification(Kind):
@@ -147,6 +151,12 @@ class DiffusionTranslation(Kind):
         denoised = (noisy - (1 - alpha).sqrt() * predicted.float()) / alpha.sqrt()
         # the SSIM term weighted by alpha: at large t the estimate divides by sqrt(alpha) ~ 0 and carries no image
         return F.l1_loss(predicted.float(), noise) + (alpha.flatten() * loss(denoised, target)).mean()
+
+    def feature_pass(self, task, model, image):
+        """The noise predictor at t = 0 on the condition alone (a zero noisy target)."""
+        import torch
+
+        return model(torch.cat([torch.zeros_like(image[:, :1]), image], dim=1), torch.zeros(len(image)))
 
     def infer(self, task, model, image):
         import torch
