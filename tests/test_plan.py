@@ -184,6 +184,15 @@ def test_retarget_points_every_reference_at_one_cohort():
     assert TEST_CONFIG["continual"]["cohort"] == "promis"  # the input is left alone
     with pytest.raises(ValueError, match="unknown task"):
         retarget(TEST_CONFIG, "mine", {"source": "manifest", "path": "x"}, tasks=["nosuch"])
+    # a config from before task types: the names were the types, and the retargeted config says so
+    untyped = copy.deepcopy(TEST_CONFIG)
+    for spec in untyped["tasks"].values():
+        del spec["type"]
+    config = retarget(untyped, "mine", {"source": "manifest", "path": "x"}, tasks=["zone_seg"])
+    assert config["tasks"]["zone_seg"]["type"] == "zone_seg"
+    untyped["tasks"]["zones_b"] = untyped["tasks"].pop("zone_seg")
+    with pytest.raises(ValueError, match="tasks.zones_b: no 'type' and the name is no task type"):
+        retarget(untyped, "mine", {"source": "manifest", "path": "x"})
 
 
 def test_compared_models_each_get_their_own_protocol(plan):
