@@ -79,7 +79,7 @@ class PerSampleTaskDataset(Dataset):
         rng = np.random.default_rng([self.seed, i, item_seed] if per_epoch else [self.seed, i])
         row = self.index.iloc[i]
         sample = {"index": i}
-        kind, degradation = self.task.kind, self.task.type.degradation
+        kind, degradation = self.task.kind.group, self.task.type.degradation
         if kind == "classification":
             sample["target"] = torch.tensor(self.task.type.classes.index(int(row[self.task.type.target])))
         elif kind == "regression":

@@ -72,8 +72,8 @@ def _per_volume(fn, keys: list, batch: int, passes: int) -> float:
 def task_rows(name: str, index: pd.DataFrame, augment: dict, n_items: int, passes: int) -> list[dict]:
     channels = ["t2w", "dwi", "adc"]
     options = {"super_res": {"factor": 4}, "distortion": {"amplitude_mm": 8, "decay_mm": 10}}.get(name, {})
-    inputs = ["t2w"] if TASK_TYPES[name].kind == "restoration" else channels
-    task = Task.from_config(name, {"cohort": "synthetic", "inputs": inputs, **options})
+    inputs = ["t2w"] if TASK_TYPES[name].kind.group == "restoration" else channels
+    task = Task.from_config(name, {"type": name, "cohort": "synthetic", "inputs": inputs, **options})
     rows = usable_rows(index, task)
     kwargs = {"train": True, "seed": 0, "augment": augment, "norm": target_norm(rows, task)}
     today, new = PerSampleTaskDataset(rows, task, channels, **kwargs), TaskDataset(rows, task, channels, **kwargs)

@@ -167,7 +167,7 @@ def finetune_setup(index_csv: Path, task_name: str, tiny: bool, epochs: int, enc
     save_encoder(Encoder(geometry), encoder_path)
     params = {"channels": cfg["preprocess"]["channels"], "seed": 0, "epochs": epochs, "lr": ft["lr"],
               "warmup_epochs": 0, "weight_decay": ft["weight_decay"], "augment": ft["augment"],
-              "batch_size": ft["batch_size"][task.kind], "head": head, "specialist": ft["specialist"],
+              "batch_size": ft["batch_size"][task.kind.group], "head": head, "specialist": ft["specialist"],
               "task": task_cfg}
     return task, geometry, params
 

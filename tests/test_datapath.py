@@ -33,8 +33,8 @@ TOLERANCE = 1e-4  # 6e-6 alone; the whole suite (other tests set torch's threads
 @pytest.mark.parametrize("split, augment", [("train", AUGMENT), ("train", {**AUGMENT, "prob": 0.3}),
                                             ("val", None)])
 def test_device_batches_are_the_per_sample_paths(tiny_cache, name, split, augment):
-    inputs = ["t2w"] if TASK_TYPES[name].kind == "restoration" else CHANNELS
-    task = Task.from_config(name, {"cohort": "anatomy", "inputs": inputs, **OPTIONS.get(name, {})})
+    inputs = ["t2w"] if TASK_TYPES[name].kind.group == "restoration" else CHANNELS
+    task = Task.from_config(name, {"type": name, "cohort": "anatomy", "inputs": inputs, **OPTIONS.get(name, {})})
     rows = usable_rows(read_index([tiny_cache["anatomy"]], [split]), task)
     assert len(rows) >= 2
     train = split == "train"
@@ -58,7 +58,7 @@ def test_distortion_computes_the_distance_of_rotated_items_and_of_caches_without
     folder without `rectum_distance.npy` (a cache from before it existed) gets the same."""
     import shutil
 
-    task = Task.from_config("distortion", {"cohort": "anatomy", "inputs": ["t2w"], **OPTIONS["distortion"]})
+    task = Task.from_config("distortion", {"type": "distortion", "cohort": "anatomy", "inputs": ["t2w"], **OPTIONS["distortion"]})
     rows = usable_rows(read_index([tiny_cache["anatomy"]], ["val"]), task)
     old_cache = rows.copy()
     for n, folder in enumerate(rows["cache_dir"]):
@@ -73,7 +73,7 @@ def test_distortion_computes_the_distance_of_rotated_items_and_of_caches_without
 
 
 def test_on_device_ignores_the_callers_autocast(tiny_cache):
-    task = Task.from_config("super_res", {"cohort": "anatomy", "inputs": ["t2w"], "factor": 4})
+    task = Task.from_config("super_res", {"type": "super_res", "cohort": "anatomy", "inputs": ["t2w"], "factor": 4})
     data = TaskDataset(usable_rows(read_index([tiny_cache["anatomy"]], ["val"]), task), task, CHANNELS,
                        train=False, seed=0)
     batch = default_collate([data[0], data[1]])

@@ -34,7 +34,7 @@ TASKS = {
 
 
 def task(name: str) -> Task:
-    return Task.from_config(name, TASKS[name])
+    return Task.from_config(name, {"type": name, **TASKS[name]})
 
 
 def params(seed: int = 0, epochs: int = 3) -> dict:
@@ -250,7 +250,8 @@ def test_residual_restoration_models_start_as_the_identity(name):
     for model in (encoder_model(task(name), Encoder(GEOMETRY), CHANNELS, HEAD),
                   specialist_model(task(name), CHANNELS, {"channels": [4, 8, 16]})):
         assert torch.equal(model(image), image[:, :1]), type(model).__name__
-    translation = encoder_model(Task.from_config("translation", {"cohort": "anatomy", "inputs": ["t2w"]}),
+    translation = encoder_model(Task.from_config("translation", {"type": "translation", "cohort": "anatomy",
+                                                                 "inputs": ["t2w"]}),
                                 Encoder(GEOMETRY), CHANNELS, HEAD)
     assert not torch.equal(translation(image), image[:, :1])  # no residual where input and target differ
 
@@ -269,7 +270,8 @@ def test_mask_prior_counts_the_training_masks(tmp_path):
         np.save(tmp_path / case / "zones.npy", z)
         np.save(tmp_path / case / "lesion.npy", les)
     rows = pd.DataFrame({"cache_dir": [str(tmp_path / "a"), str(tmp_path / "b")]})
-    binary = mask_prior(rows, Task.from_config("lesion_seg", {"cohort": "promis", "inputs": CHANNELS}))
+    binary = mask_prior(rows, Task.from_config("lesion_seg", {"type": "lesion_seg", "cohort": "promis",
+                                                              "inputs": CHANNELS}))
     np.testing.assert_allclose(binary.numpy(), np.array([77, 5]) / 82)  # 76 + 1, 4 + 1 of 80 voxels
     zone = mask_prior(rows, task("zone_seg")).numpy()
     assert zone.shape == (9,)
@@ -284,7 +286,7 @@ def test_segmentation_models_start_at_the_class_prior(name):
     from taskalign.models.heads import n_model_outputs, specialist_model
     from taskalign.models.task_model import start_at_prior
 
-    seg = Task.from_config(name, {"cohort": "anatomy", "inputs": CHANNELS})
+    seg = Task.from_config(name, {"type": name, "cohort": "anatomy", "inputs": CHANNELS})
     n = max(n_model_outputs(seg), 2)
     prior = torch.full((n,), 0.02 / (n - 1), dtype=torch.float64)
     prior[0] = 0.98
@@ -389,3 +391,126 @@ def test_compile_is_used_on_cuda_only_unless_asked_for():
     model = torch.nn.Linear(2, 2)
     for setting in ("auto", "off"):
         assert TrainingOptions(compile=setting).training_module(model, torch.device("cpu")) is model
+
+
+DDPM = {"type": "translation_ddpm", "cohort": "anatomy", "inputs": ["t2w"], "timesteps": 20, "sample_steps": 2}
+
+
+@pytest.mark.parametrize("init, protocol", [("random", "frozen"), ("specialist", "full")])
+def test_ddpm_translation_trains_on_noise_and_is_scored_on_samples(tiny_cache, tmp_path, encoder_file, init,
+                                                                   protocol):
+    """001's translation as a DDPM through the same finetune and evaluate stages: the FM (frozen, as 001 runs
+    ProFound) or MONAI's DiffusionModelUNet predicts the noise; test SSIM is of samples drawn in 2 steps."""
+    ddpm = Task.from_config("t2w_to_dwi", DDPM)
+    out = tmp_path / "run"
+    epochs = 1 if init == "specialist" else 2
+    p = {**params(epochs=epochs), "specialist": {"channels": [4, 4]}}
+    history = run_finetune(task=ddpm, init=init, protocol=protocol,
+                           encoder_path=None if init == "specialist" else encoder_file,
+                           indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                           history_csv=out / "history.csv", curve_png=out / "curve.png",
+                           timing_json=out / "timing.json", resume_dir=tmp_path / "resume")
+    assert len(history) == epochs and all(np.isfinite(row["train_total"]) and np.isfinite(row["val_ssim"])
+                                     for row in history)
+    metrics = run_evaluation(task=ddpm, model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
+                             params={**p, "batch_size": 2, "bootstrap": 20, "save_volumes": 1},
+                             metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
+                             predictions_npz=out / "pred.npz", montage_png=out / "montage.png")
+    values = metrics.set_index("metric")["value"]
+    assert set(values.index) == {"ssim", "l1"} and -1 <= values["ssim"] <= 1 and values["l1"] > 0
+    assert metrics.set_index("metric").loc["ssim", "primary"]
+    if init == "specialist":
+        return
+    again = run_evaluation(task=ddpm, model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
+                           params={**p, "batch_size": 2, "bootstrap": 20, "save_volumes": 1},
+                           metrics_csv=out / "m2.csv", cases_csv=out / "c2.csv",
+                           predictions_npz=out / "p2.npz", montage_png=out / "m2.png")
+    assert np.allclose(again["value"], metrics["value"])  # sampling starts from the same seeded noise
+
+
+def test_the_noise_predictor_sees_the_noisy_target_in_its_channel_and_the_timestep():
+    from taskalign.models.diffusion import NoisePredictor
+
+    torch.manual_seed(0)
+    model = encoder_model(Task.from_config("t2w_to_dwi", DDPM), Encoder(GEOMETRY), CHANNELS, HEAD).eval()
+    assert isinstance(model, NoisePredictor) and model.target_channel == CHANNELS.index("dwi")
+    condition = torch.zeros(2, 3, 16, 32, 32)
+    condition[:, 0] = torch.randn(2, 16, 32, 32)  # the T2W; the DWI slot is zeroed by the task's inputs
+    noisy = torch.randn(2, 1, 16, 32, 32)
+    with torch.no_grad():
+        out = model(torch.cat([noisy, condition], dim=1), torch.tensor([5, 5]))
+        assert out.shape == (2, 1, 16, 32, 32)
+        assert not torch.allclose(out, model(torch.cat([noisy, condition], dim=1), torch.tensor([15, 15])))
+        assert not torch.allclose(out, model(torch.cat([noisy.flip(0), condition], dim=1), torch.tensor([5, 5])))
+        # one timestep for the batch (the sampling loop) is every item's
+        torch.testing.assert_close(model(torch.cat([noisy, condition], dim=1), torch.tensor([5.0])), out)
+
+
+def test_random_inputs_keep_one_diffusion_channel_per_sample_and_tversky_is_monais(tiny_cache):
+    from monai.losses import TverskyLoss
+
+    from taskalign.tasks.losses import task_loss
+
+    lesion = Task.from_config("lesion_001", {"type": "lesion_seg", "cohort": "anatomy", "inputs": CHANNELS,
+                                             "random_inputs": ["dwi", "adc"], "loss": "tversky"})
+    rows = usable_rows(read_index([tiny_cache["anatomy"]]), lesion)
+    kept = []
+    for train in (False, True):
+        data = TaskDataset(rows, lesion, CHANNELS, train=train, seed=0)
+        for i in range(len(data)):
+            image = data.sample(i)["image"]
+            assert torch.count_nonzero(image[0]) > 0
+            assert (torch.count_nonzero(image[1]) > 0) != (torch.count_nonzero(image[2]) > 0)  # dwi or adc
+            kept.append(int(torch.count_nonzero(image[1]) > 0))
+        if not train:
+            assert torch.equal(data.sample(0)["image"], data.sample(0)["image"])  # val/test fixed per case
+    assert 0 < np.mean(kept) < 1  # both channels are drawn
+    logits, target = torch.randn(2, 1, 4, 8, 8), (torch.rand(2, 1, 4, 8, 8) > 0.7).float()
+    torch.testing.assert_close(task_loss(lesion, None, "cpu")(logits, target),
+                               TverskyLoss(sigmoid=True)(logits, target))
+
+
+def test_a_task_name_is_only_a_name(tiny_cache, tmp_path, encoder_file):
+    """A second zone segmentation under another name trains and evaluates as its type says."""
+    second = Task.from_config("zones_second_cohort", {"type": "zone_seg", "cohort": "anatomy", "inputs": ["t2w"]})
+    out = tmp_path / "run"
+    p = params(epochs=1)
+    run_finetune(task=second, init="scratch", protocol="full", encoder_path=encoder_file,
+                 indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                 history_csv=out / "history.csv", curve_png=out / "curve.png", timing_json=out / "timing.json",
+                 resume_dir=tmp_path / "resume")
+    metrics = run_evaluation(task=second, model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
+                             params={**p, "batch_size": 2, "bootstrap": 5, "save_volumes": 1},
+                             metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
+                             predictions_npz=out / "pred.npz", montage_png=out / "montage.png")
+    assert set(metrics["task"]) == {"zones_second_cohort"}
+    assert metrics.loc[metrics["primary"], "metric"].tolist() == ["dice"]
+
+
+def test_head_features_move_under_a_frozen_encoder(tiny_cache, tmp_path, encoder_file):
+    """001's D2P of a frozen FM is non-zero: at the `head` level the features are the head's (here the fused
+    UperNet features), which fine-tuning moves while the encoder's own features stay where they were."""
+    from taskalign.analysis.feature_files import load_features
+    from taskalign.analysis.features import extract
+
+    zones = task("zone_seg")
+    out = tmp_path / "run"
+    p = params(epochs=1)
+    run_finetune(task=zones, init="pretrained:x", protocol="frozen", encoder_path=encoder_file,
+                 indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                 history_csv=out / "history.csv", curve_png=out / "curve.png", timing_json=out / "timing.json",
+                 resume_dir=tmp_path / "resume")
+    settings = {"task": TASKS["zone_seg"], "channels": CHANNELS, "layers": [1, 3], "batch_size": 4, "seed": 0,
+                "head": HEAD}
+    files = {}
+    for name, path, source in [("pre", encoder_file, "encoder"), ("pre_again", encoder_file, "encoder"),
+                               ("ft", out / "model.safetensors", "finetuned")]:
+        files[name] = tmp_path / f"{name}.npz"
+        extract(task=zones, model_path=path, source=source, indexes=[tiny_cache["anatomy"]], params=settings,
+                out_npz=files[name])
+    (cases, pre), (_, again), (ft_cases, ft) = (load_features(files[k]) for k in ("pre", "pre_again", "ft"))
+    assert list(cases["case_id"]) == list(ft_cases["case_id"])
+    assert pre["head"].shape == (len(cases), HEAD["decoder_channels"])
+    np.testing.assert_array_equal(pre["head"], again["head"])  # the head at its seeded initialisation
+    np.testing.assert_allclose(pre["final"], ft["final"], rtol=1e-5, atol=1e-6)  # the encoder did not move
+    assert np.abs(pre["head"] - ft["head"]).max() > 1e-3  # the head did

@@ -39,7 +39,7 @@ image = torch.randn(2, 3, 8, 32, 32)
 with torch.no_grad():
     show("lora", model(image))
     for task in ("zone_seg", "sector_cls"):
-        net = specialist_model(Task.from_config(task, {{"cohort": "x", "inputs": ["t2w"]}}), ["t2w", "dwi", "adc"],
+        net = specialist_model(Task.from_config(task, {{"type": task, "cohort": "x", "inputs": ["t2w"]}}), ["t2w", "dwi", "adc"],
                                {{"channels": [4, 8, 8, 8]}}).eval()
         show(task, net(image))
 logits, mask = torch.randn(2, 3, 8, 32, 32), torch.randint(0, 3, (2, 1, 8, 32, 32))
@@ -48,7 +48,7 @@ show("ssim_loss", SSIMLoss(spatial_dims=3, data_range=1.0, win_size=3)(image[:, 
 show("ssim_metric", SSIMMetric(spatial_dims=3, data_range=1.0, win_size=3)(image[:, :1].sigmoid(), image[:, 1:2].sigmoid()))
 show("dice_metric", DiceMetric(include_background=False)((logits > 0).float(), (logits > 0.5).float()))
 augment = {{"prob": 1.0, "flip_prob": 1.0, "rotate_deg": 10, "zoom": [0.9, 1.1], "intensity": 0.1}}
-transform = augmentation(Task.from_config("lesion_seg", {{"cohort": "x", "inputs": ["t2w"]}}), augment, ("lesion",))
+transform = augmentation(Task.from_config("lesion_seg", {{"type": "lesion_seg", "cohort": "x", "inputs": ["t2w"]}}), augment, ("lesion",))
 transform.set_random_state(0)
 item = transform({{"image": image[0].numpy(), "lesion": (image[0, :1] > 1).float().numpy()}})
 show("augment_image", item["image"])

@@ -128,7 +128,7 @@ def test_lesion_dice_counts_cases_with_a_lesion_and_scores_the_others_apart():
     from taskalign.evaluate.scoring import case_scores, split_metrics
     from taskalign.tasks.spec import Task
 
-    task = Task.from_config("lesion_seg", {"cohort": "x", "inputs": ["t2w"]})
+    task = Task.from_config("lesion_seg", {"type": "lesion_seg", "cohort": "x", "inputs": ["t2w"]})
     empty = np.zeros((3, 4, 4), dtype=np.uint8)
     lesion = empty.copy()
     lesion[1, 1:3, 1:3] = 1  # 4 voxels
@@ -202,24 +202,26 @@ def test_every_metric_written_has_the_direction_the_tables_bold(name):
     import torch
 
     from taskalign.evaluate.scoring import case_scores, split_metrics
-    from taskalign.tasks.spec import LOWER_IS_BETTER, Task
+    from taskalign.tasks.kinds import LOWER_IS_BETTER
+    from taskalign.tasks.spec import Task
 
-    task = Task.from_config(name, {"cohort": "x", "inputs": ["t2w"]})
+    task = Task.from_config(name, {"type": name, "cohort": "x", "inputs": ["t2w"],
+                                   **({"factor": 2} if name == "super_res" else {})})
     rng = np.random.default_rng(0)
     n, norm = 12, {"scale": 10.0, "offset": 40.0}
-    if task.kind == "classification":
+    if task.kind.group == "classification":
         k = task.type.n_outputs
         labels = np.arange(n) % k
         truths = [torch.tensor(y) for y in labels]
         perfect = [np.eye(k)[y] * 0.9 + 0.1 / k for y in labels]
         poor = [np.eye(k)[(y + 1) % k] * 0.9 + 0.1 / k for y in labels]
-    elif task.kind == "regression":
+    elif task.kind.group == "regression":
         truths = [torch.tensor([v]) for v in rng.normal(size=n)]
         perfect = [t.numpy() for t in truths]
         poor = [t.numpy() + rng.normal(size=1) for t in truths]
     else:
         shape = (8, 16, 16)
-        if task.kind == "segmentation":
+        if task.kind.group == "segmentation":
             classes = task.type.n_outputs + (task.type.n_outputs == 1)  # a binary mask has 2 labels
             truths = [torch.as_tensor(rng.integers(0, classes, shape) * (i % 2 or classes > 2))[None]
                       for i in range(n)]  # binary: every other case lesion-free

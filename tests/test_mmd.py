@@ -4,6 +4,7 @@ estimators (jackknife, sign-flip test) and the all-models distance job with the 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics.pairwise import rbf_kernel
 
+from taskalign.tasks.spec import Task
 from taskalign.analysis.distances import (CORRELATION_COLUMNS, all_distances, rpg_correlations, rpg_rows,
                                           rpg_table, split_model)
 from taskalign.analysis.feature_files import write_features
@@ -204,7 +206,8 @@ def _metrics(models) -> pd.DataFrame:
 def test_rpg_per_model_with_bootstrap(distances_inputs):
     distances = all_distances(distances_inputs, SETTINGS)
     models = list(distances_inputs)
-    entries = rpg_rows(_metrics(models), distances, models)
+    tasks = {t: Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"]}) for t in TASKS}
+    entries = rpg_rows(_metrics(models), distances, models, tasks)
     table = rpg_table(entries)
     assert len(table) == 2 * 3 * 2
     pirads = table[(table["task"] == "pirads_cls") & (table["reference"] == "random")].iloc[0]
@@ -234,7 +237,9 @@ def test_mmd_and_rpg_cli(distances_inputs, tmp_path):
     assert list(distances.columns[:8]) == ["model", "task", "seed", "distance", "reference", "estimator", "value", "se"]
     metrics = tmp_path / "metrics.csv"
     _metrics(list(distances_inputs)).to_csv(metrics, index=False)
-    args = ["--metrics", str(metrics), "--distances", str(out), "--models", *distances_inputs, "--bootstrap", "20",
+    tasks = json.dumps({t: {"type": t, "cohort": "x", "inputs": ["t2w"]} for t in TASKS})
+    args = ["--metrics", str(metrics), "--distances", str(out), "--models", *distances_inputs, "--tasks", tasks,
+            "--bootstrap", "20",
             "--rpg", str(tmp_path / "rpg.csv"), "--correlations", str(tmp_path / "corr.csv")]
     assert rpg_cli.main(args) == 0
     assert list(pd.read_csv(tmp_path / "corr.csv").columns) == CORRELATION_COLUMNS

@@ -266,8 +266,12 @@ def test_sign_flip_test_holds_its_level_and_sees_a_shift():
 
 
 def test_rpg_scores_pirads_by_specificity_at_sensitivity_90():
-    assert rpg_metric("pirads_cls") == "spec_at_sens90"
-    assert rpg_metric("lesion_seg") == "dice"
+    from taskalign.tasks.spec import Task
+
+    def task(t):
+        return Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"]})
+    assert rpg_metric(task("pirads_cls")) == "spec_at_sens90"
+    assert rpg_metric(task("lesion_seg")) == "dice"
 
 
 def _lens_data(n: int = 200, d: int = 24, features: int = 20, seed: int = 0):

@@ -17,7 +17,8 @@ def plan() -> Plan:
 
 
 def test_runs_are_the_matrix_in_config_order_without_repeats(plan):
-    assert len(plan.runs) == len(set(plan.runs)) == 23  # 19 configured + 4 of the objective ablation
+    # random frozen on every task + 11 configured on named tasks + 4 of the objective ablation
+    assert len(plan.runs) == len(set(plan.runs)) == len(plan.tasks) + 11 + 4
     assert plan.runs[0] == layout.Run("pirads_cls", "random", "frozen", 0)
     assert layout.Run("zone_seg", "pretrained:mae", "partial:2", 0) in plan.runs
     assert plan.inits["pretrained-mae"] == "pretrained:mae" and plan.protocols["partial-2"] == "partial:2"
@@ -108,7 +109,22 @@ def test_bad_runs_name_their_block():
 
 def test_task_knobs_are_required():
     err = broken(lambda c: c["tasks"]["super_res"].pop("factor"))
-    assert err.problems == ["tasks.super_res: needs 'factor'"]
+    assert err.problems == ["tasks.super_res: type super_res needs 'factor'"]
+
+
+def test_a_task_type_must_exist_and_take_the_options_given():
+    def edit(c):
+        c["tasks"]["lesion_seg"]["type"] = "lesion_segmentation"
+        c["tasks"]["zone_seg"]["factor"] = 2
+        c["tasks"]["volume_reg"]["loss"] = "nosuch"
+        c["tasks"]["volume_reg"]["random_inputs"] = ["adc", "t2w"]  # volume_reg sees t2w only
+    problems = broken(edit).problems
+    assert problems[0].startswith("tasks.volume_reg.loss: unknown loss 'nosuch'; known: cross_entropy, mse")
+    assert problems[1].startswith("tasks.volume_reg.random_inputs: needs 2+ of the task's inputs")
+    assert problems[2].startswith("tasks.lesion_seg.type: unknown task type 'lesion_segmentation'; known types: "
+                                  "pirads_cls, sector_cls")
+    assert problems[3] == ("tasks.zone_seg.factor: not an option of type zone_seg (its options: loss, "
+                           "random_inputs)")
 
 
 def test_split_fractions_must_sum_to_one():
@@ -168,6 +184,15 @@ def test_retarget_points_every_reference_at_one_cohort():
     assert TEST_CONFIG["continual"]["cohort"] == "promis"  # the input is left alone
     with pytest.raises(ValueError, match="unknown task"):
         retarget(TEST_CONFIG, "mine", {"source": "manifest", "path": "x"}, tasks=["nosuch"])
+    # a config from before task types: the names were the types, and the retargeted config says so
+    untyped = copy.deepcopy(TEST_CONFIG)
+    for spec in untyped["tasks"].values():
+        del spec["type"]
+    config = retarget(untyped, "mine", {"source": "manifest", "path": "x"}, tasks=["zone_seg"])
+    assert config["tasks"]["zone_seg"]["type"] == "zone_seg"
+    untyped["tasks"]["zones_b"] = untyped["tasks"].pop("zone_seg")
+    with pytest.raises(ValueError, match="tasks.zones_b: no 'type' and the name is no task type"):
+        retarget(untyped, "mine", {"source": "manifest", "path": "x"})
 
 
 def test_compared_models_each_get_their_own_protocol(plan):

@@ -134,8 +134,12 @@ def test_rpg_table_leaves_out_a_task_whose_reference_scores_zero(caplog):
     import pandas as pd
 
     from taskalign.analysis.distances import rpg_rows, rpg_table
+    from taskalign.tasks.spec import Task
 
     model = "pretrained:mae/full"
+    tasks = {t: Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"], **({"factor": 2} if t == "super_res"
+                                                                                     else {})})
+             for t in ("zone_seg", "lesion_seg", "super_res")}
     metrics = pd.DataFrame([
         {"task": t, "metric": m, "init": i, "protocol": p, "seed": 0, "value": v, "ci_low": v - 0.01,
          "ci_high": v + 0.01, "primary": True}
@@ -147,7 +151,7 @@ def test_rpg_table_leaves_out_a_task_whose_reference_scores_zero(caplog):
                               for k, t in enumerate(["zone_seg", "lesion_seg", "super_res"])
                               for j, d in enumerate(["d2r", "d2p", "d2s"]) for e in ["biased", "unbiased"]])
     with caplog.at_level("WARNING"):
-        table = rpg_table(rpg_rows(metrics, distances, [model]))
+        table = rpg_table(rpg_rows(metrics, distances, [model], tasks))
     assert set(table[table["reference"] == "random"]["task"]) == {"zone_seg", "lesion_seg", "super_res"}
     specialist = table[table["reference"] == "specialist"].set_index("task")
     assert set(specialist.index[np.isfinite(specialist["rpg"])]) == {"zone_seg", "super_res"}

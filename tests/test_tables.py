@@ -304,9 +304,9 @@ def _manifest(cohort: str, train: int, val: int, test: int) -> pd.DataFrame:
 def test_cohort_table():
     manifests = {"risk": _manifest("risk", 3, 1, 2), "promis": _manifest("promis", 2, 1, 1),
                  "corpus": _manifest("corpus", 4, 0, 0)}
-    tasks = {"pirads_cls": {"cohort": "risk", "inputs": ["t2w", "dwi", "adc"]},
-             "lesion_seg": {"cohort": "promis", "inputs": ["t2w", "dwi", "adc"]},
-             "super_res": {"cohort": "promis", "inputs": ["t2w"], "factor": 4}}
+    tasks = {"pirads_cls": {"type": "pirads_cls", "cohort": "risk", "inputs": ["t2w", "dwi", "adc"]},
+             "lesion_seg": {"type": "lesion_seg", "cohort": "promis", "inputs": ["t2w", "dwi", "adc"]},
+             "super_res": {"type": "super_res", "cohort": "promis", "inputs": ["t2w"], "factor": 4}}
     table = cohort_table(manifests, tasks)
     raw = table.raw.set_index("cohort")
     assert raw.loc["risk", ["train", "val", "test"]].tolist() == [3, 1, 2]

@@ -23,12 +23,57 @@ def test_paper_config_plans_its_dag():
     proc = run_snakemake("-n", "--configfile", "config/paper.yaml")
     counts = job_counts(proc.stdout)
     assert counts["cohort"] == 5 and counts["preprocess"] == 5 and counts["check_manifest"] == 5
-    # 8 tasks x (random frozen + 4 inits full + pretrained frozen and partial:2) x 3 seeds
-    # 8 tasks x 3 seeds x (random frozen + 4 inits full + pretrained:mae frozen and partial:2 + 001's second FM
+    # tasks x 3 seeds x (random frozen + 4 inits full + pretrained:mae frozen and partial:2 + 001's second FM
     # pretrained:multitask partial:2 + 002's ablation steps not run otherwise: ablation2, mt_no_contrastive and
     # multitask, each frozen; its first step, mae frozen, is already there)
-    assert counts["finetune"] == counts["evaluate"] == 8 * 3 * (7 + 1 + 3)
+    n_tasks = len(yaml.safe_load((REPO / "config/paper.yaml").read_text())["tasks"])
+    assert counts["finetune"] == counts["evaluate"] == n_tasks * 3 * (7 + 1 + 3)
     assert counts["pretrain"] == 6 and counts["mmd"] == 1  # 5 configured variants + ablation2
+
+
+def test_paper001_config_plans_001s_five_tasks_and_fig2(tmp_path):
+    """001 as 001 ran it: five tasks, its reference models and two FMs, Fig. 2 over exactly these tasks."""
+    from conftest import plan_of
+    from taskalign.plan import layout, outputs
+
+    config = yaml.safe_load((REPO / "config/paper001.yaml").read_text())
+    plan = plan_of(config)
+    assert list(plan.tasks) == list(plan.mmd_tasks) == ["pirads_cls", "lesion_seg", "super_res", "distortion",
+                                                          "translation"]
+    assert [plan.task(t).kind.name for t in plan.tasks] == ["ordinal_classification", "segmentation", "restoration",
+                                                            "restoration", "ddpm_translation"]
+    assert plan.task("lesion_seg").loss == "tversky" and plan.task("super_res").option("factor") == 2
+    assert "001_fig2_rpg_vs_distance" in outputs.paper_figures(plan)
+    # D2P at the head level: the frozen FM's runs have features of their own, compared with the pretrained
+    # encoder under the task head at its initialisation
+    frozen = plan.mmd_inputs()["pretrained:mae/frozen"]["pirads_cls"]
+    assert frozen["finetuned"][0] == layout.run_features(layout.Run("pirads_cls", "pretrained:mae", "frozen", 0))
+    assert frozen["pretrained"] == layout.base_features("pirads_cls", "pretrained-mae")
+    assert layout.Run("pirads_cls", "pretrained:mae", "frozen", 0) in plan.feature_runs
+    assert layout.Run("pirads_cls", "random", "frozen", 0) not in plan.feature_runs
+    proc = run_snakemake(*outputs.paper_outputs(plan, "001"), "-n", "--configfile", "config/paper001.yaml")
+    counts = job_counts(proc.stdout)
+    # 5 tasks x 3 seeds x (random frozen, scratch, specialist, mae frozen, multitask partial:2)
+    assert counts["finetune"] == counts["evaluate"] == 5 * 3 * 5 and counts["mmd"] == counts["rpg"] == 1
+
+
+def test_a_task_of_an_existing_type_on_another_cohort_reaches_its_tables(tmp_path):
+    """A ninth task through the config alone: a second lesion segmentation, on the risk cohort."""
+    from conftest import plan_of
+    from taskalign.plan import layout, outputs
+
+    config = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    config["tasks"]["lesion_seg_risk"] = {"type": "lesion_seg", "cohort": "risk", "inputs": ["t2w", "adc"]}
+    plan = plan_of(config)
+    table = outputs.table_inputs(plan, "000_table4_segmentation")["cases"]
+    assert [row[:4] for row in table if row[0] == "lesion_seg_risk"] == [["lesion_seg_risk", "random", "frozen", 0]]
+    path = tmp_path / "ninth.yaml"
+    path.write_text(yaml.safe_dump(config))
+    targets = layout.table_files("000_table4_segmentation")
+    proc = run_snakemake(*targets, "-n", "--configfile", str(path))
+    run = layout.Run("lesion_seg_risk", "random", "frozen", 0)
+    assert layout.run_file("finetune", run, "model.safetensors") in proc.stdout
+    assert layout.run_file("evaluate", run, "cases.csv") in proc.stdout
 
 
 def test_misspelt_key_is_an_error_that_names_it(tmp_path):
@@ -123,5 +168,5 @@ def test_finetune_runs_that_make_no_sense_are_errors_naming_them(tmp_path):
     assert out.returncode != 0
     assert "init random runs with protocol frozen only, not full" in text
     assert "unknown task 'zone_sg'" in text and "'multitask' is not in continual.variants" in text
-    assert "tasks.super_res: needs 'factor'" in text
+    assert "tasks.super_res: type super_res needs 'factor'" in text
 

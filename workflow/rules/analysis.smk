@@ -92,6 +92,7 @@ rule rpg:
         correlations=layout.analysis_file("rpg_correlations.csv"),
     params:
         models=[PLAN.model_label(m) for m in PLAN.models],
+        tasks=as_json({t: PLAN.task_spec(t) for t in PLAN.tasks}),
         bootstrap=ANALYSIS["rpg"]["bootstrap"],
         seed=config["seed"],
     log:
@@ -100,7 +101,7 @@ rule rpg:
         "../../envs/taskalign.yaml"
     shell:
         "python -m taskalign.cli.rpg --metrics {input.metrics:q} --distances {input.distances:q}"
-        " --models {params.models:q} --bootstrap {params.bootstrap:q} --seed {params.seed:q}"
+        " --models {params.models:q} --tasks {params.tasks:q} --bootstrap {params.bootstrap:q} --seed {params.seed:q}"
         " --rpg {output.rpg:q} --correlations {output.correlations:q} 2> {log:q}"
 
 

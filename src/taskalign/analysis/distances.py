@@ -22,7 +22,7 @@ from scipy.stats import rankdata
 from taskalign.analysis.feature_files import load_features
 from taskalign.analysis.mmd import median_sigma, normalise, paired_mmd_test
 from taskalign.analysis.stats import correlation, rpg
-from taskalign.tasks.spec import TASK_TYPES
+from taskalign.tasks.spec import Task
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,6 @@ DISTANCES = {"d2r": "random", "d2p": "pretrained", "d2s": "scratch"}
 ESTIMATORS = ("unbiased", "biased")  # the first is the primary estimate
 # Rows pooled for the median heuristic: enough for a stable median, few enough for one distance matrix.
 MEDIAN_ROWS = 2000
-# 001 scores PI-RADS by specificity at sensitivity 0.9 in RPG, Fig. 1b and Fig. 2, not by the table's AUC.
-RPG_METRICS = {"pirads_cls": "spec_at_sens90"}
 REFERENCES = {"random": ("random", "frozen"), "specialist": ("specialist", "full")}
 Z95 = 1.959963984540054
 CORRELATION_COLUMNS = ["model", "reference", "distance", "estimator", "pearson_r", "pearson_p", "spearman_rho",
@@ -47,8 +45,10 @@ def split_model(label: str) -> tuple[str, str]:
     return init, protocol
 
 
-def rpg_metric(task: str) -> str:
-    return RPG_METRICS.get(task, TASK_TYPES[task].metric)
+def rpg_metric(task: Task) -> str:
+    """001 scores PI-RADS by specificity at sensitivity 0.9 in RPG, Fig. 1b and Fig. 2, not by the table's AUC:
+    the task kind says which metric."""
+    return task.kind.rpg_metric
 
 
 # --- distances ----------------------------------------------------------------------------------------------------
@@ -126,34 +126,40 @@ def all_distances(inputs: Mapping[str, Mapping[str, Mapping]], settings: dict) -
 
 # --- RPG ----------------------------------------------------------------------------------------------------------
 
-def run_values(metrics: pd.DataFrame, task: str, init: str, protocol: str) -> pd.DataFrame:
+def run_values(metrics: pd.DataFrame, task: Task, init: str, protocol: str) -> pd.DataFrame:
     """Per seed the task's RPG metric and its case-level standard error (the evaluation's 95% patient-bootstrap
     interval / (2 x 1.96); 0 where it has none). Columns seed, value, se."""
-    rows = metrics[(metrics["task"] == task) & (metrics["init"] == init) & (metrics["protocol"] == protocol)
+    rows = metrics[(metrics["task"] == task.name) & (metrics["init"] == init) & (metrics["protocol"] == protocol)
                    & (metrics["metric"] == rpg_metric(task))].dropna(subset=["value"])
     se = ((rows["ci_high"] - rows["ci_low"]) / (2 * Z95)).fillna(0.0)
     return pd.DataFrame({"seed": rows["seed"].to_numpy(), "value": rows["value"].to_numpy(float),
                          "se": se.to_numpy(float)}).sort_values("seed", kind="mergesort")
 
 
-def rpg_rows(metrics: pd.DataFrame, distances: pd.DataFrame, models: Sequence[str]) -> list[dict]:
-    """One entry per (model, task, reference) with the per-seed values the table and the bootstrap need."""
+def rpg_rows(metrics: pd.DataFrame, distances: pd.DataFrame, models: Sequence[str],
+             tasks: Mapping[str, Task]) -> list[dict]:
+    """One entry per (model, task, reference) with the per-seed values the table and the bootstrap need; `tasks`
+    (by name) say each task's RPG metric and its direction."""
     entries = []
     for model in models:
         init, protocol = split_model(model)
         own = distances[distances["model"] == model]
-        for task in dict.fromkeys(own["task"]):
+        for name in dict.fromkeys(own["task"]):
+            if name not in tasks:
+                raise ValueError(f"mmd.csv names task {name!r}, which is not configured (tasks: {', '.join(tasks)})")
+            task = tasks[name]
             ft = run_values(metrics, task, init, protocol)
-            per_seed = own[own["task"] == task].pivot_table(index="seed", columns=["distance", "estimator"],
+            per_seed = own[own["task"] == name].pivot_table(index="seed", columns=["distance", "estimator"],
                                                              values=["value", "se"])
             for reference, (ref_init, ref_protocol) in REFERENCES.items():
                 ref = run_values(metrics, task, ref_init, ref_protocol)
                 if ft.empty or ref.empty:
                     continue
-                entry = {"model": model, "task": task, "reference": reference, "ft": ft, "ref": ref,
-                         "distances": per_seed, "note": ""}
+                entry = {"model": model, "task": name, "reference": reference, "ft": ft, "ref": ref,
+                         "distances": per_seed, "metric": rpg_metric(task),
+                         "higher_is_better": task.type.higher_is_better, "note": ""}
                 if ref["value"].mean() == 0:  # e.g. a lesion Dice of 0: no relative gain exists
-                    log.warning("%s %s: the %s reference scores %s = 0, RPG is undefined; left out", model, task,
+                    log.warning("%s %s: the %s reference scores %s = 0, RPG is undefined; left out", model, name,
                                 reference, rpg_metric(task))
                     entry["note"] = (f"left out: the {reference} reference scores {rpg_metric(task)} = 0, so the "
                                      "relative gain is undefined")
@@ -162,7 +168,7 @@ def rpg_rows(metrics: pd.DataFrame, distances: pd.DataFrame, models: Sequence[st
 
 
 def _rpg_of(entry: dict, p_ft: float, p_ref: float) -> float:
-    return rpg(p_ft, p_ref, TASK_TYPES[entry["task"]].higher_is_better)
+    return rpg(p_ft, p_ref, entry["higher_is_better"])
 
 
 def _column(distance: str, estimator: str) -> str:
@@ -179,7 +185,7 @@ def rpg_table(entries: list[dict]) -> pd.DataFrame:
         p_ft, p_ref = e["ft"]["value"].mean(), e["ref"]["value"].mean()
         defined = not e.get("note")
         seed_rpg = [_rpg_of(e, v, p_ref) for v in e["ft"]["value"]] if defined else []
-        row = {"model": e["model"], "task": e["task"], "metric": rpg_metric(e["task"]), "reference": e["reference"],
+        row = {"model": e["model"], "task": e["task"], "metric": e["metric"], "reference": e["reference"],
                "p_finetuned": p_ft, "p_reference": p_ref, "rpg": _rpg_of(e, p_ft, p_ref) if defined else np.nan,
                "rpg_seed_sd": float(np.std(seed_rpg, ddof=1)) if len(seed_rpg) > 1 else np.nan,
                "n_seeds": len(e["ft"])}

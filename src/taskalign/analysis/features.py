@@ -1,4 +1,5 @@
-"""Layer-wise features: the token-mean embedding of chosen blocks and of the final normed output, per case.
+"""Layer-wise features: the token-mean embedding of chosen blocks and of the final normed output, per case; with
+`analysis.mmd.layer: head`, also the task model's head features (`head_features`).
 
 Extracted once per encoder x task (rule `features`) and reused by every analysis, which reads them through
 taskalign.analysis.feature_files. The encoder sees the task's own inputs (unused channels zeroed, degraded inputs for
@@ -29,12 +30,42 @@ def encoder_of(path: Path, source: str, task: Task, channels: list[str], device:
     """The encoder in an encoder file (`encoder`) or inside a fine-tuned task model (`finetuned`), on `device`."""
     if source == "encoder":
         return load_encoder(path, device)
-    from taskalign.models.task_model import load_task_model
+    return task_model_of(path, source, task, {"channels": channels}, device).encoder
 
-    model, meta = load_task_model(path, task, channels, device)
+
+def task_model_of(path: Path, source: str, task: Task, params: dict, device: torch.device):
+    """A fine-tuned task model (`finetuned`), or for an encoder file the task model around it with its head at
+    the initialisation seeded by params["seed"] (the FM before fine-tuning: 001's Φ_pre and Φ_rand)."""
+    from taskalign.models.task_model import build_model, load_task_model
+
+    if source == "encoder":
+        torch.manual_seed(params["seed"])
+        with torch.device(device):
+            return build_model(task, "pretrained:encoder", load_encoder(path, device), params).eval()
+    model, meta = load_task_model(path, task, params["channels"], device)
     if not hasattr(model, "encoder"):
         raise ValueError(f"{path}: init {meta['init']} has no foundation-model encoder to extract features from")
-    return model.encoder
+    return model
+
+
+@torch.no_grad()
+def head_features(model, task: Task, loader, device: torch.device) -> np.ndarray:
+    """The input of the model's output layer per case, averaged over voxels for dense heads: what fine-tuning
+    changes even when the encoder stays frozen (001's D2P of its frozen FM)."""
+    from taskalign.models.heads import output_layer
+
+    parts: list[np.ndarray] = []
+    hook = output_layer(model).register_forward_pre_hook(
+        lambda module, args: parts.append(args[0].float().flatten(2).mean(dim=2).cpu().numpy()
+                                          if args[0].dim() > 2 else args[0].float().cpu().numpy()))
+    try:
+        for batch in loader:
+            batch = loader.dataset.on_device(to_device(batch, device))
+            with autocast(device):
+                task.kind.feature_pass(task, model, batch["image"])
+    finally:
+        hook.remove()
+    return np.concatenate(parts).astype(np.float32)
 
 
 @torch.no_grad()
@@ -55,7 +86,9 @@ def token_means(encoder: Encoder, loader, layers: list[int], device: torch.devic
 def extract(*, task: Task, model_path: Path, source: str, indexes: list[Path], params: dict, out_npz: Path,
             threads: int | None = None) -> None:
     device = select_device(threads)
-    encoder = encoder_of(model_path, source, task, params["channels"], device)
+    # the `head` level (analysis.mmd.layer: head) reads the task model's head too
+    model = task_model_of(model_path, source, task, params, device) if "head" in params else None
+    encoder = model.encoder if model is not None else encoder_of(model_path, source, task, params["channels"], device)
     unknown = [n for n in params["layers"] if not 0 <= n < len(encoder.blocks)]
     if unknown:
         raise ValueError(f"analysis.layers {unknown}: {model_path} has blocks 0..{len(encoder.blocks) - 1}")
@@ -65,6 +98,8 @@ def extract(*, task: Task, model_path: Path, source: str, indexes: list[Path], p
                           norm={"offset": 0.0, "scale": 1.0})
     loader = make_loader(dataset, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
     features = token_means(encoder, loader, params["layers"], device)
+    if model is not None:
+        features["head"] = head_features(model, task, loader, device)
     write_features(out_npz, dataset.index, features)
     log.info("%s: %d cases x %d layers (%d features) from %s", task.name, len(rows), len(features),
              features["final"].shape[1], model_path)

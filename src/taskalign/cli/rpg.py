@@ -16,17 +16,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distances", required=True, type=Path, help="results/analysis/mmd.csv")
     parser.add_argument("--models", required=True, nargs="+",
                         help="compared models as <init>/<protocol>, e.g. pretrained:mae/frozen")
+    parser.add_argument("--tasks", required=True, help="JSON: the config's tasks (name -> type, cohort, inputs)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the correlation intervals")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rpg", required=True, type=Path)
     parser.add_argument("--correlations", required=True, type=Path)
     args = parser.parse_args(argv)
     log = setup_logging("taskalign.rpg")
+    import json
+
     import pandas as pd
 
     from taskalign.analysis.distances import rpg_correlations, rpg_rows, rpg_table
+    from taskalign.tasks.spec import Task
 
-    entries = rpg_rows(pd.read_csv(args.metrics), pd.read_csv(args.distances), args.models)
+    tasks = {name: Task.from_config(name, spec) for name, spec in json.loads(args.tasks).items()}
+    entries = rpg_rows(pd.read_csv(args.metrics), pd.read_csv(args.distances), args.models, tasks)
     table = rpg_table(entries)
     correlations = rpg_correlations(entries, args.bootstrap, args.seed)
     for row in correlations.itertuples():

@@ -42,14 +42,3 @@ def sector_index(level: str, side: str, zone: str, ap: str | None) -> int:
     return 8 * LEVELS.index(level) + 4 * s + 2 * z + AP.index(ap)
 
 
-def sector_name(index: int) -> str:
-    """Inverse of sector_index, e.g. 'mid-left-pz-posterior'."""
-    if not 0 <= index < N_SECTORS:
-        raise ValueError(f"sector {index} out of range 0-{N_SECTORS - 1}")
-    if index >= 16:
-        s, z = divmod(index - 16, 2)
-        return f"apex-{SIDES[s]}-{ZONES[z]}"
-    level, rest = divmod(index, 8)
-    s, rest = divmod(rest, 4)
-    z, a = divmod(rest, 2)
-    return f"{LEVELS[level]}-{SIDES[s]}-{ZONES[z]}-{AP[a]}"

@@ -40,25 +40,23 @@ def run_evaluation(*, task: Task, model_path: Path, indexes: list[Path], params:
         row = test.index.iloc[i]
         records.append({"case_id": row["case_id"], "patient_id": row["patient_id"], "cohort": row["cohort"],
                         **case_scores(task, prediction, target, meta["norm"])})
-        if task.kind == "segmentation":
-            volumes[row["case_id"]] = prediction
-        elif task.kind == "restoration" and len(volumes) < params["save_volumes"]:
-            volumes[row["case_id"]] = prediction.astype(np.float16)
-        if task.kind in ("segmentation", "restoration") and len(shown) < 4:
+        kept = task.kind.kept_prediction(prediction, len(volumes), params["save_volumes"])
+        if kept is not None:
+            volumes[row["case_id"]] = kept
+        if task.kind.pictured and len(shown) < 4:
             shown.append((row["case_id"], test.sample(i)["image"].numpy(), target.numpy(), prediction))
     cases = pd.DataFrame(records)
     if cases.empty:
         raise ValueError(f"task {task.name}: no test cases with a {task.type.target} label")
 
-    threshold = float("nan")
-    if task.kind == "classification" and task.type.ordinal:
+    if task.kind.operating_point:
         threshold = validation_threshold(model, task, indexes, params, meta["norm"], device)
         prob = cases[[f"prob_{c}" for c in task.type.classes]].to_numpy()
         # per case, so the tables can resample it: a negative called negative at the validation threshold
         cases["spec_at_sens90"] = specificity_cases(cases["true"] >= PIRADS_POSITIVE_FROM,
                                                     pirads_positive_score(prob), threshold)
-    point = split_metrics(task, cases, meta["norm"], threshold)
-    intervals = bootstrap_cis(cases, lambda frame: split_metrics(task, frame, meta["norm"], threshold),
+    point = split_metrics(task, cases, meta["norm"])
+    intervals = bootstrap_cis(cases, lambda frame: split_metrics(task, frame, meta["norm"]),
                               n_boot=params["bootstrap"], seed=params["seed"])
     summary = []
     for name, value in point.items():
@@ -120,7 +118,7 @@ def prediction_montage(task: Task, shown: list, path: Path, title: str) -> None:
         channel = next(i for i in range(image.shape[0]) if np.any(image[i]))
         panels = [(image[channel, mid], "input"), (target[0, mid], "target"), (prediction[mid], "prediction")]
         for c, (panel, label) in enumerate(panels):
-            seg = task.kind == "segmentation" and c > 0
+            seg = task.kind.labels and c > 0
             axes[r, c].imshow(panel, cmap="tab10" if seg else "gray", vmin=0 if seg else None,
                               vmax=9 if seg else None, interpolation="nearest")
             axes[r, c].set_title(f"{case_id} {label}" if c == 0 else label, fontsize=8)

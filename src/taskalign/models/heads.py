@@ -6,7 +6,8 @@ head on the fused UperNet features for super-resolution. Restoration models whos
 contrast (super-resolution, distortion correction) predict a residual on the input T2W, from a zeroed output
 layer: they start as the identity.
 Specialists: MONAI ResNet-10 layout (one basic block per stage; widths from config, the paper's 64-512 at paper
-scale) for classification and regression, and UNet for segmentation and restoration.
+scale) for classification and regression, UNet for segmentation and restoration, MONAI's DiffusionModelUNet for
+the DDPM translation. A task's kind names its head and specialist (`HEADS`, `SPECIALISTS`).
 """
 
 from __future__ import annotations
@@ -93,10 +94,8 @@ def zero_output(layer: nn.Module) -> nn.Module:
 
 
 def n_model_outputs(task: Task) -> int:
-    """Multi-class segmentation adds a background channel (softmax); binary masks use one sigmoid channel."""
-    if task.kind == "segmentation" and task.type.n_outputs > 1:
-        return task.type.n_outputs + 1
-    return task.type.n_outputs
+    """The model's output channels: the kind's (multi-class segmentation adds a background channel)."""
+    return task.kind.model_outputs(task.type.n_outputs)
 
 
 def residual_channel(task: Task, channels: list[str]) -> int | None:
@@ -106,27 +105,70 @@ def residual_channel(task: Task, channels: list[str]) -> int | None:
     return channels.index(residual) if residual is not None else None
 
 
-def encoder_model(task: Task, encoder: Encoder, channels: list[str], head: dict) -> nn.Module:
-    """The task head on `encoder`. head: mlp_hidden, decoder_channels, layers."""
-    n_out = n_model_outputs(task)
-    if task.kind in ("classification", "regression"):
-        return EncoderMLP(encoder, n_out, head["mlp_hidden"])
-    if task.kind == "segmentation":
-        return EncoderUperNet(encoder, n_out, tuple(head["layers"]), head["decoder_channels"])
+def output_layer(model: nn.Module) -> nn.Module:
+    """The layer that makes an FM task model's output: its input is the head's (or decoder's) last features, what
+    fine-tuning changes even when the encoder is frozen (the `head` feature level, 001's D2P)."""
+    if isinstance(model, EncoderMLP):
+        return model.head.net[-1]
+    subpixel = getattr(model, "subpixel", None)
+    return subpixel if subpixel is not None else model.decoder.classifier
+
+
+def _mlp(task, encoder, channels, head):
+    return EncoderMLP(encoder, n_model_outputs(task), head["mlp_hidden"])
+
+
+def _upernet(task, encoder, channels, head):
+    return EncoderUperNet(encoder, n_model_outputs(task), tuple(head["layers"]), head["decoder_channels"])
+
+
+def _restoration(task, encoder, channels, head):
     return EncoderRestoration(encoder, tuple(head["layers"]), head["decoder_channels"],
                               residual_channel(task, channels), subpixel=task.type.subpixel)
 
 
+def _noise_predictor(task, encoder, channels, head):
+    from taskalign.models.diffusion import NoisePredictor  # a subclass of EncoderRestoration
+
+    return NoisePredictor(encoder, tuple(head["layers"]), head["decoder_channels"], channels.index(task.type.target))
+
+
+def _resnet(task, channels, specialist):
+    widths = tuple(specialist["channels"])
+    stages = (list(widths) + [widths[-1]] * 4)[:4]
+    return ResNet("basic", [1, 1, 1, 1], stages, spatial_dims=3, n_input_channels=len(channels),
+                  num_classes=n_model_outputs(task),
+                  conv1_t_stride=tuple(specialist.get("resnet_stem_stride", (1, 1, 1))))
+
+
+def _unet(task, channels, specialist):
+    widths = tuple(specialist["channels"])
+    return UNet(3, len(channels), n_model_outputs(task), channels=widths, strides=(2,) * (len(widths) - 1),
+                num_res_units=1)
+
+
+def _residual_unet(task, channels, specialist):
+    return ResidualUNet(len(channels), tuple(specialist["channels"]), residual_channel(task, channels))
+
+
+def _diffusion_unet(task, channels, specialist):
+    from taskalign.models.diffusion import DiffusionUNet
+
+    return DiffusionUNet(len(channels), tuple(specialist["channels"]))
+
+
+# a kind's `head` / `specialist` -> the model it names (taskalign.tasks.kinds declares which)
+HEADS = {"mlp": _mlp, "upernet": _upernet, "intensity_upernet": _restoration, "noise_predictor": _noise_predictor}
+SPECIALISTS = {"resnet": _resnet, "unet": _unet, "residual_unet": _residual_unet, "diffusion_unet": _diffusion_unet}
+
+
+def encoder_model(task: Task, encoder: Encoder, channels: list[str], head: dict) -> nn.Module:
+    """The task kind's head on `encoder`. head: mlp_hidden, decoder_channels, layers."""
+    return HEADS[task.kind.head](task, encoder, channels, head)
+
+
 def specialist_model(task: Task, channels: list[str], specialist: dict) -> nn.Module:
-    """A task-specific MONAI network on the same inputs. specialist: channels (UNet widths; the first four are
+    """The task kind's MONAI network on the same inputs. specialist: channels (UNet widths; the first four are
     the ResNet stage widths), resnet_stem_stride (the config's; a model file without it was trained with MONAI's
     default stride 1)."""
-    n_out = n_model_outputs(task)
-    widths = tuple(specialist["channels"])
-    if task.kind in ("classification", "regression"):
-        stages = (list(widths) + [widths[-1]] * 4)[:4]
-        return ResNet("basic", [1, 1, 1, 1], stages, spatial_dims=3, n_input_channels=len(channels), num_classes=n_out,
-                      conv1_t_stride=tuple(specialist.get("resnet_stem_stride", (1, 1, 1))))
-    if task.kind == "segmentation":
-        return UNet(3, len(channels), n_out, channels=widths, strides=(2,) * (len(widths) - 1), num_res_units=1)
-    return ResidualUNet(len(channels), widths, residual_channel(task, channels))
+    return SPECIALISTS[task.kind.specialist](task, channels, specialist)

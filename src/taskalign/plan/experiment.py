@@ -14,7 +14,7 @@ from taskalign.data.labels import SPLITS
 from taskalign.data.splits import manifest_split_sizes
 from taskalign.plan import layout
 from taskalign.plan.layout import Run
-from taskalign.tasks.spec import TASK_TYPES, check_combination
+from taskalign.tasks.spec import Task, check_combination, task_problems
 
 IMPORTERS = ("picai", "dicom", "nifti", "prostate158", "msd")
 
@@ -68,8 +68,7 @@ class Plan:
         for name, spec in self.tasks.items():
             if spec["cohort"] not in self.cohorts:
                 problems.append(f"tasks.{name}.cohort: unknown cohort '{spec['cohort']}'")
-            required = {"super_res": ["factor"], "distortion": ["amplitude_mm", "decay_mm"]}.get(name, [])
-            problems += [f"tasks.{name}: needs '{key}'" for key in required if key not in spec]
+            problems += task_problems(name, spec)  # the type exists and takes these options
         for n, model in enumerate(self.models):
             if model["variant"] not in self.variants:
                 problems.append(f"analysis.models[{n}].variant: '{model['variant']}' is not in pretrain.variants")
@@ -221,9 +220,12 @@ class Plan:
 
     def cache_fields(self, cohort: str) -> list[str]:
         """Per-case arrays preprocessing precomputes for the tasks on this cohort (the distortion's distance field)."""
-        rectal_air = any(TASK_TYPES[t].degradation == "rectal_air" for t, spec in self.tasks.items()
-                         if spec["cohort"] == cohort)
-        return ["rectum_distance"] if rectal_air else []
+        fields = [f for t, spec in self.tasks.items() if spec["cohort"] == cohort for f in self.task(t).type.cache_fields]
+        return list(dict.fromkeys(fields))
+
+    def task(self, name: str) -> Task:
+        """The configured task `name` (its type and kind, cohort, inputs and options)."""
+        return Task.from_config(name, self.task_spec(name))
 
     def task_cohort(self, task: str) -> str:
         return self.tasks[task]["cohort"]
@@ -291,16 +293,24 @@ class Plan:
     def finetune_settings(self, task: str) -> dict:
         """`finetune` with the task's own overrides; batch_size ends up as this task's integer."""
         settings = {k: self.finetune[k] for k in ("epochs", "lr", "warmup_epochs", "weight_decay")}
-        settings["batch_size"] = self.finetune["batch_size"][TASK_TYPES[task].kind]
+        settings["batch_size"] = self.finetune["batch_size"][self.task(task).kind.group]
         settings.update(self.tasks[task].get("finetune", {}))
         return settings
 
     # --- features and analyses ----------------------------------------------------------------------------------
 
+    @property
+    def head_level(self) -> bool:
+        """The distances read the task head's features (`analysis.mmd.layer: head`), which a frozen run moves too."""
+        return self.analysis["mmd"]["layer"] == "head"
+
     @cached_property
     def feature_runs(self) -> list[Run]:
-        """Runs with features of their own: a frozen run's encoder is its starting encoder, a specialist has none."""
-        return [r for r in self.runs if r.init != "specialist" and r.protocol != "frozen"]
+        """Runs with features of their own: a frozen run's encoder is its starting encoder (at the head level, the
+        compared models' frozen runs have their own head), a specialist has none."""
+        compared = {(self.model_init(m), m["protocol"]) for m in self.models} if self.head_level else set()
+        return [r for r in self.runs if r.init != "specialist"
+                and (r.protocol != "frozen" or (r.init, r.protocol) in compared)]
 
     def cka_pairs(self, task: str) -> list[dict]:
         """000 Table 6's encoder pairs on this task's images: pretrained-continual, and for every fine-tuned run
@@ -312,7 +322,7 @@ class Plan:
         pre, cont = f"pretrained-{self.analysed}", f"continual-{self.analysed}"
         pairs = [{"pair": "pretrained-continual", "protocol": "", "seed": "",
                   "a": layout.base_features(task, pre), "b": layout.base_features(task, cont)}]
-        for run in sorted(r for r in self.feature_runs if r.task == task):
+        for run in sorted(r for r in self.feature_runs if r.task == task and r.protocol != "frozen"):
             ft = layout.run_features(run)
             if run.init == f"pretrained:{self.analysed}":
                 pairs += [{"pair": f"{start}-finetuned", "protocol": run.protocol, "seed": run.seed,
@@ -350,8 +360,9 @@ class Plan:
         return [task for task in self.tasks if any(self.mmd_seeds(task, m) for m in self.models)]
 
     def model_features(self, task: str, model: dict, seed: int) -> str:
-        """The fine-tuned model's features; a frozen encoder cannot move, so a frozen run has its start's."""
-        if model["protocol"] == "frozen":
+        """The fine-tuned model's features; a frozen encoder cannot move, so a frozen run has its start's (at the
+        head level its own: the head moved)."""
+        if model["protocol"] == "frozen" and not self.head_level:
             return layout.base_features(task, f"pretrained-{model['variant']}")
         return layout.run_features(Run(task, self.model_init(model), model["protocol"], seed))
 

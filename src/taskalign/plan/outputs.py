@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from taskalign.plan import layout
 from taskalign.plan.experiment import Plan
-from taskalign.tasks.spec import TASK_TYPES
 
-# seed 000 Tables 2-5 by task kind; distortion and translation (001's restoration tasks) join super-resolution
+# seed 000 Tables 2-5 by the task kinds' table group; distortion and translation (001's restoration tasks, the DDPM
+# one included) join super-resolution
 PERFORMANCE_TABLES = {
     "000_table2_classification": "classification",
     "000_table3_regression": "regression",
@@ -25,14 +25,15 @@ FIGURES = ("001_fig1b_scratch_vs_finetuned", "001_fig2_rpg_vs_distance", "001_fi
 PAPERS = ("000", "001", "002", "003")
 
 
-def run_kinds(plan: Plan) -> set[str]:
-    return {TASK_TYPES[r.task].kind for r in plan.runs}
+def group_tasks(plan: Plan, group: str) -> list[str]:
+    """The configured tasks whose kind reports in table group `group`."""
+    return [t for t in plan.tasks if plan.task(t).kind.group == group]
 
 
 def paper_tables(plan: Plan) -> list[str]:
-    kinds = run_kinds(plan)
+    grouped = {name: plan.runs_of(group_tasks(plan, group)) for name, group in PERFORMANCE_TABLES.items()}
     names = ["000_table1_cohorts"]
-    names += [name for name, kind in PERFORMANCE_TABLES.items() if kind in kinds]
+    names += [name for name, runs in grouped.items() if runs]
     names += ["000_table6_cka", "000_table6_cka_supplementary"] if plan.cka_tasks else []
     names += ["001_table1_compute"] if plan.mmd_tasks else []
     names += ["002_table5_ablation"] if plan.ablation_steps else []
@@ -41,8 +42,8 @@ def paper_tables(plan: Plan) -> list[str]:
 
 
 def segmentation_overlay_runs(plan: Plan) -> list[layout.Run]:
-    seg = [t for t in plan.tasks if TASK_TYPES[t].kind == "segmentation"]
-    return plan.runs_of(seg, [f"pretrained:{plan.analysed}"], "full")
+    labelled = [t for t in plan.tasks if plan.task(t).kind.labels]
+    return plan.runs_of(labelled, [f"pretrained:{plan.analysed}"], "full")
 
 
 def paper_figures(plan: Plan) -> list[str]:
@@ -82,7 +83,7 @@ def compared_runs(plan: Plan) -> list[layout.Run]:
 def table_inputs(plan: Plan, name: str) -> dict:
     """Named inputs of a table: a path, a list of paths, or per-run rows [task, init, protocol, seed, path]."""
     if name in PERFORMANCE_TABLES:
-        tasks = [t for t in plan.tasks if TASK_TYPES[t].kind == PERFORMANCE_TABLES[name]]
+        tasks = group_tasks(plan, PERFORMANCE_TABLES[name])
         return {"metrics": layout.collected_metrics(), "cases": run_files("evaluate", plan.runs_of(tasks), "cases.csv")}
     if name == "000_table1_cohorts":
         return {"manifests": sorted(layout.checked_manifest(c) for c in plan.cohorts)}

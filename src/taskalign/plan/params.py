@@ -91,5 +91,8 @@ def evaluate(plan: Plan, task: str, seed: int) -> dict:
 
 
 def features(plan: Plan, task: str) -> dict:
-    return {"task": plan.task_spec(task), "channels": plan.config["preprocess"]["channels"],
-            "layers": plan.analysis["layers"], "batch_size": plan.analysis["batch_size"], "seed": plan.config["seed"]}
+    settings = {"task": plan.task_spec(task), "channels": plan.config["preprocess"]["channels"],
+                "layers": plan.analysis["layers"], "batch_size": plan.analysis["batch_size"], "seed": plan.config["seed"]}
+    if plan.head_level:  # the task head's features too: its architecture builds an encoder file's model
+        settings["head"] = plan.finetune["head"]
+    return settings

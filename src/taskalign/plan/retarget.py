@@ -1,12 +1,15 @@
 """Point a whole config at your own cohort: the data, pretraining, continual pretraining and every task at once.
 
 A cohort is referred to from four places (data.cohorts, pretrain.cohorts, continual.cohort, tasks.<t>.cohort);
-changing only `data.cohorts` leaves the others naming built-in cohorts that no longer exist.
+changing only `data.cohorts` leaves the others naming built-in cohorts that no longer exist. Every task it writes
+names its type (`tasks.<name>.type`).
 """
 
 from __future__ import annotations
 
 import copy
+
+from taskalign.tasks.spec import TASK_TYPES
 
 
 def retarget(config: dict, name: str, spec: dict, *, tasks: list[str] | None = None,
@@ -29,6 +32,10 @@ def retarget(config: dict, name: str, spec: dict, *, tasks: list[str] | None = N
                 block["tasks"] = [t for t in block["tasks"] if t in tasks]
         config["finetune"]["runs"] = [b for b in config["finetune"]["runs"] if b.get("tasks", "all") == "all"
                                       or b["tasks"]]
-    for task_spec in config["tasks"].values():
+    for task, task_spec in config["tasks"].items():
         task_spec["cohort"] = name
+        if "type" not in task_spec:  # a config from before task types: its names were the types
+            if task not in TASK_TYPES:
+                raise ValueError(f"tasks.{task}: no 'type' and the name is no task type ({', '.join(TASK_TYPES)})")
+            task_spec["type"] = task
     return config

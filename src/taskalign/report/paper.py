@@ -29,7 +29,8 @@ from taskalign.report.tables.lens import FIXED as LENS_COLUMNS, lens_table
 from taskalign.report.tables.model import Table, provenance, write_table
 from taskalign.report.tables.performance import performance_table
 from taskalign.runtime import atomic_path, read_array, read_arrays
-from taskalign.tasks.spec import LOWER_IS_BETTER, TASK_TYPES
+from taskalign.tasks.kinds import LOWER_IS_BETTER
+from taskalign.tasks.spec import Task
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,20 @@ def per_run(rows: list[list]) -> dict[tuple[str, str, str, int], Path]:
     return dict(sorted(((t, i, p, int(s)), Path(path)) for t, i, p, s, path in rows))
 
 
-def tasks_of_kind(settings: dict, kind: str) -> list[str]:
-    return [t for t in settings["tasks"] if TASK_TYPES[t].kind == kind and any(r[0] == t for r in settings["runs"])]
+def configured_tasks(settings: dict) -> dict[str, Task]:
+    return {name: Task.from_config(name, spec) for name, spec in settings["tasks"].items()}
+
+
+def tasks_with_runs(settings: dict, keep) -> list[str]:
+    """The configured tasks with fine-tuned runs whose Task passes `keep` (its kind's table group, say)."""
+    return [name for name, task in configured_tasks(settings).items()
+            if keep(task) and any(r[0] == name for r in settings["runs"])]
 
 
 # --- tables -------------------------------------------------------------------------------------------------------
 
 def performance(name: str, inputs: dict, settings: dict) -> Table:
-    tasks = tasks_of_kind(settings, PERFORMANCE_TABLES[name])
+    tasks = tasks_with_runs(settings, lambda task: task.kind.group == PERFORMANCE_TABLES[name])
     metrics = pd.read_csv(inputs["metrics"])
     cases = {run: pd.read_csv(path) for run, path in per_run(inputs["cases"]).items()}
     return performance_table(metrics, cases, tasks, f"pretrained:{settings['variant']}", LOWER_IS_BETTER,
@@ -171,9 +178,10 @@ def scratch_vs_finetuned_frame(inputs: dict, settings: dict) -> pd.DataFrame:
     distances = pd.read_csv(inputs["mmd"])
     d2s = distances[(distances["distance"] == "d2s") & (distances["estimator"] == "unbiased")]
     rows = []
+    tasks = configured_tasks(settings)
     for (model, task), group in d2s.groupby(["model", "task"], sort=False):
         init, protocol = split_model(model)
-        metric = rpg_metric(task)
+        metric = rpg_metric(tasks[task])
         rows.append({"model": model, "task": task, "scratch": means.get((task, "scratch", "full", metric), np.nan),
                      "finetuned": means.get((task, init, protocol, metric), np.nan), "d2s": group["value"].mean(),
                      "higher_is_better": metric not in LOWER_IS_BETTER})
@@ -203,7 +211,7 @@ def fig_learning_curves(stem: Path, inputs: dict, settings: dict) -> int:
             histories.setdefault(t, {})[label] = pd.read_csv(path)
     histories = {t: h for t, h in histories.items() if len(h) > 1}
     return figures.learning_curves(histories, stem, footer(), settings["style"],
-                                   metrics={t: TASK_TYPES[t].metric for t in histories})
+                                   metrics={t: configured_tasks(settings)[t].type.metric for t in histories})
 
 
 def fig_cka(stem: Path, inputs: dict, settings: dict) -> int:
@@ -242,14 +250,14 @@ def overlay_cases(inputs: dict, settings: dict) -> list[dict]:
     """A few test cases per segmentation task: the slice with the most target, from the analysed variant's
     fine-tuned run (first seed)."""
     cases = []
-    for task in tasks_of_kind(settings, "segmentation"):
+    for task in tasks_with_runs(settings, lambda task: task.kind.labels):
         runs = sorted(r for r in settings["runs"] if r[0] == task and r[1] == f"pretrained:{settings['variant']}"
                       and r[2] == "full")
         if not runs:
             continue
         predictions = read_arrays(per_run(inputs["predictions"])[tuple(runs[0])])
         index = pd.read_csv(inputs["indexes"][task]).set_index("case_id")
-        target = TASK_TYPES[task].target
+        target = configured_tasks(settings)[task].type.target
         for case_id in list(predictions)[: settings["overlay_cases"]]:
             cache = Path(index.loc[case_id, "cache_dir"])
             channels = json.loads((cache / "meta.json").read_text())["channels"]

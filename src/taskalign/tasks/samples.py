@@ -32,7 +32,7 @@ def usable_rows(index: pd.DataFrame, task: Task) -> pd.DataFrame:
 
 def target_norm(rows: pd.DataFrame, task: Task) -> dict:
     """Regression targets are standardised with the training split's mean and std (kept with the model)."""
-    if task.kind != "regression":
+    if not task.kind.normalised:
         return {}
     values = rows[task.type.target].astype(float)
     return {"offset": float(values.mean()), "scale": float(values.std(ddof=0)) or 1.0}
@@ -55,11 +55,12 @@ class TaskDataset(Dataset):
         self.seed = seed
         self.norm = norm or {}
         self.transform = augmentation(task, augment, task.type.masks) if train and augment else None
-        fields = ("rectum_distance",) if task.type.degradation == "rectal_air" else ()
-        self.cache = CacheDataset(rows, masks=task.type.masks, fields=fields, as_stored=True)
+        self.cache = CacheDataset(rows, masks=task.type.masks, fields=task.type.cache_fields, as_stored=True)
         self.index = self.cache.index
         self.input_mask = torch.tensor([c in task.inputs for c in self.channels])
-        self.target_channel = self.channels.index(task.type.target) if task.kind == "restoration" else None
+        # random_inputs: one of them is drawn per item (`keep`), the others are zeroed with the unused channels
+        self.drawn = [self.channels.index(c) for c in task.options.get("random_inputs", [])]
+        self.target_channel = self.channels.index(task.type.target) if task.kind.target_from == "image" else None
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -71,15 +72,20 @@ class TaskDataset(Dataset):
         if self.transform is not None:  # the seed CacheDataset gave MONAI: the item's, else its index
             sample["augment"] = draw_augmentation(self.transform, i if item_seed is None else item_seed)
         row = self.index.iloc[i]
-        if self.task.kind == "classification":
-            sample["target"] = torch.tensor(self.task.type.classes.index(int(row[self.task.type.target])))
-        elif self.task.kind == "regression":
-            value = (float(row[self.task.type.target]) - self.norm["offset"]) / self.norm["scale"]
-            sample["target"] = torch.tensor([value], dtype=torch.float32)
+        if self.task.kind.target_from == "row":
+            value = row[self.task.type.target]
+            if self.task.kind.normalised:
+                value = (float(value) - self.norm["offset"]) / self.norm["scale"]
+            sample["target"] = self.task.kind.item_target(self.task, value)
+        # training draws follow the item seed a shuffling loader drew for this epoch; val/test are fixed per case
+        per_epoch = self.train and item_seed is not None
+        rng = np.random.default_rng([self.seed, i, item_seed] if per_epoch else [self.seed, i])
+        if self.drawn:
+            mask = self.input_mask.clone()
+            mask[self.drawn] = False
+            mask[self.drawn[rng.integers(len(self.drawn))]] = True
+            sample["input_mask"] = mask
         if self.task.type.degradation == "rectal_air":
-            # training degradations follow the item seed a shuffling loader drew for this epoch; val/test are fixed
-            per_epoch = self.train and item_seed is not None
-            rng = np.random.default_rng([self.seed, i, item_seed] if per_epoch else [self.seed, i])
             sample["distortion_scale"] = torch.tensor(rng.uniform(0.5, 1.0), dtype=torch.float64)
             sample.update({k: item[k] for k in ("spacing_mm", "rectum_distance", "rectum_distance_present")})
         return sample
@@ -89,7 +95,8 @@ class TaskDataset(Dataset):
         channels zeroed), `target`, `index`; super-resolution also `low_res` (B, 1, D / factor, H, W), the acquired
         thick-slice T2W. Full precision whatever autocast the caller runs under."""
         with torch.autocast(batch["image"].device.type, enabled=False):
-            return task_batch(batch, self.task, self.input_mask, self.target_channel)
+            input_mask = batch["input_mask"] if "input_mask" in batch else self.input_mask.view(1, -1)
+            return task_batch(batch, self.task, input_mask, self.target_channel)
 
     def sample(self, i: int) -> dict:
         """Item i as the model sees it, on the CPU (`on_device` of a batch of one, unbatched)."""
@@ -107,23 +114,23 @@ def task_batch(batch: dict, task: Task, input_mask: torch.Tensor, target_channel
     if "augment" in batch:
         image, masks, reshaped = apply_augmentation(image, masks, batch["augment"])
     out = {"index": batch["index"]}
-    if task.kind in ("classification", "regression"):
+    if task.kind.target_from == "row":
         out["target"] = batch["target"]
-    elif task.kind == "segmentation":
+    elif task.kind.target_from == "mask":
         mask = masks[task.type.target].round()
         out["target"] = mask.long() if task.type.n_outputs > 1 else mask
     else:
         target = image[:, target_channel : target_channel + 1]
         out["target"] = target
         if task.type.degradation == "thick_slices":
-            out["low_res"] = downsample_depth(target, task.options["factor"])
-            degraded = upsample_depth(out["low_res"], task.options["factor"])
+            out["low_res"] = downsample_depth(target, task.option("factor"))
+            degraded = upsample_depth(out["low_res"], task.option("factor"))
         elif task.type.degradation == "rectal_air":
             degraded = warp_along_h(target, distortion_shift(batch, masks["rectum"][:, 0] > 0.5, reshaped, task))
         else:
             degraded = target
         image = torch.cat([image[:, :target_channel], degraded, image[:, target_channel + 1 :]], dim=1)
-    out["image"] = image * input_mask.to(image).view(1, -1, 1, 1, 1)
+    out["image"] = image * input_mask.to(image).view(*input_mask.shape, 1, 1, 1)
     return out
 
 
@@ -139,5 +146,5 @@ def distortion_shift(batch: dict, rectum: torch.Tensor, reshaped: torch.Tensor, 
     if stale.any():
         rows = stale.nonzero()[:, 0]
         distance = distance.index_put((rows,), distance_to_mask(rectum[rows], batch["spacing_mm"][rows]))
-    return rectal_air_shift(rectum, distance, batch["spacing_mm"], task.options["amplitude_mm"],
-                            task.options["decay_mm"], batch["distortion_scale"])
+    return rectal_air_shift(rectum, distance, batch["spacing_mm"], task.option("amplitude_mm"),
+                            task.option("decay_mm"), batch["distortion_scale"])

@@ -72,7 +72,7 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
     with torch.device(device):  # built where it trains: no CPU build then copy on a GPU
         encoder = encoder_file.build(device) if encoder_file is not None else None
         model = build_model(task, init, encoder, params)
-    if task.kind == "segmentation":
+    if task.kind.starts_at_prior:
         start_at_prior(model, task, mask_prior(train_set.index, task))
     trainable = apply_protocol(model, protocol)
     log.info("%s %s %s seed %d: %d train, %d val cases; %d of %d parameters trainable", task.name, init, protocol,
@@ -82,7 +82,7 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
 
     def loss_fn(net, b):
         b = train_set.on_device(b)  # augmentation and degradations, batched where the model trains
-        return {"total": loss(net(b["image"]), b["target"])}
+        return {"total": task.kind.train_loss(task, net, b, loss)}  # the kind's step (DDPM: a denoising one)
 
     metric = task.type.metric
     schedule = Schedule.warmup_cosine([p for p in model.parameters() if p.requires_grad], params, len(train_loader),

@@ -287,10 +287,6 @@ def onto_grid(mask: sitk.Image, grid: Grid, case: str, path: Path, what: str, re
     )
 
 
-def label_values(image: sitk.Image) -> np.ndarray:
-    return np.unique(sitk.GetArrayViewFromImage(image))
-
-
 def remap_labels(image: sitk.Image, mapping: dict[int, int], case: str, path: Path, what: str) -> sitk.Image:
     """uint8 image with source label v replaced by mapping[v]; a value the mapping lacks is an error."""
     array = sitk.GetArrayViewFromImage(image)

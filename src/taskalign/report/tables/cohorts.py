@@ -9,9 +9,6 @@ import pandas as pd
 from taskalign.report.tables.model import MISSING, Table
 from taskalign.tasks.spec import Task
 
-_OUTPUTS = {"classification": "{} class", "regression": "{}", "segmentation": "{} mask", "restoration": "{} image"}
-
-
 def cohort_table(manifests: Mapping[str, pd.DataFrame], tasks_config: Mapping[str, dict]) -> Table:
     """Seed 000 Table 1: per cohort the tasks using it, train/val/test case counts, inputs (union of its tasks'
     input channels) and outputs (its tasks' targets).
@@ -24,8 +21,7 @@ def cohort_table(manifests: Mapping[str, pd.DataFrame], tasks_config: Mapping[st
         used = [t for t in tasks if t.cohort == cohort]
         counts = manifest["split"].value_counts()
         inputs = dict.fromkeys(ch.upper() for t in used for ch in t.inputs)
-        outputs = dict.fromkeys(_OUTPUTS[t.kind].format(t.type.target.upper() if t.kind == "restoration"
-                                                        else t.type.target) for t in used)
+        outputs = dict.fromkeys(t.kind.describe_output(t.type.target) for t in used)
         rows.append({"cohort": cohort, "tasks": ", ".join(t.name for t in used) or MISSING,
                      "train": int(counts.get("train", 0)), "val": int(counts.get("val", 0)),
                      "test": int(counts.get("test", 0)), "inputs": ", ".join(inputs) or MISSING,
