@@ -2,7 +2,8 @@
 
 Levels are the encoder family's (taskalign.models.families.base): `analysis.layers` holds level names or integers
 counting the levels from the shallowest (`final` left out; vit3d: n is `block{n}`, the mean of block n's patch
-tokens), and `final` is always added. The features file stores each under its level name.
+tokens), or a map {family: such a list} for runs that mix families (a family without an entry: all its levels);
+`final` is always added. The features file stores each under its level name.
 
 Extracted once per encoder x task (rule `features`) and reused by every analysis, which reads them through
 taskalign.analysis.feature_files. The encoder sees the task's own inputs as its input contract declares them (its
@@ -63,7 +64,8 @@ def extract(*, task: Task, model_path: Path, source: str, indexes: list[Path], p
     device = select_device(threads)
     encoder, contract = encoder_of(model_path, source, task, params["channels"], device)
     try:
-        names = [n for n in encoder.resolve_levels(params["layers"]) if n != FINAL] + [FINAL]
+        chosen = encoder.resolve_levels(params["layers"]) or encoder.level_names()  # no entry: every level
+        names = [n for n in chosen if n != FINAL] + [FINAL]
     except ValueError as err:
         raise ValueError(f"analysis.layers {params['layers']}: {model_path}: {err}") from err
     rows = usable_rows(read_index(indexes), task)

@@ -65,9 +65,9 @@ def contract_image(image, meta: dict, contract: dict, case: Path):
     channel_wise=True)). Returns (image (C', D, H, W), channel names present).
 
     The cache holds z = (clip(raw, low, high) - centre) / scale per channel with those values in meta.json, so
-    raw = z * scale + centre where raw was not clipped: exact when preprocess.clip_percentiles is [0, 100], except
-    that voxels at the foreground minimum are taken for background (the cache maps raw 0 and that minimum to the
-    same value). Absent channels stay zero. A spacing or crop other than the contract's is an error."""
+    raw = z * scale + centre where raw was not clipped: exact when preprocess.clip_percentiles is [0, 100] (and the
+    cache is float32), except that the voxels at the foreground minimum read 0 (the cache maps raw 0 and that
+    minimum to the same value; the statistics still count them). Absent channels stay zero. A spacing or crop other than the contract's is an error."""
     names = list(meta["channels"])
     wanted = list(contract["channels"])
     missing = [c for c in wanted if c not in names]
@@ -94,9 +94,15 @@ def contract_image(image, meta: dict, contract: dict, case: Path):
         nonzero = stored != background
         raw = stored.astype(np.float64) * stats["scale"] + stats["centre"]
         values = raw[nonzero]
-        if values.size:
-            std = values.std()
-            out[j][nonzero] = ((values - values.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+        # foreground voxels at the clip floor look like background: the statistics still count them (the
+        # cache records how many foreground voxels there were), only their own output stays 0
+        floor = max(int(stats["foreground_voxels"]) - values.size, 0)
+        n = values.size + floor
+        if n:
+            mean = (values.sum() + floor * stats["clip_low"]) / n
+            var = (np.square(values - mean).sum() + floor * (stats["clip_low"] - mean) ** 2) / n
+            std = np.sqrt(var) if var > 0 else 1.0
+            out[j][nonzero] = ((values - mean) / std).astype(np.float32)
     return out, present
 
 

@@ -6,7 +6,7 @@ registry and this table agree)."""
 
 FAMILY_LAYOUTS: dict[str, tuple[str, ...]] = {
     "vit3d": ("taskalign", "profound", "timm", "monai"),  # timm: the old name of profound
-    "convnextv2_3d": ("taskalign", "profound", "fcmae"),
+    "convnextv2_3d": ("taskalign", "profound", "profound_fcmae"),
     "swin3d": ("taskalign", "monai", "prism"),
     "vit2d": ("taskalign", "dinov2", "provicnet"),
 }

@@ -112,8 +112,8 @@ def encoder_model(task: Task, encoder: FoundationEncoder, channels: list[str], h
     if task.kind in ("classification", "regression"):
         return EncoderMLP(encoder, n_out, head["mlp_hidden"])
     if task.kind == "segmentation":
-        return EncoderUperNet(encoder, n_out, tuple(head["layers"]), head["decoder_channels"])
-    return EncoderRestoration(encoder, tuple(head["layers"]), head["decoder_channels"],
+        return EncoderUperNet(encoder, n_out, head["layers"], head["decoder_channels"])
+    return EncoderRestoration(encoder, head["layers"], head["decoder_channels"],
                               residual_channel(task, channels), subpixel=task.type.subpixel)
 
 

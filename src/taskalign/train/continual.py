@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def segmentation_model(encoder, params: dict) -> EncoderUperNet:
     """LoRA-injected encoder (base frozen) + adapter + UperNet with one output channel (the target mask)."""
     lora_encoder = add_lora(encoder, rank=params["rank"], alpha=params["alpha"], dropout=params["dropout"])
-    return EncoderUperNet(lora_encoder, out_channels=1, layers=tuple(params["layers"]),
+    return EncoderUperNet(lora_encoder, out_channels=1, layers=params["layers"],
                           channels=params["decoder_channels"])
 
 

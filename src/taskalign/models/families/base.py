@@ -132,8 +132,11 @@ class FoundationEncoder(nn.Module):
 
     def resolve_levels(self, refs) -> list[str]:
         """Level references from a config -> level names. A string is a level name; an integer n is the n-th
-        level counted from the shallowest with `final` left out (vit3d: `block{n}`). Unknown ones are an error
-        naming the levels there are."""
+        level counted from the shallowest with `final` left out (vit3d: `block{n}`). `refs` may also be a map
+        {family: references}: this family's entry is used, and a family without one gets [] (the caller's
+        default). Unknown references are an error naming the levels there are."""
+        if isinstance(refs, dict):
+            refs = refs.get(self.family, [])
         names = self.level_names()
         inner = [n for n in names if n != FINAL]
         out, bad = [], []
