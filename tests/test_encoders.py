@@ -620,3 +620,20 @@ def test_the_plan_validates_family_layout_and_channels_without_torch():
     assert "pretrain.variants.ext.layout: family vit3d has no layout 'dinov2'" in text
     assert "pretrain.variants.ext.input.channels: ['t1w'] not in preprocess.channels" in text
     assert "pretrain.variants.other.family: unknown encoder family 'resnet'" in text
+
+
+def test_no_stage_branches_on_a_family():
+    """Stages use the protocol only: no isinstance on an encoder class and no family-name comparison outside the
+    family modules (pretraining, which is vit3d's by design, checks its encoder once)."""
+    import re
+    from pathlib import Path
+
+    names = "|".join(FAMILY_LAYOUTS)
+    branch = re.compile(rf"isinstance\([^)]*(Encoder|ViT3d)\b|\.family\s*(==|!=|in\b)|(==|!=)\s*\"({names})\"")
+    src = Path(__file__).resolve().parents[1] / "src" / "taskalign"
+    found = [f"{path.relative_to(src)}:{i}: {line.strip()}"
+             for package in ("models", "train", "evaluate", "analysis", "tasks", "data")
+             for path in sorted((src / package).rglob("*.py"))
+             if "families" not in path.parts and path.name != "pretraining.py"
+             for i, line in enumerate(path.read_text().splitlines(), 1) if branch.search(line)]
+    assert not found, found
