@@ -68,7 +68,7 @@ def test_no_stage_outside_tasks_branches_on_a_task_name():
     from pathlib import Path
 
     names = "|".join(TASK_TYPES)
-    branch = re.compile(rf"\.name\s*(==|!=|in\b|not in\b)|(==|!=)\s*\"({names})\"|\"({names})\"\s*(==|!=)")
+    branch = re.compile(rf"task\.name\s*(==|!=|in\b|not in\b)|(==|!=)\s*\"({names})\"|\"({names})\"\s*(==|!=)")
     src = Path(__file__).resolve().parents[1] / "src" / "taskalign"
     found = [f"{path.relative_to(src)}:{i}: {line.strip()}"
              for package in ("models", "train", "evaluate", "analysis")

@@ -46,9 +46,8 @@ def patch_occupancy(mask: torch.Tensor, patch: tuple[int, int, int]) -> torch.Te
 def level_strides(encoder: FoundationEncoder, names: list[str], size: tuple[int, ...], where: str) -> dict:
     """{level: integer stride (D, H, W)} of each level whose stride tiles the input `size`; an error otherwise."""
     strides = {}
-    for level in encoder.levels():
-        if level.name not in names:
-            continue
+    levels = {level.name: level for level in encoder.levels()}
+    for level in (levels[name] for name in names):
         stride = tuple(int(s) for s in level.stride)
         if stride != tuple(level.stride) or any(n % s for n, s in zip(size, stride)):
             raise ValueError(f"{where}: level {level.name} has stride {level.stride}, which does not tile the input "

@@ -71,6 +71,11 @@ def encoder_spec(meta: dict, where: str) -> tuple[str, object, InputContract | N
     return name, geometry, contract
 
 
+def geometry_of(path: Path):
+    """The geometry an encoder file was saved with (its family's dataclass)."""
+    return encoder_spec(read_metadata(path), str(path))[1]
+
+
 def build_encoder(name: str, geometry, device: torch.device | str = "cpu") -> FoundationEncoder:
     """A family's encoder of `geometry`, built on `device` (its random init runs there)."""
     with torch.device(device):

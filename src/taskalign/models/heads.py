@@ -38,7 +38,7 @@ class EncoderMLP(nn.Module):
     def __init__(self, encoder: FoundationEncoder, n_out: int, hidden: int):
         super().__init__()
         self.encoder = encoder
-        width = next(level.channels for level in encoder.levels() if level.name == FINAL)
+        width = {level.name: level.channels for level in encoder.levels()}[FINAL]
         self.head = MLPHead(width, hidden, n_out)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
