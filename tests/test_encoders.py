@@ -262,7 +262,8 @@ def test_a_removed_key_an_extra_key_and_one_block_too_few_are_refused_with_the_c
     removed = {k: v for k, v in state.items() if k != "blocks.1.mlp.fc1.bias"}
     torch.save({"model": removed}, tmp_path / "removed.pth")
     message = refused(tmp_path / "removed.pth")
-    assert "1 encoder keys not in the file (blocks.1.mlp.linear1.bias)" in message
+    assert "1 keys the encoder needs are not in the file (blocks.1.mlp.fc1.bias (-> blocks.1.mlp.linear1.bias))" \
+        in message  # named as the file would name it
     assert "keys removed from or added to the file" in message
     assert "The file's first keys: cls_token, pos_embed, mask_token, decoder_pos_embed" in message  # the file's own
 
@@ -304,7 +305,7 @@ def test_the_cli_exits_1_with_the_message_in_the_log(tmp_path, caplog):
     code, out = import_with_cli(tmp_path, _save(tmp_path, "no_norm.pth", state), "vit3d", "profound",
                                 geometry(layer_norm_eps=1e-6))
     assert code == 1 and not out.exists()
-    assert "encoder keys not in the file (norm.weight)" in caplog.text
+    assert "1 keys the encoder needs are not in the file (norm.weight)" in caplog.text
 
 
 class Custom:  # a pickled class other than argparse.Namespace: what weights_only=True exists to refuse

@@ -215,6 +215,19 @@ def _listed(keys: list[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
+def _file_key(key: str, mapping: dict[str, str]) -> str:
+    """A missing encoder key as the layout would have named it in the file, from a mapped key of the same form
+    (blocks.1.mlp.linear1.bias -> blocks.1.mlp.fc1.bias, given blocks.0's mapping); the encoder key otherwise."""
+    numbers = re.findall(r"\d+", key)
+    form = re.sub(r"\d+", "#", key)
+    for ours, theirs in mapping.items():
+        if re.sub(r"\d+", "#", ours) == form and ours != theirs and len(re.findall(r"\d+", theirs)) == len(numbers):
+            digits = iter(numbers)
+            named = re.sub(r"\d+", lambda _: next(digits), theirs)
+            return f"{named} (-> {key})"
+    return key
+
+
 UNIT = re.compile(r"^((?:[A-Za-z_]+\.)*?(?:blocks|layers|stages|layer\d*))\.(\d+)\.")
 
 
@@ -226,10 +239,12 @@ def refusal(path, family_name: str, layout: str, geometry, raw: dict, state: dic
     wrong_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     parts = [f"{path}: cannot import as family {family_name!r}, layout {layout!r}:"]
     if missing:
-        parts.append(f"{len(missing)} encoder keys not in the file ({_listed(missing)});")
+        named = list(dict.fromkeys(_file_key(k, report.mapping) for k in missing))
+        parts.append(f"{len(named)} keys the encoder needs are not in the file ({_listed(named)});")
     if unexpected:
-        parts.append(f"{len(unexpected)} file keys with no place in the encoder and not on the ignore-list "
-                     f"({_listed([report.mapping.get(k, k) for k in unexpected])});")
+        extra = list(dict.fromkeys(report.mapping.get(k, k) for k in unexpected))
+        parts.append(f"{len(extra)} file keys with no place in the encoder and not on the ignore-list "
+                     f"({_listed(extra)});")
     for key in wrong_shape[:2]:
         source = report.mapping.get(key, key)
         parts.append(f"{source}{f' (-> {key})' if source != key else ''} has shape {tuple(state[key].shape)}, the "
@@ -242,8 +257,8 @@ def refusal(path, family_name: str, layout: str, geometry, raw: dict, state: dic
 def likely_cause(family_name, layout, geometry, raw, state, own, missing, unexpected, wrong_shape) -> str:
     causes = []
     fits = [name for name, fam in all_families().items() if name != family_name and fam.recognises(raw)]
-    if fits and not family(family_name).recognises(raw):
-        causes.append(f"the file's keys look like family {', '.join(map(repr, fits))}, not {family_name!r}")
+    if fits and not family(family_name).recognises(raw):  # the one cause that explains every other mismatch
+        return f"the file's keys look like family {', '.join(map(repr, fits))}, not {family_name!r}"
     depth = _depth_cause(missing, unexpected, state, own)
     if depth:
         causes.append(depth)
