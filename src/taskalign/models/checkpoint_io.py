@@ -249,12 +249,17 @@ def refusal(path, family_name: str, layout: str, geometry, raw: dict, state: dic
         source = report.mapping.get(key, key)
         parts.append(f"{source}{f' (-> {key})' if source != key else ''} has shape {tuple(state[key].shape)}, the "
                      f"geometry needs {tuple(own[key].shape)};")
-    parts.append(f"likely cause: {likely_cause(family_name, layout, geometry, raw, state, own, missing, unexpected, wrong_shape)}.")
+    parts.append(f"likely cause: {likely_cause(family_name, layout, geometry, raw, state, own)}.")
     parts.append(_first_keys(raw))
     return " ".join(parts)
 
 
-def likely_cause(family_name, layout, geometry, raw, state, own, missing, unexpected, wrong_shape) -> str:
+def likely_cause(family_name: str, layout: str, geometry, raw: dict, state: dict, own: dict) -> str:
+    """Why a converted `state` does not fit the encoder's `own`: another family, depth, a shape that tells (2D
+    kernel, kernel size, channels, width), another layout of this family, or edited keys."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     causes = []
     fits = [name for name, fam in all_families().items() if name != family_name and fam.recognises(raw)]
     if fits and not family(family_name).recognises(raw):  # the one cause that explains every other mismatch
