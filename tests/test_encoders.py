@@ -166,6 +166,28 @@ def test_profound_training_checkpoint_imports_through_the_cli_and_matches_its_fo
         max_difference(levels_of(wrong_eps, x), expected)
 
 
+def test_the_rule_command_runs_as_a_process(tmp_path, x):
+    """`python -m taskalign.cli.encoder_file` as the import_encoder rule runs it (the other tests call its main)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    reference = perturb(ProFoundViTMAE(), 1)
+    save_profound(reference, tmp_path / "checkpoint.pth")
+    geometry_json = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(geometry(layer_norm_eps=1e-6)).items()}
+    params = {"family": "vit3d", "layout": "profound", "geometry": geometry_json, "path": str(tmp_path / "checkpoint.pth"),
+              "input": {"channels": ["t2w", "dwi", "adc"], "normalisation": "zscore_nonzero", "spacing_mm": None,
+                        "size": list(IMG)}, "checkpoint_size": None}
+    out = tmp_path / "encoder.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "taskalign.cli.encoder_file", "--params", json.dumps(params), "--out",
+                           str(out)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with torch.no_grad():
+        max_difference(levels_of(out, x), reference.encoder_levels(x))
+    assert EncoderFile.read(out).contract == InputContract(("t2w", "dwi", "adc"), "zscore_nonzero", None, IMG)
+
+
 def test_monai_vit_imports_with_its_class_token_and_without(tmp_path, x):
     from monai.networks.nets import ViT
 
