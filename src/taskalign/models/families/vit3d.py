@@ -335,7 +335,8 @@ def from_monai(state: dict, geometry: ViT3dGeometry, options: dict) -> tuple[dic
     if key in out:
         out[key] = _position_table(out[key], geometry, options, report, key)
     if "cls_token" in out and geometry.class_token:
-        report.notes.append("cls_token used as stored, without a position embedding (as MONAI's MAE prepends it)")
+        report.notes.append("cls_token used as stored, without a position embedding (MONAI prepends it after the "
+                            "position embedding is added)")
     return out, report
 
 
