@@ -660,3 +660,18 @@ def test_no_stage_branches_on_a_family():
              if "families" not in path.parts and path.name != "pretraining.py"
              for i, line in enumerate(path.read_text().splitlines(), 1) if branch.search(line)]
     assert not found, found
+
+
+def test_depth_is_diagnosed_per_stage_for_hierarchical_keys():
+    from taskalign.models.checkpoint_io import _depth_cause
+
+    z = torch.zeros(1)
+    own = {f"stages.2.{b}.dwconv.weight": z for b in range(3)} | {"stages.3.0.dwconv.weight": z}
+    state = {f"stages.2.{b}.dwconv.weight": z for b in range(2)} | {"stages.3.0.dwconv.weight": z}
+    assert _depth_cause(["stages.2.2.dwconv.weight"], [], state, own) == \
+        "depth: the file has 2 stages.2 (stages.2.0..stages.2.1), the geometry asks for 3 (stages.2.2 missing)"
+    swin = {f"layers3.0.blocks.{b}.attn.qkv.weight": z for b in range(2)}
+    deeper = swin | {"layers3.0.blocks.2.attn.qkv.weight": z}
+    assert _depth_cause([], ["layers3.0.blocks.2.attn.qkv.weight"], deeper, swin) == \
+        "depth: the file has 3 layers3.0.blocks (layers3.0.blocks.2 extra), the geometry asks for 2"
+    assert _depth_cause(["stages.2.0.dwconv.weight"], [], state, own) is None  # a hole, not depth

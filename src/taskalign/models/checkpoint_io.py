@@ -228,7 +228,15 @@ def _file_key(key: str, mapping: dict[str, str]) -> str:
     return key
 
 
-UNIT = re.compile(r"^((?:[A-Za-z_]+\.)*?(?:blocks|layers|stages|layer\d*))\.(\d+)\.")
+def _unit(key: str) -> tuple[str, int] | None:
+    """(container, index) of the innermost numbered unit a key belongs to: blocks.11.attn.to_q.weight ->
+    (blocks, 11); a hierarchical stage's block stages.2.2.dwconv.weight -> (stages.2, 2); None without one."""
+    parts = key.split(".")
+    numbered = [i for i, part in enumerate(parts[:-1]) if part.isdigit() and i > 0]
+    if not numbered:
+        return None
+    i = numbered[-1]
+    return ".".join(parts[:i]), int(parts[i])
 
 
 def refusal(path, family_name: str, layout: str, geometry, raw: dict, state: dict, own: dict,
@@ -305,26 +313,26 @@ def _shape_causes(family_name: str, state: dict, own: dict, wrong_shape: list[st
 
 
 def _depth_cause(missing, unexpected, state, own) -> str | None:
-    """A different number of blocks: missing keys only in the deepest units, or extra keys only beyond them."""
+    """A different number of blocks (per stage for a hierarchical family): missing keys only in the deepest units
+    of one container, or extra keys only beyond them."""
     def units(keys):
-        return {(m.group(1), int(m.group(2))) for m in map(UNIT.match, keys) if m}
+        return {u for u in map(_unit, keys) if u is not None}
 
-    missing_units, extra_units = units(missing), units(unexpected)
-    if missing and len(missing_units) and all(UNIT.match(k) for k in missing) and not extra_units:
-        kind = next(iter(missing_units))[0]
-        if all(k == kind for k, _ in missing_units):
-            have = {i for c, i in units(state) if c == kind}
-            need = {i for c, i in units(own) if c == kind}
-            if have and min(i for _, i in missing_units) > max(have):
-                return (f"depth: the file has {len(have)} {kind} ({kind}.0..{kind}.{max(have)}), the geometry asks for "
-                        f"{len(need)} ({kind}.{min(i for _, i in missing_units)} missing)")
-    if extra_units and all(UNIT.match(k) for k in unexpected) and not missing:
-        kind = next(iter(extra_units))[0]
-        need = {i for c, i in units(own) if c == kind}
-        if need and min(i for _, i in extra_units) > max(need):
-            have = need | {i for c, i in extra_units if c == kind}
-            return (f"depth: the file has {len(have)} {kind} ({kind}.{max(have)} extra), the geometry asks for "
-                    f"{len(need)}")
+    for wanted, other, have_keys in ((missing, unexpected, state), (unexpected, missing, own)):
+        found = units(wanted)
+        if not wanted or other or any(_unit(k) is None for k in wanted) or len({c for c, _ in found}) != 1:
+            continue
+        container = next(iter(found))[0]
+        present = {i for c, i in units(have_keys) if c == container}
+        first = min(i for _, i in found)
+        if not present or first <= max(present):
+            continue
+        if wanted is missing:
+            need = present | {i for _, i in found}
+            return (f"depth: the file has {len(present)} {container} ({container}.0..{container}.{max(present)}), "
+                    f"the geometry asks for {len(need)} ({container}.{first} missing)")
+        return (f"depth: the file has {len(present) + len(found)} {container} ({container}.{first} extra), the "
+                f"geometry asks for {len(present)}")
     return None
 
 
