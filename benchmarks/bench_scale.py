@@ -250,7 +250,9 @@ def measure_features(plan) -> dict[str, int]:
         n = sum(plan.split_sizes(plan.task_cohort(task)).values())
         cases = pd.DataFrame({"case_id": [f"{task}-{i:05d}" for i in range(n)],
                               "patient_id": [f"p{i:05d}" for i in range(n)], "split": ["train"] * n})
-        features = {name: np.zeros((n, hidden), np.float32) for name in layer_names(plan.analysis["layers"])}
+        layers = plan.analysis["layers"]  # the pipeline's own encoder (vit3d) is what this sizes
+        layers = layers.get("vit3d", []) if isinstance(layers, dict) else layers
+        features = {name: np.zeros((n, hidden), np.float32) for name in layer_names(layers)}
         out[task] = file_bytes(lambda path: write_features(path, cases, features))
     return out
 

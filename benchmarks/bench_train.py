@@ -78,7 +78,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def make_step(model, x, device, amp: torch.dtype | None):
     def step():
         with _autocast(device, amp):
-            out, _ = model(x)
+            out = model(x)["final"]
         out.float().pow(2).mean().backward()
         model.zero_grad(set_to_none=True)
 

@@ -1,18 +1,17 @@
-"""Encoder checkpoints (own and timm layout), LoRA injection and merging, the segmentation head, paper geometry."""
+"""Encoder files (own layout; imports: tests/test_encoders.py), LoRA injection and merging, the segmentation head, paper geometry."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from monai.losses import DiceLoss
 
 from conftest import REPO
-from taskalign.models.checkpoint_io import (encoder_to_timm_state, load_encoder, load_external_encoder,
-                                            read_metadata, save_encoder)
+from taskalign.models.checkpoint_io import load_encoder, read_metadata, save_encoder
 from taskalign.models.encoder import Encoder, EncoderGeometry, PatchConv3d
 from taskalign.models.lora import add_lora, merge_lora
 from taskalign.models.pretraining import PretrainingModel
@@ -33,98 +32,30 @@ def seeded_encoder(seed: int = 0, geometry: EncoderGeometry = TINY) -> Encoder:
     return encoder.eval()
 
 
-def timm_reference_forward(state: dict, x: torch.Tensor, geometry: EncoderGeometry) -> list[torch.Tensor]:
-    """A ViT forward written against the timm key layout (fused qkv, class-token position embedding)."""
-    tokens = F.conv3d(x, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=geometry.patch_size)
-    tokens = tokens.flatten(2).transpose(1, 2)
-    cls = state["cls_token"].expand(x.shape[0], -1, -1)
-    h = torch.cat((cls, tokens), dim=1) + state["pos_embed"]
-    heads, outputs = geometry.num_heads, []
-    for i in range(geometry.num_layers):
-        p = lambda name: state[f"blocks.{i}.{name}"]  # noqa: E731
-        y = F.layer_norm(h, (h.shape[-1],), p("norm1.weight"), p("norm1.bias"))
-        b, n, c = y.shape
-        qkv = F.linear(y, p("attn.qkv.weight"), p("attn.qkv.bias")).reshape(b, n, 3, heads, c // heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = torch.softmax(q @ k.transpose(-1, -2) / (c // heads) ** 0.5, dim=-1) @ v
-        h = h + F.linear(attn.transpose(1, 2).reshape(b, n, c), p("attn.proj.weight"), p("attn.proj.bias"))
-        y = F.layer_norm(h, (c,), p("norm2.weight"), p("norm2.bias"))
-        h = h + F.linear(F.gelu(F.linear(y, p("mlp.fc1.weight"), p("mlp.fc1.bias"))), p("mlp.fc2.weight"), p("mlp.fc2.bias"))
-        outputs.append(h)
-    return outputs
-
-
 def test_own_checkpoint_round_trips_with_geometry_and_metadata(tmp_path):
     encoder = seeded_encoder()
     save_encoder(encoder, tmp_path / "enc.safetensors", {"variant": "mae", "epoch": 3})
     loaded = load_encoder(tmp_path / "enc.safetensors").eval()
     assert loaded.geometry == TINY
-    assert read_metadata(tmp_path / "enc.safetensors")["epoch"] == 3
+    meta = read_metadata(tmp_path / "enc.safetensors")
+    assert meta["epoch"] == 3 and meta["family"] == "vit3d"
     x = torch.randn(2, 3, *TINY.img_size)
-    for a, b in zip(encoder(x)[1], loaded(x)[1]):
-        assert torch.equal(a, b)
+    a, b = encoder(x), loaded(x)
+    assert list(a) == [f"block{i}" for i in range(TINY.num_layers)] + ["final"]
+    for name in a:
+        assert a[name].shape == (2, TINY.hidden_size, *TINY.grid) and torch.equal(a[name], b[name])
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_timm_layout_round_trips_and_matches_a_timm_forward(tmp_path, suffix):
+def test_a_file_from_before_families_reads_as_vit3d(tmp_path):
+    """Encoder files written before families (no `family`, geometry without eps / class_token / qkv_bias) load."""
+    from safetensors.torch import save_file
+
     encoder = seeded_encoder()
-    state = encoder_to_timm_state(encoder)
-    torch.manual_seed(1)
-    state["pos_embed"][:, :1] = 0.1 * torch.randn_like(state["pos_embed"][:, :1])  # a class-token position
-    state["head.weight"] = torch.randn(2, TINY.hidden_size)  # a classification head: ignored, not loaded
-    path = tmp_path / f"published{suffix}"
-    if suffix == ".pth":
-        torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 99}, path)
-    else:
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    loaded, report = load_external_encoder(path, TINY, layout="timm")
-    assert report.missing == [] and report.unexpected == [] and report.ignored == ["head.weight"]
-    x = torch.randn(2, 3, *TINY.img_size)
-    with torch.no_grad():
-        ours = loaded.eval()(x)[1]
-        reference = timm_reference_forward(state, x, TINY)
-    for i, (a, b) in enumerate(zip(ours, reference)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"block {i}")
-    # and back: our encoder -> timm -> our encoder is the identity
-    back = encoder_to_timm_state(loaded)
-    assert set(back) == set(state) - {"head.weight"}
-
-
-def test_wrong_shape_is_refused_naming_the_key(tmp_path):
-    state = encoder_to_timm_state(seeded_encoder())
-    state["blocks.2.mlp.fc1.weight"] = torch.zeros(TINY.mlp_dim + 1, TINY.hidden_size)
-    torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"blocks\.2\.mlp\.fc1\.weight .*shape \(65, 32\)"):
-        load_external_encoder(tmp_path / "bad.pth", TINY, layout="timm")
-
-
-def test_missing_and_unexpected_keys_are_reported(tmp_path):
-    state = encoder_to_timm_state(seeded_encoder())
-    del state["norm.weight"]
-    state["blocks.0.attn.relative_bias"] = torch.zeros(3)
-    torch.save(state, tmp_path / "partial.pth")
-    _, report = load_external_encoder(tmp_path / "partial.pth", TINY, layout="timm")
-    assert report.missing == ["norm.weight"]
-    assert report.unexpected == ["blocks.0.attn.relative_bias"]
-
-
-def test_pickled_objects_are_refused(tmp_path):
-    torch.save({"model": encoder_to_timm_state(seeded_encoder()), "args": argparse_like()}, tmp_path / "pickle.pth")
-    with pytest.raises(ValueError, match="weights_only=True"):
-        load_external_encoder(tmp_path / "pickle.pth", TINY, layout="timm")
-
-
-class argparse_like:  # noqa: N801 - stands for the Namespace objects training scripts pickle into checkpoints
-    pass
-
-
-def test_a_file_in_another_layout_is_refused(tmp_path):
-    torch.save(seeded_encoder().state_dict(), tmp_path / "ours.pth")
-    with pytest.raises(ValueError, match=r"keys not found in layout .timm."):
-        load_external_encoder(tmp_path / "ours.pth", TINY, layout="timm")
-    loaded, report = load_external_encoder(tmp_path / "ours.pth", TINY, layout="taskalign")
-    assert report.missing == [] and report.unexpected == []
+    old_geometry = {k: v for k, v in vars(TINY).items() if k not in ("layer_norm_eps", "class_token", "qkv_bias")}
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata={"geometry": json.dumps(old_geometry)})
+    loaded = load_encoder(tmp_path / "old.safetensors")
+    assert loaded.geometry == TINY and loaded.family == "vit3d"
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +99,11 @@ def test_merged_encoder_equals_lora_encoder_for_every_block(trained_lora):
     merged = merge_lora(model.encoder)
     x = torch.randn(2, 3, *TINY.img_size)
     with torch.no_grad():
-        lora_normed, lora_hidden = model.encoder(x)
-        merged_normed, merged_hidden = merged(x)
-    assert len(lora_hidden) == TINY.num_layers
-    for i, (a, b) in enumerate(zip(lora_hidden, merged_hidden)):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=f"block {i}")
-    torch.testing.assert_close(merged_normed, lora_normed, atol=1e-5, rtol=1e-5)
+        lora_levels = model.encoder(x)
+        merged_levels = merged(x)
+    assert len(lora_levels) == TINY.num_layers + 1
+    for name, a in lora_levels.items():
+        torch.testing.assert_close(merged_levels[name], a, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_merging_changes_exactly_the_q_k_v_o_weights(trained_lora):
@@ -189,7 +119,7 @@ def test_segmentation_head_returns_input_size_logits_on_anisotropic_grids():
     geometry = EncoderGeometry(3, (8, 64, 64), (8, 16, 16), 32, 64, 4, 2)  # token grid 1 x 4 x 4
     model = EncoderUperNet(Encoder(geometry), out_channels=2, layers=(0, 1, 2, 3), channels=8)
     assert model(torch.randn(1, 3, 8, 64, 64)).shape == (1, 2, 8, 64, 64)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"levels \[4\] do not exist"):
         EncoderUperNet(Encoder(geometry), out_channels=1, layers=(0, 1, 2, 4), channels=8)
 
 
@@ -237,7 +167,7 @@ def test_patch_matmul_embedding_equals_the_convolution(monkeypatch):
     for (name, a), (_, b) in zip(fast.state_dict().items(), plain.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     x = torch.randn(2, TINY.in_channels, *TINY.img_size, generator=torch.Generator().manual_seed(0))
-    outputs = [model(x)[0] for model in (fast, plain)]
+    outputs = [model(x)["final"] for model in (fast, plain)]
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     for model, out in zip((fast, plain), outputs):
         out.square().mean().backward()
@@ -259,10 +189,10 @@ def test_every_attention_block_uses_fused_attention_with_the_same_numbers():
     assert len(blocks) == TINY.num_layers + 1 and all(b.use_flash_attention for b in blocks)
     x = torch.randn(2, 3, *TINY.img_size)
     with torch.no_grad():
-        fused = model.encoder(x)[0]
+        fused = model.encoder(x)["final"]
         for block in blocks:
             block.use_flash_attention = False
-        explicit = model.encoder(x)[0]
+        explicit = model.encoder(x)["final"]
     assert torch.allclose(fused, explicit, atol=1e-5, rtol=1e-5)
     assert not torch.equal(fused, torch.zeros_like(fused))
 

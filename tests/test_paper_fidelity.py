@@ -393,7 +393,7 @@ PC_FROM, PC_CASES, PC_FEATURES, PC_SIZES = 6, 80, 6, (0.5, 2.0, 8.0)
 
 
 class _Batches(list):
-    """The loader interface token_means reads: batches of {"image"} and a dataset that moves them (no-op)."""
+    """The loader interface level_means reads: batches of {"image"} and a dataset that moves them (no-op)."""
 
     dataset = type("Inputs", (), {"on_device": staticmethod(lambda batch: batch)})
 
@@ -403,10 +403,10 @@ def planted(tmp_path_factory) -> dict:
     """A tiny encoder file and copies with a change planted in block 6 only: its MLP gets 4 units that add
     alpha x (the component of each token along u) along u, u being the direction of block 5's token means that
     carries radiomic feature F0 (the images are sums of one pattern per radiomic feature). So fine-tuning
-    'amplified' F0. Features of every file: token means of each block and of the normed output (token_means)."""
+    'amplified' F0. Features of every file: token means of each block and of the normed output (level_means)."""
     import torch
 
-    from taskalign.analysis.features import token_means
+    from taskalign.analysis.features import level_means
     from taskalign.models.checkpoint_io import load_encoder, save_encoder
     from taskalign.models.encoder import Encoder, EncoderGeometry
 
@@ -425,7 +425,8 @@ def planted(tmp_path_factory) -> dict:
     def features(name: str) -> dict[str, np.ndarray]:
         encoder = load_encoder(root / f"{name}.safetensors")
         batches = _Batches({"image": images[i:i + 40]} for i in range(0, PC_CASES, 40))
-        layers = token_means(encoder, batches, list(range(PC_GEOMETRY["num_layers"])), torch.device("cpu"))
+        names = [f"block{n}" for n in range(PC_GEOMETRY["num_layers"])] + ["final"]
+        layers = level_means(encoder, batches, names, torch.device("cpu"))
         write_features(root / f"{name}.npz", cases, layers)
         return layers
 

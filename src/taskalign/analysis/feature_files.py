@@ -19,7 +19,8 @@ META_KEYS = ("case_id", "patient_id", "split")
 
 
 def layer_names(layers: list[int]) -> list[str]:
-    return [f"block{n}" for n in layers] + ["final"]
+    """The feature names a vit3d encoder writes for `analysis.layers` integers (block n), `final` added."""
+    return [f"block{n}" if isinstance(n, int) else n for n in layers] + ["final"]
 
 
 def write_features(path: Path, cases: pd.DataFrame, features: dict[str, np.ndarray]) -> None:

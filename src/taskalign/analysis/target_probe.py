@@ -11,6 +11,9 @@ validation cases and the paired gain over the random init of the same stage. The
 pretraining reaches about the same validation Dice from random and pretrained encoders, because it infers the
 gland from context and position; the probe, which reads one token at a time, shows whether the encoder carries
 the case's own target.
+
+Tokens are the positions of each level's map (taskalign.models.families.base: vit3d's block maps are its patch
+tokens), each standing for the input voxels of its stride; a level whose stride does not tile the input is refused.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import torch.nn.functional as F
 from sklearn.linear_model import RidgeCV
 
 from taskalign.data.dataset import CacheDataset, read_index
-from taskalign.models.checkpoint_io import load_encoder
+from taskalign.models.checkpoint_io import EncoderFile
 from taskalign.models.device import autocast, select_device, to_device
-from taskalign.models.encoder import Encoder
+from taskalign.models.families.base import FoundationEncoder
 from taskalign.runtime import atomic_path
 
 log = logging.getLogger(__name__)
@@ -40,22 +43,36 @@ def patch_occupancy(mask: torch.Tensor, patch: tuple[int, int, int]) -> torch.Te
     return F.avg_pool3d(mask.float(), kernel_size=patch, stride=patch).flatten(1)
 
 
+def level_strides(encoder: FoundationEncoder, names: list[str], size: tuple[int, ...], where: str) -> dict:
+    """{level: integer stride (D, H, W)} of each level whose stride tiles the input `size`; an error otherwise."""
+    strides = {}
+    levels = {level.name: level for level in encoder.levels()}
+    for level in (levels[name] for name in names):
+        stride = tuple(int(s) for s in level.stride)
+        if stride != tuple(level.stride) or any(n % s for n, s in zip(size, stride)):
+            raise ValueError(f"{where}: level {level.name} has stride {level.stride}, which does not tile the input "
+                             f"{list(size)}: the target probe needs one map position per whole patch of voxels")
+        strides[level.name] = stride
+    return strides
+
+
 @torch.no_grad()
-def tokens_and_occupancy(encoder: Encoder, loader, layers: list[int], target: str,
-                         device: torch.device) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """Patch tokens (class token left out) of each chosen block, (cases x N, hidden), and their patches' target
-    occupancy (cases, N)."""
+def tokens_and_occupancy(encoder: FoundationEncoder, loader, names: list[str], strides: dict, target: str,
+                         device: torch.device) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Tokens (map positions) of each chosen level, (cases x N, C), and the target occupancy of the voxels each
+    stands for, (cases, N), per level."""
     encoder = encoder.to(device).eval()
-    tokens: dict[int, list[np.ndarray]] = {n: [] for n in layers}
-    occupancy = []
+    tokens: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    occupancy: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for batch in loader:
         batch = to_device(batch, device)
         with autocast(device):
-            _, hidden = encoder(batch["image"])
-        for n in layers:
-            tokens[n].append(hidden[n][:, 1:].float().flatten(0, 1).cpu().numpy())
-        occupancy.append(patch_occupancy(batch[target], encoder.geometry.patch_size).cpu().numpy())
-    return {n: np.concatenate(parts) for n, parts in tokens.items()}, np.concatenate(occupancy)
+            levels = encoder(batch["image"])
+        for n in names:
+            tokens[n].append(levels[n].float().flatten(2).transpose(1, 2).flatten(0, 1).cpu().numpy())
+            occupancy[n].append(patch_occupancy(batch[target], strides[n]).cpu().numpy())
+    return ({n: np.concatenate(parts) for n, parts in tokens.items()},
+            {n: np.concatenate(parts) for n, parts in occupancy.items()})
 
 
 def ridge_fit(x_train: np.ndarray, y_train: np.ndarray) -> RidgeCV:
@@ -117,39 +134,50 @@ def probe(*, encoders: dict[str, Path], index: Path, target: str, layers: list[i
         missing = part.loc[part[target].isna() | (part[target].astype(str) == ""), "case_id"].tolist()
         if missing:
             raise ValueError(f"{index}: {split} cases without a {target} mask: {', '.join(missing)}")
-    loaders = {s: torch.utils.data.DataLoader(CacheDataset(part, masks=(target,)), batch_size=batch_size)
-               for s, part in splits.items()}
     preds: dict[int, dict[str, np.ndarray]] = {n: {} for n in layers}
     alphas: dict[tuple[str, int], float] = {}
-    y_val = cases = None
+    y_val: dict = {}
+    cases: dict = {}
     for name, path in encoders.items():
-        encoder = load_encoder(path)
-        unknown = [n for n in layers if not 0 <= n < len(encoder.blocks)]
-        if unknown:
-            raise ValueError(f"{path}: blocks {unknown} out of range (the encoder has {len(encoder.blocks)})")
-        train_tokens, train_share = tokens_and_occupancy(encoder, loaders["train"], layers, target, device)
-        val_tokens, val_share = tokens_and_occupancy(encoder, loaders["val"], layers, target, device)
-        by_position = train_share.mean(axis=0)  # what the position alone predicts
-        y_train, y_val = (train_share - by_position).ravel(), (val_share - by_position).ravel()
-        cases = np.repeat(np.arange(len(val_share)), val_share.shape[1])
+        encoder_file = EncoderFile.read(path)
+        encoder = encoder_file.build()
+        contract = encoder_file.contract.to_json() if encoder_file.contract else None
+        loaders = {s: torch.utils.data.DataLoader(CacheDataset(part, masks=(target,), contract=contract),
+                                                  batch_size=batch_size) for s, part in splits.items()}
+        try:
+            level_of = dict(zip(layers, encoder.resolve_levels(layers)))
+        except ValueError as err:
+            raise ValueError(f"{path}: continual.layers {layers}: {err}") from err
+        size = tuple(loaders["train"].dataset[0]["image"].shape[1:])
+        strides = level_strides(encoder, list(level_of.values()), size, str(path))
+        train_tokens, train_share = tokens_and_occupancy(encoder, loaders["train"], list(level_of.values()), strides,
+                                                         target, device)
+        val_tokens, val_share = tokens_and_occupancy(encoder, loaders["val"], list(level_of.values()), strides, target,
+                                                     device)
         for n in layers:
-            model = ridge_fit(train_tokens[n], y_train)
-            preds[n][name] = model.predict(val_tokens[n].astype(np.float64))
+            level = level_of[n]
+            by_position = train_share[level].mean(axis=0)  # what the position alone predicts
+            y_train = (train_share[level] - by_position).ravel()
+            y_val[n] = (val_share[level] - by_position).ravel()
+            cases[n] = np.repeat(np.arange(len(val_share[level])), val_share[level].shape[1])
+            model = ridge_fit(train_tokens[level], y_train)
+            preds[n][name] = model.predict(val_tokens[level].astype(np.float64))
             alphas[name, n] = float(model.alpha_)
-        log.info("%s: validation R^2 %s", name, "  ".join(f"block{n} {r2(y_val, preds[n][name]):.3f}" for n in layers))
+        log.info("%s: validation R^2 %s", name,
+                 "  ".join(f"{level_of[n]} {r2(y_val[n], preds[n][name]):.3f}" for n in layers))
     names = list(encoders)
     reference = {name: random_reference(name, names) for name in names}
-    draws = {n: bootstrap_r2(y_val, preds[n], cases, reference, n_boot, seed) for n in layers}
+    draws = {n: bootstrap_r2(y_val[n], preds[n], cases[n], reference, n_boot, seed) for n in layers}
     records = []
     for name in names:
         for n in layers:
             low, high = interval(draws[n][name])
-            record = {"encoder": name, "block": n, "val_r2": r2(y_val, preds[n][name]), "val_r2_low": low,
+            record = {"encoder": name, "block": n, "val_r2": r2(y_val[n], preds[n][name]), "val_r2_low": low,
                       "val_r2_high": high, "reference": reference[name] or "", "gain": np.nan, "gain_low": np.nan, "gain_high": np.nan,
-                      "alpha": alphas[name, n], "val_cases": len(splits["val"]), "val_tokens": len(y_val)}
+                      "alpha": alphas[name, n], "val_cases": len(splits["val"]), "val_tokens": len(y_val[n])}
             if reference[name]:
                 low, high = interval(draws[n][f"{name}-gain"])
-                record.update(gain=record["val_r2"] - r2(y_val, preds[n][reference[name]]), gain_low=low,
+                record.update(gain=record["val_r2"] - r2(y_val[n], preds[n][reference[name]]), gain_low=low,
                               gain_high=high)
             records.append(record)
     return pd.DataFrame(records)

@@ -1,5 +1,8 @@
-"""Write an encoder checkpoint without training: the seeded random-init encoder, or a published one imported
-through an explicit key map (rules `random_encoder`, `import_encoder`)."""
+"""Write an encoder file without training: the seeded random-init encoder, or a checkpoint another project wrote,
+imported strictly through its family's key layout (rules `random_encoder`, `import_encoder`).
+
+--params JSON: {"family", "geometry", "input", "seed"} with --random; {"family", "layout", "geometry", "input",
+"path", "checkpoint_size"} to import. A refused import exits 1 with the reason on stderr (the job's log)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from taskalign.runtime import setup_logging
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", required=True, help='JSON: {"geometry": {...}, "seed": n} or {..., "path", "layout"}')
+    parser.add_argument("--params", required=True, help="JSON, see above")
     parser.add_argument("--random", action="store_true", help="random init from the seed instead of importing")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
@@ -21,18 +24,28 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from taskalign.models.checkpoint_io import load_external_encoder, save_encoder
-    from taskalign.models.encoder import Encoder, EncoderGeometry
+    from taskalign.models.checkpoint_io import build_encoder, import_checkpoint, save_encoder
+    from taskalign.models.families import family
+    from taskalign.models.families.base import ImportRefused, InputContract, geometry_from_json
+    from taskalign.models.family_names import DEFAULT_FAMILY
 
     params = json.loads(args.params)
-    geometry = EncoderGeometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in params["geometry"].items()})
+    name = params.get("family", DEFAULT_FAMILY)
+    geometry = geometry_from_json(family(name).encoder_cls.geometry_cls, params["geometry"])
+    contract = InputContract.from_json(params["input"]) if params.get("input") else None
     if args.random:
         torch.manual_seed(params["seed"])
-        encoder, meta = Encoder(geometry), {"variant": "random", "seed": params["seed"]}
+        save_encoder(build_encoder(name, geometry), args.out, {"variant": "random", "seed": params["seed"]},
+                     contract=contract)
     else:
-        encoder, report = load_external_encoder(Path(params["path"]), geometry, layout=params["layout"])
-        meta = {"variant": "imported", "source": params["path"], "layout": params["layout"]}
-    save_encoder(encoder, args.out, meta)
+        try:
+            encoder, report = import_checkpoint(Path(params["path"]), name, params["layout"], geometry,
+                                                {"checkpoint_size": params.get("checkpoint_size")})
+        except ImportRefused as err:
+            log.error("%s", err)
+            return 1
+        save_encoder(encoder, args.out, {"variant": "imported", "source": params["path"], "layout": params["layout"]},
+                     contract=contract, report=report)
     log.info("wrote %s", args.out)
     return 0
 

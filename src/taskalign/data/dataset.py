@@ -61,6 +61,53 @@ def item_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
     return int(key), None
 
 
+def contract_image(image, meta: dict, contract: dict, case: Path):
+    """The cached image as an encoder's input contract declares it: its channels in its order, and for
+    `zscore_nonzero` every channel re-normalised over its non-zero voxels (MONAI NormalizeIntensity(nonzero=True,
+    channel_wise=True)). Returns (image (C', D, H, W), channel names present).
+
+    The cache holds z = (clip(raw, low, high) - centre) / scale per channel with those values in meta.json, so
+    raw = z * scale + centre where raw was not clipped: exact when preprocess.clip_percentiles is [0, 100] (and the
+    cache is float32), except that the voxels at the foreground minimum read 0 (the cache maps raw 0 and that
+    minimum to the same value; the statistics still count them). Absent channels stay zero. A spacing or crop other than the contract's is an error."""
+    names = list(meta["channels"])
+    wanted = list(contract["channels"])
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise ValueError(f"{case}: the encoder's input contract needs channel(s) {missing}, the cache has "
+                         f"{names} (preprocess.channels)")
+    for key, cached in (("spacing_mm", meta["spacing_mm"]), ("size", meta["shape"])):
+        want = contract.get(key)
+        if want is not None and not np.allclose(np.asarray(want, float), np.asarray(cached, float)):
+            raise ValueError(f"{case}: the encoder's input contract has {key} {list(want)}, the cache "
+                             f"{list(cached)} (preprocess.{'size' if key == 'size' else 'spacing_mm'}); a family "
+                             "that adapts to the crop was adapted at import, so this encoder cannot be fed this cache")
+    idx = [names.index(c) for c in wanted]
+    present = [c for c in wanted if c in meta["channels_present"]]
+    if contract["normalisation"] == "clip_zscore":
+        return (image if idx == list(range(len(names))) else image[idx]), present
+    out = np.zeros((len(idx), *image.shape[1:]), dtype=np.float32)
+    for j, (i, name) in enumerate(zip(idx, wanted)):
+        stats = meta["normalisation"].get(name)
+        if stats is None or name not in present:
+            continue
+        stored = np.asarray(image[i])
+        background = np.asarray(np.float32(stats["background"])).astype(stored.dtype)
+        nonzero = stored != background
+        raw = stored.astype(np.float64) * stats["scale"] + stats["centre"]
+        values = raw[nonzero]
+        # foreground voxels at the clip floor look like background: the statistics still count them (the
+        # cache records how many foreground voxels there were), only their own output stays 0
+        floor = max(int(stats["foreground_voxels"]) - values.size, 0)
+        n = values.size + floor
+        if n:
+            mean = (values.sum() + floor * stats["clip_low"]) / n
+            var = (np.square(values - mean).sum() + floor * (stats["clip_low"] - mean) ** 2) / n
+            std = np.sqrt(var) if var > 0 else 1.0
+            out[j][nonzero] = ((values - mean) / std).astype(np.float32)
+    return out, present
+
+
 class CacheDataset(Dataset):
     """One item per cached case: a dict of tensors.
 
@@ -73,14 +120,18 @@ class CacheDataset(Dataset):
     converts them where it computes (`taskalign.tasks.samples.TaskDataset`): a paper-geometry image is 50 MB, and a
     loader worker's copies of it cost more than everything else it does.
 
+    `contract`: an encoder's input contract as JSON (channels, normalisation, spacing_mm, size), `contract_image`:
+    `image` and `channels_present` then follow the contract's channels; None: the cache's own.
+
     A key is an index, or (index, seed) from a shuffling loader (`taskalign.tasks.loader.SeededShuffle`): the
     transform's random state is set from the seed (from the index alone when there is none), so an item is a
     function of its key whichever process loads it.
     """
 
     def __init__(self, index: pd.DataFrame, masks: tuple[str, ...] = (), transform=None, fields: tuple[str, ...] = (),
-                 as_stored: bool = False):
+                 as_stored: bool = False, contract: dict | None = None):
         self.index = index.reset_index(drop=True)
+        self.contract = contract
         self.masks = tuple(masks)
         self.fields = tuple(fields)
         self.transform = transform
@@ -100,10 +151,15 @@ class CacheDataset(Dataset):
         case = Path(row["cache_dir"])
         meta = json.loads((case / "meta.json").read_text())
         image = self._array(case / "image.npy")
+        names = meta["channels"]
+        if self.contract is not None:
+            image, present = contract_image(image, meta, self.contract, case)
+            image, names = torch.as_tensor(image), self.contract["channels"]
+            meta["channels_present"] = present
         metadata, known = metadata_targets(row)
         item = {
             "image": image,
-            "channels_present": torch.tensor([c in meta["channels_present"] for c in meta["channels"]]),
+            "channels_present": torch.tensor([c in meta["channels_present"] for c in names]),
             "metadata": torch.from_numpy(metadata),
             "metadata_known": torch.from_numpy(known),
             "spacing_mm": torch.tensor(meta["spacing_mm"], dtype=torch.float64),

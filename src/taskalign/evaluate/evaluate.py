@@ -32,7 +32,8 @@ def run_evaluation(*, task: Task, model_path: Path, indexes: list[Path], params:
     device = select_device(threads)
     model, meta = load_task_model(model_path, task, params["channels"], device)
     rows = usable_rows(read_index(indexes, splits=["test"]), task)
-    test = TaskDataset(rows, task, params["channels"], train=False, seed=params["seed"], norm=meta["norm"])
+    test = TaskDataset(rows, task, params["channels"], train=False, seed=params["seed"], norm=meta["norm"],
+                       contract=meta.get("input"))
     loader = make_loader(test, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
 
     records, volumes, shown = [], {}, []

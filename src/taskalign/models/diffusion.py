@@ -19,7 +19,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
-from taskalign.models.encoder import Encoder
+from taskalign.models.families.base import FoundationEncoder
 from taskalign.models.heads import EncoderRestoration
 
 
@@ -32,7 +32,7 @@ def batch_timesteps(timesteps: torch.Tensor, batch: int) -> torch.Tensor:
 class NoisePredictor(EncoderRestoration):
     """The UperNet intensity model (no residual) predicting the noise of its target channel at a timestep."""
 
-    def __init__(self, encoder: Encoder, layers: tuple[int, ...], channels: int, target_channel: int):
+    def __init__(self, encoder: FoundationEncoder, layers, channels: int, target_channel: int):
         super().__init__(encoder, layers, channels, residual_channel=None)
         self.target_channel = target_channel
         self.width = channels + channels % 2  # sinusoidal embeddings come in sin/cos pairs

@@ -1,7 +1,8 @@
 """Task models: an encoder with a task head (SPEC "Tasks"), or a task-specific MONAI network (the specialist).
 
-Heads: a 2-layer MLP on the token mean of the encoder's final normed output (classification, regression); the
-UperNet decoder shared with continual pretraining (segmentation; restoration with an intensity output); a sub-pixel
+Heads read the encoder through its family's protocol (taskalign.models.families.base): a 2-layer MLP on
+`pooled` (the spatial mean of the `final` level; classification, regression); the UperNet decoder shared with
+continual pretraining, fed by the family's `pyramid` (segmentation; restoration with an intensity output); a sub-pixel
 head on the fused UperNet features for super-resolution. Restoration models whose input already is the target
 contrast (super-resolution, distortion correction) predict a residual on the input T2W, from a zeroed output
 layer: they start as the identity.
@@ -18,7 +19,7 @@ from monai.networks.blocks import SubpixelUpsample
 from monai.networks.nets import ResNet, UNet
 from torch import nn
 
-from taskalign.models.encoder import Encoder
+from taskalign.models.families.base import FINAL, FoundationEncoder
 from taskalign.models.upernet import EncoderUperNet
 from taskalign.tasks.spec import Task
 
@@ -33,23 +34,23 @@ class MLPHead(nn.Module):
 
 
 class EncoderMLP(nn.Module):
-    """Encoder -> mean of the normed patch tokens -> MLP: logits or a regression value."""
+    """Encoder -> `pooled` (the spatial mean of its final level) -> MLP: logits or a regression value."""
 
-    def __init__(self, encoder: Encoder, n_out: int, hidden: int):
+    def __init__(self, encoder: FoundationEncoder, n_out: int, hidden: int):
         super().__init__()
         self.encoder = encoder
-        self.head = MLPHead(encoder.geometry.hidden_size, hidden, n_out)
+        width = {level.name: level.channels for level in encoder.levels()}[FINAL]
+        self.head = MLPHead(width, hidden, n_out)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        normed, _ = self.encoder(image)
-        return self.head(normed[:, 1:].mean(dim=1))
+        return self.head(self.encoder.pooled(self.encoder(image)))
 
 
 class EncoderRestoration(EncoderUperNet):
     """UperNet with an intensity output; `residual_channel`: the output is added to that input channel;
     `subpixel`: the fused features go through a sub-pixel (pixel-shuffle) upsampling head instead of a 1x1 conv."""
 
-    def __init__(self, encoder: Encoder, layers: tuple[int, ...], channels: int, residual_channel: int | None,
+    def __init__(self, encoder: FoundationEncoder, layers: tuple, channels: int, residual_channel: int | None,
                  subpixel: bool = False):
         super().__init__(encoder, out_channels=1, layers=layers, channels=channels)
         self.residual_channel = residual_channel
@@ -58,8 +59,7 @@ class EncoderRestoration(EncoderUperNet):
             zero_output(self.subpixel if subpixel else self.decoder.classifier)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        _, hidden = self.encoder(image)
-        features = self.decoder.fused(self.adapter(hidden))
+        features = self.decoder.fused(self.adapter(self.encoder(image)))
         out = self.subpixel(features) if self.subpixel is not None else self.decoder.classifier(features)
         out = F.interpolate(out, size=image.shape[2:], mode="trilinear", align_corners=False)
         if self.residual_channel is not None:
@@ -119,18 +119,18 @@ def _mlp(task, encoder, channels, head):
 
 
 def _upernet(task, encoder, channels, head):
-    return EncoderUperNet(encoder, n_model_outputs(task), tuple(head["layers"]), head["decoder_channels"])
+    return EncoderUperNet(encoder, n_model_outputs(task), head["layers"], head["decoder_channels"])
 
 
 def _restoration(task, encoder, channels, head):
-    return EncoderRestoration(encoder, tuple(head["layers"]), head["decoder_channels"],
+    return EncoderRestoration(encoder, head["layers"], head["decoder_channels"],
                               residual_channel(task, channels), subpixel=task.type.subpixel)
 
 
 def _noise_predictor(task, encoder, channels, head):
     from taskalign.models.diffusion import NoisePredictor  # a subclass of EncoderRestoration
 
-    return NoisePredictor(encoder, tuple(head["layers"]), head["decoder_channels"], channels.index(task.type.target))
+    return NoisePredictor(encoder, head["layers"], head["decoder_channels"], channels.index(task.type.target))
 
 
 def _resnet(task, channels, specialist):

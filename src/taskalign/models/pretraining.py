@@ -1,5 +1,8 @@
 """Pretraining objectives on our encoder: MAE reconstruction (ProFound) and PRISM-style multitask objectives.
 
+Pretraining is the vit3d family's with a class token (it masks tokens and reads the class token); any other
+family is refused here (other families enter the pipeline as imported checkpoints).
+
 Why not MONAI's `MaskedAutoEncoderViT`: its encoder has a fused `qkv`, returns no per-block hidden states and stores
 the final norm as `blocks.12`, so its weights would not be our `Encoder` (split Q/K/V, class token, `norm`). The MAE
 is therefore built around our `Encoder` (`embed` + `run_blocks` on the visible tokens only) and reuses MONAI's
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from monai.networks.blocks.transformerblock import TransformerBlock
 from torch import nn
 
-from taskalign.models.encoder import Encoder
+from taskalign.models.families.vit3d import ViT3dEncoder
 
 OBJECTIVES = ("reconstruction", "metadata", "translation", "contrastive")
 DEFAULT_WEIGHTS = {"reconstruction": 1.0, "metadata": 1.0, "translation": 1.0, "contrastive": 0.5}
@@ -163,7 +166,7 @@ class PretrainingModel(nn.Module):
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: ViT3dEncoder,
         objectives: list[str],
         channels: list[str],
         mask_ratio: float = 0.75,
@@ -178,6 +181,10 @@ class PretrainingModel(nn.Module):
         unknown = [o for o in objectives if o not in OBJECTIVES]
         if unknown or not objectives:
             raise ValueError(f"objectives must be a non-empty subset of {OBJECTIVES}, got {objectives}")
+        if not isinstance(encoder, ViT3dEncoder) or not encoder.geometry.class_token:
+            what = "a vit3d encoder without a class token" if isinstance(encoder, ViT3dEncoder) else \
+                f"family {getattr(encoder, 'family', type(encoder).__name__)!r}"
+            raise ValueError(f"pretraining (MAE / multitask) runs on the vit3d family with a class token, got {what}")
         geometry = encoder.geometry
         if len(channels) != geometry.in_channels:
             raise ValueError(f"{len(channels)} channel names {channels} for an encoder of {geometry.in_channels} channels")
@@ -238,7 +245,7 @@ class PretrainingModel(nn.Module):
         if "contrastive" in self.objectives:
             views["diffusion"] = self._channel_view(image, DIFFUSION_CHANNELS)
         if views:
-            normed, _ = self.encoder(torch.cat(list(views.values())))
+            normed, _ = self.encoder.run_blocks(self.encoder.embed(torch.cat(list(views.values()))))
             encoded = dict(zip(views, normed.split(b)))
 
         if "reconstruction" in self.objectives:

@@ -17,14 +17,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from taskalign.models.checkpoint_io import EncoderFile, named_safetensors_errors, trained_state
-from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.checkpoint_io import (EncoderFile, build_encoder, encoder_spec, named_safetensors_errors,
+                                            trained_state)
+from taskalign.models.families.base import FoundationEncoder
 from taskalign.models.heads import encoder_model, n_model_outputs, specialist_model
 from taskalign.runtime import atomic_path, read_array
 from taskalign.tasks.spec import Task
 
 
-def build_model(task: Task, init: str, encoder: Encoder | None, params: dict) -> nn.Module:
+def build_model(task: Task, init: str, encoder: FoundationEncoder | None, params: dict) -> nn.Module:
     """The task model around `encoder` (None for the specialist). params: channels, head or specialist."""
     if init == "specialist":
         return specialist_model(task, params["channels"], params["specialist"])
@@ -34,14 +35,12 @@ def build_model(task: Task, init: str, encoder: Encoder | None, params: dict) ->
 
 
 def apply_protocol(model: nn.Module, protocol: str) -> list[str]:
-    """Set requires_grad for the protocol; return the names of the trainable parameters."""
+    """Set requires_grad for the protocol; return the names of the trainable parameters. `partial:k` unfreezes what
+    the encoder's family names for it (`partial_prefixes`: vit3d's last k blocks and the final norm)."""
     encoder = getattr(model, "encoder", None)
     if encoder is not None and protocol != "full":
         keep = 0 if protocol == "frozen" else int(protocol.split(":")[1])
-        n_blocks = len(encoder.blocks)
-        if keep > n_blocks:
-            raise ValueError(f"protocol {protocol}: the encoder has {n_blocks} blocks")
-        trainable = {f"blocks.{i}." for i in range(n_blocks - keep, n_blocks)} | ({"norm."} if keep else set())
+        trainable = encoder.partial_prefixes(keep) if keep else []
         for name, param in encoder.named_parameters():
             param.requires_grad = any(name.startswith(prefix) for prefix in trainable)
     return [n for n, p in model.named_parameters() if p.requires_grad]
@@ -111,16 +110,21 @@ def referenced_encoder_state(model_path: Path, reference: dict) -> dict[str, tor
 
 def load_task_model(path: Path, task: Task, channels: list[str],
                     device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """A fine-tuned model file -> (model on `device` in eval mode, metadata). Built on `device` directly."""
+    """A fine-tuned model file -> (model on `device` in eval mode, metadata). Built on `device` directly, around
+    an encoder of the family stored in the file. `channels`: the cache's channel order, the model's input unless
+    its encoder declares its own (input contract)."""
     with named_safetensors_errors(path):
         with safe_open(str(path), framework="pt") as f:
             meta = {k: json.loads(v) for k, v in f.metadata().items()}
         state = load_file(str(path))
     if "encoder" in meta:
         state = {**referenced_encoder_state(path, meta["encoder"]), **state}
+    encoder = None
+    if meta["geometry"]:  # family, geometry and input contract of the encoder it was trained from
+        name, geometry, contract = encoder_spec(meta, str(path))
+        encoder = build_encoder(name, geometry, device)
+        channels = list(contract.channels) if contract is not None else channels
     with torch.device(device):
-        encoder = Encoder(EncoderGeometry(**{k: tuple(v) if isinstance(v, list) else v
-                                             for k, v in meta["geometry"].items()})) if meta["geometry"] else None
         model = build_model(task, meta["init"], encoder, {"channels": channels, **meta["architecture"]})
     model.load_state_dict(state, strict=True)
     return model.eval(), meta

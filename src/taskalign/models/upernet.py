@@ -1,8 +1,9 @@
-"""Segmentation head of continual pretraining (seed 000): a ViT adapter and a UperNet decoder.
+"""Segmentation head of continual pretraining (seed 000) and of the segmentation/restoration tasks: a feature
+pyramid from the encoder's family (`FoundationEncoder.pyramid`) and a UperNet decoder.
 
-The adapter reshapes the tokens of 4 chosen blocks into 3D maps and resamples them to four scales (x4, x2, x1,
-x0.5 of the token grid per axis; the x0.5 scale pools only the axes that have 2 or more tokens), so a plain ViT
-feeds a feature pyramid. UperNet (Xiao et al. 2018): pyramid pooling (bins 1, 2, 3, 6, clamped to the map) on
+A ViT's pyramid is `ViTAdapter`: it resamples the maps of 4 chosen blocks to four scales (x4, x2, x1, x0.5 of the
+token grid per axis; the x0.5 scale pools only the axes that have 2 or more tokens), so a plain ViT feeds a
+feature pyramid. UperNet (Xiao et al. 2018): pyramid pooling (bins 1, 2, 3, 6, clamped to the map) on
 the coarsest map, FPN top-down fusion, all levels upsampled to the finest and fused; logits are upsampled to
 the input size.
 """
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from taskalign.models.encoder import Encoder
+from taskalign.models.families.base import FoundationEncoder
 
 SCALES = (4, 2, 1, 0.5)
 POOL_BINS = (1, 2, 3, 6)
@@ -31,17 +32,14 @@ def conv(in_ch: int, out_ch: int, kernel: int) -> Convolution:
 
 
 class ViTAdapter(nn.Module):
-    """Block tokens (B, 1 + N, hidden) x 4 -> feature maps (B, channels, ...) at SCALES of the token grid."""
+    """Block maps (B, hidden, D', H', W') of 4 levels -> feature maps (B, channels, ...) at SCALES of the token grid.
+    `geometry`: a vit3d geometry (hidden_size, grid)."""
 
-    def __init__(self, encoder: Encoder, layers: tuple[int, ...], channels: int):
+    def __init__(self, geometry, names: tuple[str, ...], channels: int):
         super().__init__()
-        geometry = encoder.geometry
-        if len(layers) != len(SCALES):
-            raise ValueError(f"the adapter takes {len(SCALES)} blocks, got layers {layers}")
-        bad = [i for i in layers if not 0 <= i < geometry.num_layers]
-        if bad:
-            raise ValueError(f"adapter layers {bad} out of range for an encoder of {geometry.num_layers} blocks")
-        self.layers = tuple(layers)
+        if len(names) != len(SCALES):
+            raise ValueError(f"the adapter takes {len(SCALES)} levels, got {list(names)}")
+        self.names = tuple(names)
         self.grid = geometry.grid
         hidden = geometry.hidden_size
         branches = []
@@ -56,14 +54,8 @@ class ViTAdapter(nn.Module):
             branches.append(nn.Sequential(resample, conv(hidden, channels, 1)))
         self.branches = nn.ModuleList(branches)
 
-    def forward(self, hidden_states: list[torch.Tensor]) -> list[torch.Tensor]:
-        maps = []
-        for layer, branch in zip(self.layers, self.branches):
-            tokens = hidden_states[layer][:, 1:]
-            b, n, c = tokens.shape
-            volume = tokens.transpose(1, 2).reshape(b, c, *self.grid)
-            maps.append(branch(volume))
-        return maps
+    def forward(self, levels: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [branch(levels[name]) for name, branch in zip(self.names, self.branches)]
 
 
 class PyramidPooling(nn.Module):
@@ -110,15 +102,16 @@ class UperNetDecoder(nn.Module):
 
 
 class EncoderUperNet(nn.Module):
-    """Encoder (plain or LoRA-injected) + adapter + UperNet: image (B, C, D, H, W) -> logits (B, out, D, H, W)."""
+    """Encoder (plain or LoRA-injected) + its family's pyramid + UperNet: image (B, C, D, H, W) -> logits
+    (B, out, D, H, W). `layers`: the pyramid's levels (names, or integers counting the encoder's levels;
+    `FoundationEncoder.resolve_levels`); empty for the family's default."""
 
-    def __init__(self, encoder: Encoder, out_channels: int, layers: tuple[int, ...], channels: int):
+    def __init__(self, encoder: FoundationEncoder, out_channels: int, layers: tuple, channels: int):
         super().__init__()
         self.encoder = encoder
-        self.adapter = ViTAdapter(encoder, layers, channels)
+        self.adapter = encoder.pyramid(tuple(encoder.resolve_levels(layers)), channels)
         self.decoder = UperNetDecoder(channels, len(SCALES), out_channels)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        _, hidden = self.encoder(image)
-        logits = self.decoder(self.adapter(hidden))
+        logits = self.decoder(self.adapter(self.encoder(image)))
         return F.interpolate(logits, size=image.shape[2:], mode="trilinear", align_corners=False)

@@ -12,6 +12,7 @@ from functools import cached_property
 
 from taskalign.data.labels import SPLITS
 from taskalign.data.splits import manifest_split_sizes
+from taskalign.models.family_names import DEFAULT_FAMILY, FAMILY_LAYOUTS
 from taskalign.plan import layout
 from taskalign.plan.layout import Run
 from taskalign.tasks.spec import Task, check_combination, task_problems
@@ -65,6 +66,7 @@ class Plan:
             needed = "objectives" if spec["source"] == "train" else "path"
             if needed not in spec:
                 problems.append(f"pretrain.variants.{name}: source {spec['source']} needs '{needed}'")
+            problems += self._checkpoint_problems(name, spec)
         for name, spec in self.tasks.items():
             if spec["cohort"] not in self.cohorts:
                 problems.append(f"tasks.{name}.cohort: unknown cohort '{spec['cohort']}'")
@@ -76,6 +78,29 @@ class Plan:
                 check_combination(f"pretrained:{model['variant']}", model["protocol"])
             except ValueError as err:
                 problems.append(f"analysis.models[{n}]: {err}")
+        return problems
+
+    def _checkpoint_problems(self, name: str, spec: dict) -> list[str]:
+        """An imported checkpoint's family and layout must be registered ones (the torch-free table), and its input
+        channels ones the cache has."""
+        where = f"pretrain.variants.{name}"
+        if spec["source"] != "checkpoint":
+            extra = [k for k in ("family", "layout", "geometry", "input") if k in spec]
+            return [f"{where}: {', '.join(extra)} only apply to source checkpoint"] if extra else []
+        family = spec.get("family", DEFAULT_FAMILY)
+        if family not in FAMILY_LAYOUTS:
+            return [f"{where}.family: unknown encoder family '{family}'; known: {', '.join(FAMILY_LAYOUTS)}"]
+        problems = []
+        layout = spec.get("layout", "profound")
+        if layout not in FAMILY_LAYOUTS[family]:
+            problems.append(f"{where}.layout: family {family} has no layout '{layout}'; its layouts: "
+                            f"{', '.join(FAMILY_LAYOUTS[family])}")
+        cached = self.config["preprocess"]["channels"]
+        missing = [c for c in spec.get("input", {}).get("channels", []) if c not in cached]
+        if missing:
+            problems.append(f"{where}.input.channels: {missing} not in preprocess.channels {cached}")
+        if family != DEFAULT_FAMILY and "geometry" not in spec:
+            problems.append(f"{where}: family {family} needs 'geometry' (the config's encoder section is vit3d's)")
         return problems
 
     def split_sizes(self, cohort: str) -> dict[str, int] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from taskalign.models.family_names import DEFAULT_FAMILY
 from taskalign.plan.experiment import Plan
 
 PRETRAIN_KEYS = ("mask_ratio", "weights", "decoder_layers", "epochs", "batch_size", "lr", "warmup_epochs",
@@ -49,25 +50,44 @@ def preprocess(plan: Plan, cohort: str) -> dict:
 
 
 def encoder_geometry(plan: Plan) -> dict:
-    """EncoderGeometry fields from the config (taskalign.models.encoder)."""
+    """The pipeline's own encoder (family vit3d, taskalign.models.families.vit3d): its geometry fields."""
     config = plan.config
     return {"in_channels": len(config["preprocess"]["channels"]), "img_size": config["preprocess"]["size"],
             **{k: config["encoder"][k] for k in ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads")}}
 
 
+def cache_contract(plan: Plan) -> dict:
+    """The input contract of the pipeline's own encoders: the cache as preprocessing writes it."""
+    pre = plan.config["preprocess"]
+    return {"channels": pre["channels"], "normalisation": "clip_zscore", "spacing_mm": pre["spacing_mm"],
+            "size": pre["size"]}
+
+
 def pretrain(plan: Plan, variant: str) -> dict:
     return {**{k: plan.pretrain[k] for k in PRETRAIN_KEYS}, "objectives": plan.variants[variant]["objectives"],
             "geometry": encoder_geometry(plan), "channels": plan.config["preprocess"]["channels"],
-            "seed": plan.config["seed"]}
+            "input": cache_contract(plan), "seed": plan.config["seed"]}
 
 
 def random_encoder(plan: Plan) -> dict:
-    return {"geometry": encoder_geometry(plan), "seed": plan.config["seed"]}
+    return {"family": DEFAULT_FAMILY, "geometry": encoder_geometry(plan), "input": cache_contract(plan),
+            "seed": plan.config["seed"]}
 
 
 def imported_encoder(plan: Plan, variant: str) -> dict:
+    """An imported checkpoint (`source: checkpoint`): family, layout, geometry (the config's `encoder` section and
+    crop for the pipeline's own family, overridden by the variant's `geometry`), and the input contract the file
+    records: the variant's `input` channels, normalisation and spacing, at the cache's crop. A checkpoint trained
+    at another crop (`input.size`) is adapted to the cache's crop at import (`checkpoint_size`)."""
     spec = plan.variants[variant]
-    return {"geometry": encoder_geometry(plan), "path": spec["path"], "layout": spec.get("layout", "timm")}
+    name = spec.get("family", DEFAULT_FAMILY)
+    declared = spec.get("input", {})
+    contract = {**cache_contract(plan), "spacing_mm": declared.get("spacing_mm"),
+                **{k: declared[k] for k in ("channels", "normalisation") if k in declared}}
+    base = encoder_geometry(plan) if name == DEFAULT_FAMILY else {}
+    geometry = {**base, **({"in_channels": len(contract["channels"])} if base else {}), **spec.get("geometry", {})}
+    return {"family": name, "layout": spec.get("layout", "profound"), "geometry": geometry, "path": spec["path"],
+            "input": contract, "checkpoint_size": declared.get("size")}
 
 
 def continual(plan: Plan) -> dict:

@@ -45,22 +45,37 @@ class TaskDataset(Dataset):
     Item keys: `index`; `image` (C, D, H, W) clean and the task's masks (1, D, H, W), as the cache stores them
     (`CacheDataset(as_stored=True)`); `target` for classification and
     regression; `augment` (`draw_augmentation`) in training with augmentation; distortion also `spacing_mm` (3,),
-    `rectum_distance` (1, D, H, W) with `rectum_distance_present`, and `distortion_scale`, the field's random part."""
+    `rectum_distance` (1, D, H, W) with `rectum_distance_present`, and `distortion_scale`, the field's random part.
+
+    `channels`: the cache's channel order. `contract`: the input contract (JSON) of the encoder the items feed: the
+    image then has the contract's channels in its order and normalisation (taskalign.data.dataset.contract_image),
+    and `self.channels` are those."""
 
     def __init__(self, rows: pd.DataFrame, task: Task, channels: list[str], *, train: bool, seed: int,
-                 augment: dict | None = None, norm: dict | None = None):
+                 augment: dict | None = None, norm: dict | None = None, contract: dict | None = None):
         self.task = task
-        self.channels = list(channels)
+        self.channels = list(contract["channels"]) if contract else list(channels)
         self.train = train
         self.seed = seed
         self.norm = norm or {}
         self.transform = augmentation(task, augment, task.type.masks) if train and augment else None
-        self.cache = CacheDataset(rows, masks=task.type.masks, fields=task.type.cache_fields, as_stored=True)
+        self.cache = CacheDataset(rows, masks=task.type.masks, fields=task.type.cache_fields, as_stored=True,
+                                  contract=contract)
         self.index = self.cache.index
         self.input_mask = torch.tensor([c in task.inputs for c in self.channels])
+        if not self.input_mask.any():
+            raise ValueError(f"task {task.name}: none of its inputs {list(task.inputs)} is among the model's input "
+                             f"channels {self.channels}")
+        missing = [c for c in task.options.get("random_inputs", []) if c not in self.channels]
+        needed = task.type.target if task.kind.target_from == "image" else None
+        if needed is not None and needed not in self.channels:
+            missing.append(needed)
+        if missing:
+            raise ValueError(f"task {task.name} needs {missing}, which is not among the model's input channels "
+                             f"{self.channels} (its encoder's input contract)")
         # random_inputs: one of them is drawn per item (`keep`), the others are zeroed with the unused channels
         self.drawn = [self.channels.index(c) for c in task.options.get("random_inputs", [])]
-        self.target_channel = self.channels.index(task.type.target) if task.kind.target_from == "image" else None
+        self.target_channel = self.channels.index(needed) if needed is not None else None
 
     def __len__(self) -> int:
         return len(self.cache)

@@ -1,5 +1,6 @@
-"""LoRA continual pretraining stage (seed 000): LoRA on Q, K, V, O of every block, base frozen, a ViT adapter
-on 4 blocks + UperNet decoder trained with Dice on a segmentation target; the merged encoder is exported."""
+"""LoRA continual pretraining stage (seed 000): LoRA on the linears the encoder's family names (vit3d: Q, K, V, O
+of every block), base frozen, the family's pyramid (vit3d: the ViT adapter on 4 blocks) + UperNet decoder trained
+with Dice on a segmentation target; the merged encoder is exported with the pretrained one's input contract."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 def segmentation_model(encoder, params: dict) -> EncoderUperNet:
     """LoRA-injected encoder (base frozen) + adapter + UperNet with one output channel (the target mask)."""
     lora_encoder = add_lora(encoder, rank=params["rank"], alpha=params["alpha"], dropout=params["dropout"])
-    return EncoderUperNet(lora_encoder, out_channels=1, layers=tuple(params["layers"]),
+    return EncoderUperNet(lora_encoder, out_channels=1, layers=params["layers"],
                           channels=params["decoder_channels"])
 
 
@@ -56,14 +57,15 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
     if train_rows.empty or val_rows.empty:
         raise ValueError(f"{index}: continual pretraining needs train and val cases")
+    encoder_file = EncoderFile.read(pretrained)  # the one read of it
+    contract = encoder_file.contract.to_json() if encoder_file.contract else None
     flips = RandFlipd(keys=["image", target], spatial_axis=2, prob=0.5)  # left-right: anatomy is near-symmetric
-    train_set = CacheDataset(train_rows, masks=(target,), transform=flips)
-    val_set = CacheDataset(val_rows, masks=(target,))
+    train_set = CacheDataset(train_rows, masks=(target,), transform=flips, contract=contract)
+    val_set = CacheDataset(val_rows, masks=(target,), contract=contract)
     train_loader = make_loader(train_set, params["batch_size"], shuffle=True, seed=params["seed"], device=device)
     val_loader = make_loader(val_set, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
     log.info("%s: LoRA continual pretraining on %s (%d train, %d val cases), target %s", variant, index.name,
              len(train_set), len(val_set), target)
-    encoder_file = EncoderFile.read(pretrained)  # the one read of it
     resume = ResumeFile(resume_dir, fingerprint(params, encoder_file.sha256, index_digest(index)),
                         options.checkpoint_minutes)
     if not resume.path.exists():  # a resumed run's next epoch is known once its model is restored
@@ -98,7 +100,8 @@ def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, 
                   metadata={"variant": variant, "target": target, "best_epoch": str(best["epoch"])})
     merged = merge_lora(model.encoder)
     save_encoder(merged, encoder_out, {"variant": variant, "stage": "continual", "target": target,
-                                       "epoch": best["epoch"], "val_dice": best["score"]})
+                                       "epoch": best["epoch"], "val_dice": best["score"]},
+                 contract=encoder_file.contract)
     write_history(history, history_csv, curve_png, f"continual pretraining {variant}: validation Dice ({target})")
     resume.remove()
     log.info("%s: best validation Dice %.4f at epoch %d", variant, best["score"], best["epoch"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,7 +32,10 @@ from taskalign.train.resume import ResumeFile, fingerprint, index_digest
 log = logging.getLogger(__name__)
 
 
-def task_datasets(task: Task, indexes: list[Path], params: dict) -> tuple[TaskDataset, TaskDataset, dict]:
+def task_datasets(task: Task, indexes: list[Path], params: dict,
+                  contract: dict | None = None) -> tuple[TaskDataset, TaskDataset, dict]:
+    """Train and val items as the model's input contract declares them (the cache's own for a specialist or an
+    encoder file without one)."""
     rows = read_index(indexes)
     rows = usable_rows(rows, task)
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
@@ -43,8 +45,8 @@ def task_datasets(task: Task, indexes: list[Path], params: dict) -> tuple[TaskDa
     norm = target_norm(train_rows, task)
     seed = params["seed"]
     train = TaskDataset(train_rows, task, params["channels"], train=True, seed=seed, augment=params["augment"],
-                        norm=norm)
-    val = TaskDataset(val_rows, task, params["channels"], train=False, seed=seed, norm=norm)
+                        norm=norm, contract=contract)
+    val = TaskDataset(val_rows, task, params["channels"], train=False, seed=seed, norm=norm, contract=contract)
     return train, val, norm
 
 
@@ -56,13 +58,14 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
     cpu_started = time.process_time()
     seed = params["seed"]
     torch.manual_seed(seed)
-    train_set, val_set, norm = task_datasets(task, indexes, params)
+    encoder_file = EncoderFile.read(encoder_path) if encoder_path is not None else None  # the one read of it
+    contract = encoder_file.contract.to_json() if encoder_file is not None and encoder_file.contract else None
+    train_set, val_set, norm = task_datasets(task, indexes, params, contract)
     batch = params["batch_size"]
     train_loader = make_loader(train_set, batch, shuffle=True, seed=seed, device=device,
                                drop_last=len(train_set) >= 2 * batch)
     val_loader = make_loader(val_set, batch, shuffle=False, seed=seed, device=device)
     check_combination(init, protocol)
-    encoder_file = EncoderFile.read(encoder_path) if encoder_path is not None else None  # the one read of it
     resume = ResumeFile(resume_dir, fingerprint(
         params, task.name, init, protocol, encoder_file.sha256 if encoder_file else None,
         [index_digest(p) for p in indexes]), options.checkpoint_minutes)
@@ -71,7 +74,7 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
 
     with torch.device(device):  # built where it trains: no CPU build then copy on a GPU
         encoder = encoder_file.build(device) if encoder_file is not None else None
-        model = build_model(task, init, encoder, params)
+        model = build_model(task, init, encoder, {**params, "channels": train_set.channels})
     if task.kind.starts_at_prior:
         start_at_prior(model, task, mask_prior(train_set.index, task))
     trainable = apply_protocol(model, protocol)
@@ -98,7 +101,7 @@ def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | N
     history, best = fitted.history, fitted.best
     load_trained_state(model, fitted.best_state)
     meta = {"task": task.name, "init": init, "protocol": protocol, "seed": seed, "norm": norm,
-            "geometry": asdict(encoder.geometry) if encoder is not None else None,
+            **(encoder_file.spec() if encoder_file is not None else {"geometry": None}),
             "architecture": {k: params[k] for k in ("head", "specialist") if k in params},
             "best_epoch": best["epoch"], f"val_{metric}": best["score"], "trainable": len(trainable)}
     save_task_model(model, model_out, meta, encoder_file)

@@ -10,7 +10,8 @@ import torch
 
 from taskalign.data.dataset import CacheDataset, read_index
 from taskalign.models.checkpoint_io import load_trained_state, save_encoder
-from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.families.base import InputContract, geometry_from_json
+from taskalign.models.families.vit3d import ViT3dEncoder, ViT3dGeometry
 from taskalign.models.pretraining import PretrainingModel
 from taskalign.models.device import select_device
 from taskalign.tasks.loader import holdout_patients, make_loader
@@ -30,7 +31,8 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
                     options: TrainingOptions = TrainingOptions()) -> list[dict]:
     """Train one pretraining variant; write the best (held-out loss) and last encoders, history and curve.
 
-    `params`: geometry (EncoderGeometry fields), channels, objectives, mask_ratio, weights, decoder_layers,
+    `params`: geometry (ViT3dGeometry fields), input (the input contract of the cache), channels, objectives,
+    mask_ratio, weights, decoder_layers,
     epochs, batch_size, lr, warmup_epochs, weight_decay, holdout_fraction, seed."""
     device = select_device(threads)
     seed = params["seed"]
@@ -51,7 +53,7 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
 
     with torch.device(device):  # built where it trains: no CPU build then copy on a GPU
         model = PretrainingModel(
-            Encoder(EncoderGeometry(**params["geometry"])),
+            ViT3dEncoder(geometry_from_json(ViT3dGeometry, params["geometry"])),
             objectives=params["objectives"],
             channels=params["channels"],
             mask_ratio=params["mask_ratio"],
@@ -69,9 +71,11 @@ def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_
     )
     history, best = fitted.history, fitted.best
     meta = {"variant": variant, "objectives": params["objectives"], "epochs": params["epochs"]}
-    save_encoder(model.encoder, last_out, {**meta, "epoch": len(history)})
+    contract = InputContract.from_json(params["input"])
+    save_encoder(model.encoder, last_out, {**meta, "epoch": len(history)}, contract=contract)
     load_trained_state(model, fitted.best_state)
-    save_encoder(model.encoder, encoder_out, {**meta, "epoch": best["epoch"], "val_total": best["score"]})
+    save_encoder(model.encoder, encoder_out, {**meta, "epoch": best["epoch"], "val_total": best["score"]},
+                 contract=contract)
     write_history(history, history_csv, curve_png, f"pretraining {variant}: {', '.join(params['objectives'])}")
     resume.remove()
     log.info("%s: best held-out loss %.4g at epoch %d", variant, best["score"], best["epoch"])

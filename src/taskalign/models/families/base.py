@@ -84,6 +84,15 @@ class ImportRefused(ValueError):
     """A checkpoint that does not fit a family/layout/geometry; the message says which and the likely cause."""
 
 
+def interpolate_positions(table: torch.Tensor, source_grid: tuple[int, int, int],
+                          target_grid: tuple[int, int, int]) -> torch.Tensor:
+    """A (1, N, C) position table on `source_grid` (tokens in (d, h, w) order, w fastest) resampled trilinearly to
+    `target_grid`, (1, N', C)."""
+    volume = table.transpose(1, 2).reshape(1, table.shape[2], *source_grid).float()
+    resized = torch.nn.functional.interpolate(volume, size=tuple(target_grid), mode="trilinear", align_corners=False)
+    return resized.flatten(2).transpose(1, 2).to(table.dtype).contiguous()
+
+
 def geometry_from_json(geometry_cls, raw: dict):
     """A frozen geometry dataclass from JSON (lists back to tuples)."""
     names = {f.name for f in fields(geometry_cls)}
@@ -120,6 +129,28 @@ class FoundationEncoder(nn.Module):
 
     def level_names(self) -> list[str]:
         return [level.name for level in self.levels()]
+
+    def resolve_levels(self, refs) -> list[str]:
+        """Level references from a config -> level names. A string is a level name; an integer n is the n-th
+        level counted from the shallowest with `final` left out (vit3d: `block{n}`). `refs` may also be a map
+        {family: references}: this family's entry is used, and a family without one gets [] (the caller's
+        default). Unknown references are an error naming the levels there are."""
+        if isinstance(refs, dict):
+            refs = refs.get(self.family, [])
+        names = self.level_names()
+        inner = [n for n in names if n != FINAL]
+        out, bad = [], []
+        for ref in refs:
+            if isinstance(ref, str) and ref in names:
+                out.append(ref)
+            elif isinstance(ref, int) and not isinstance(ref, bool) and 0 <= ref < len(inner):
+                out.append(inner[ref])
+            else:
+                bad.append(ref)
+        if bad:
+            raise ValueError(f"levels {bad} do not exist in this {self.family} encoder; its levels are "
+                             f"{', '.join(names)} (integers 0..{len(inner) - 1} count them from the shallowest)")
+        return out
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (B, in_channels, D, H, W) -> {level name: (B, C, d, h, w)} for every level of `levels()`."""

@@ -4,6 +4,7 @@ with the performance gain of fine-tuning from the continual encoder."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 
 import pandas as pd
@@ -39,12 +40,26 @@ def performance_gains(metrics: pd.DataFrame, variant: str, protocol: str = "full
 
 
 def _diagonal(cka: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    """Matching block layers of the pairs Table 6 shows (FT pairs of `protocol` only), with an integer layer."""
+    """Matching levels of the pairs Table 6 shows (FT pairs of `protocol` only): every named level of the encoder's
+    family but `final` (vit3d: its blocks), as `layer`."""
     frame = cka.assign(protocol=cka["protocol"].fillna("").astype(str),
                        seed=cka["seed"].fillna("").astype(str).str.removesuffix(".0"))
-    frame = frame[(frame["layer_a"] == frame["layer_b"]) & frame["layer_a"].str.startswith("block")
+    frame = frame[(frame["layer_a"] == frame["layer_b"]) & (frame["layer_a"] != "final")
                   & ((frame["pair"] == PRETRAINED_CONTINUAL) | (frame["protocol"] == protocol))]
-    return frame.assign(layer=frame["layer_a"].str.removeprefix("block").astype(int))
+    return frame.assign(layer=frame["layer_a"])
+
+
+def level_order(names) -> list[str]:
+    """Level names shallow to deep: by their trailing number (block2 before block10), names without one last."""
+    def key(name: str):
+        digits = re.search(r"(\d+)$", name)
+        return (0, name[: digits.start()], int(digits.group(1))) if digits else (1, name, 0)
+    return sorted(names, key=key)
+
+
+def column_label(level: str) -> str:
+    """Table 6's column of a level: L<n> for vit3d's block<n> (the paper's), the level's own name otherwise."""
+    return f"L{level[5:]}" if re.fullmatch(r"block\d+", level) else level
 
 
 def check_same_finetuned(diagonal: pd.DataFrame) -> None:
@@ -61,7 +76,7 @@ def check_same_finetuned(diagonal: pd.DataFrame) -> None:
 def _with_average(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (pair, seed): the block layers plus their average (layer AVG), as Table 6's last column."""
     avg = frame.groupby(["pair", "seed"], sort=False)[["linear", "debiased"]].mean().reset_index().assign(layer=AVG)
-    return pd.concat([frame.assign(layer=frame["layer"].map(lambda n: f"L{n}")), avg], ignore_index=True)
+    return pd.concat([frame.assign(layer=frame["layer"].map(column_label)), avg], ignore_index=True)
 
 
 def _cka_cells(frame: pd.DataFrame, columns: list[str], digits: int) -> tuple[dict, dict, dict]:
@@ -81,9 +96,9 @@ def _cka_cells(frame: pd.DataFrame, columns: list[str], digits: int) -> tuple[di
     return cells, marks, raw
 
 
-def _delta_cells(deltas: pd.DataFrame, layers: list[int], digits: int) -> tuple[dict, dict]:
+def _delta_cells(deltas: pd.DataFrame, layers: list[str], digits: int) -> tuple[dict, dict]:
     cells, raw = {}, {}
-    names = {f"block{n}": f"L{n}" for n in layers} | {"avg": AVG}
+    names = {n: column_label(n) for n in layers} | {"avg": AVG}
     for estimator, group in ESTIMATORS.items():
         for name, column in names.items():
             row = deltas[(deltas["estimator"] == estimator) & (deltas["layer"] == name)]
@@ -105,8 +120,8 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
            lower_is_better: Collection[str], protocol: str, digits: int, chosen: Sequence[str] | None = None) -> Table:
     diagonal = _diagonal(cka, protocol)
     check_same_finetuned(diagonal)
-    layers = sorted(diagonal["layer"].unique())
-    columns = [f"L{n}" for n in layers] + [AVG]
+    layers = level_order(diagonal["layer"].unique())
+    columns = [column_label(n) for n in layers] + [AVG]
     gains = performance_gains(metrics, variant, protocol, lower_is_better).set_index("task")
     tasks = list(dict.fromkeys(diagonal["task"]))
     meets = [t for t in tasks if t in gains.index and abs(gains.loc[t, "gain"]) >= (threshold or 0.0)]
@@ -137,11 +152,11 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
                     **({} if gain is None else {"metric": gain["metric"], "performance_pretrained": gain["pretrained"],
                                                  "performance_continual": gain["continual"],
                                                  "performance_gain": gain["gain"]})})
-    last = f"L{layers[-1]}" if layers else None
+    last = column_label(layers[-1]) if layers else None
     label = f"Correlation across tasks: Δ {last} vs performance gain"
     rows[label], values = {}, {"row": "correlation", "layer": last}
     for estimator, group in ESTIMATORS.items():
-        x = [means[(means["task"] == t) & (means["estimator"] == estimator) & (means["layer"] == f"block{layers[-1]}")]
+        x = [means[(means["task"] == t) & (means["estimator"] == estimator) & (means["layer"] == layers[-1])]
              ["delta"].mean() for t in tasks if t in gains.index] if layers else []
         y = [gains.loc[t, "gain"] for t in tasks if t in gains.index]
         r = correlation(x, y)
