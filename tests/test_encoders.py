@@ -503,9 +503,9 @@ def test_fine_tuning_protocols_run_for_each_family(tiny_cache, tmp_path, family,
     from taskalign.tasks.spec import Task
     from taskalign.train.finetune import run_finetune
 
-    specs = {"volume_reg": {"cohort": "anatomy", "inputs": ["t2w"]},
-             "zone_seg": {"cohort": "anatomy", "inputs": TASK_CHANNELS},
-             "super_res": {"cohort": "anatomy", "inputs": ["t2w"], "factor": 4}}
+    specs = {"volume_reg": {"type": "volume_reg", "cohort": "anatomy", "inputs": ["t2w"]},
+             "zone_seg": {"type": "zone_seg", "cohort": "anatomy", "inputs": TASK_CHANNELS},
+             "super_res": {"type": "super_res", "cohort": "anatomy", "inputs": ["t2w"], "factor": 4}}
     task = Task.from_config(task_name, specs[task_name])
     path = encoder_file(tmp_path, family)
     out = tmp_path / "run"
@@ -553,7 +553,7 @@ def test_lora_continual_pretraining_features_and_probe_for_each_family(tiny_cach
     targets = ToyEncoder.lora_targets if family == "toycnn3d" else ViT3dEncoder.lora_targets
     assert changed and all(_is_adapted(k, targets) for k in changed), changed  # only what LoRA adapted
 
-    task = Task.from_config("zone_seg", {"cohort": "anatomy", "inputs": TASK_CHANNELS})
+    task = Task.from_config("zone_seg", {"type": "zone_seg", "cohort": "anatomy", "inputs": TASK_CHANNELS})
     feature_layers = {"vit3d": [1, "block3"], "toycnn3d": ["stage0"]}
     extract(task=task, model_path=out / "encoder.safetensors", source="encoder", indexes=[tiny_cache["anatomy"]],
             params={"channels": TASK_CHANNELS, "layers": feature_layers, "batch_size": 4, "seed": 0},
@@ -578,7 +578,7 @@ def test_a_contract_the_cache_cannot_meet_is_an_error_naming_both(tiny_cache, tm
     from taskalign.train.finetune import run_finetune
 
     path = encoder_file(tmp_path, "vit3d", InputContract(TASK_CHANNELS, "clip_zscore", (1.0, 0.5, 0.5), None))
-    task = Task.from_config("volume_reg", {"cohort": "anatomy", "inputs": ["t2w"]})
+    task = Task.from_config("volume_reg", {"type": "volume_reg", "cohort": "anatomy", "inputs": ["t2w"]})
     with pytest.raises(ValueError, match=r"contract has spacing_mm \[1.0, 0.5, 0.5\], the cache \[4.0, 3.0, 3.0\]"):
         run_finetune(task=task, init="pretrained:x", protocol="frozen", encoder_path=path,
                      indexes=[tiny_cache["anatomy"]], params=finetune_params([0, 1, 2, 3]),

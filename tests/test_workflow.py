@@ -24,9 +24,10 @@ def test_paper_config_plans_its_dag():
     counts = job_counts(proc.stdout)
     assert counts["cohort"] == 5 and counts["preprocess"] == 5 and counts["check_manifest"] == 5
     # tasks x 3 seeds x (random frozen + 4 inits full + 001's imported FMs: the ConvNeXt V2 frozen and the
-    # DINOv2 partial:2 + 002's ablation steps not run otherwise, each with the ablation's protocol)
+    # DINOv2 partial:2 + 002's ablation steps, fine-tuned `full`, that are not run otherwise: ablation2,
+    # mt_no_contrastive and multitask; its first step, mae full, and its scratch baseline are already there)
     n_tasks = len(yaml.safe_load((REPO / "config/paper.yaml").read_text())["tasks"])
-    assert counts["finetune"] == counts["evaluate"] == n_tasks * 3 * (7 + 4)
+    assert counts["finetune"] == counts["evaluate"] == n_tasks * 3 * (7 + 3)
     assert counts["pretrain"] == 6 and counts["mmd"] == 1  # 5 configured variants + ablation2
     assert counts["import_encoder"] == 2  # 001's two FMs, imported checkpoints
 
