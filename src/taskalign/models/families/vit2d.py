@@ -298,10 +298,7 @@ def convert_dinov2(state: dict, geometry: ViT2dGeometry, options: dict):
 
 def convert_provicnet(state: dict, geometry: ViT2dGeometry, options: dict):
     """ProViCNet's model file: `backbone.*` (DINOv2), `axis_pos`, `axis_max`; heads ignored."""
-    out, report = _split(state, "provicnet", "backbone.", options)
-    report.notes.append("ProViCNet 2.5D: each slice resized to the geometry's slice_size and stacked with its "
-                        "neighbours; axis_pos(j) and axis_max(S) tokens after the registers")
-    return out, report
+    return _split(state, "provicnet", "backbone.", options)
 
 
 def recognises(state: dict) -> bool:
