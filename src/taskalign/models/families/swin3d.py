@@ -132,15 +132,16 @@ def _expand_patch_kernel(out: dict, geometry: Swin3dGeometry, report: LoadReport
                             f"{geometry.in_channels} input channels (PRISM's loader, expand_as)")
 
 
-def _keep_backbone(state: dict, report: LoadReport) -> dict:
-    """Ignore-listed keys into the report; every other key (the backbone, and anything unknown) passes on."""
+def _keep_backbone(state: dict, report: LoadReport, prefix: str = "") -> dict:
+    """Ignore-listed keys into the report; every other key (the backbone, and anything unknown) passes on, under
+    `prefix` + its name."""
     out = {}
     for key, value in state.items():
-        if any(re.fullmatch(pattern, key) for pattern in Swin3dEncoder.ignore_on_import):
+        if any(re.fullmatch(pattern, prefix + key) for pattern in Swin3dEncoder.ignore_on_import):
             report.ignored.append(key)
         else:
-            out[key] = value
-            report.mapping[key] = key
+            out[prefix + key] = value
+            report.mapping[prefix + key] = key
     return out
 
 
@@ -153,10 +154,10 @@ def convert_taskalign(state: dict, geometry: Swin3dGeometry, options: dict):
 def convert_monai(state: dict, geometry: Swin3dGeometry, options: dict):
     """SwinUNETR (`swinViT.*` + decoder) or a bare SwinTransformer (`patch_embed.*`, `layers1.*`, ...)."""
     report = LoadReport(NAME, "monai", options.get("source", ""))
-    if not any(k.startswith("swinViT.") for k in state):
-        state = {f"swinViT.{k}": v for k, v in state.items()}
+    bare = not any(k.startswith("swinViT.") for k in state)
+    if bare:
         report.notes.append("a bare SwinTransformer state dict: keys placed under `swinViT.`")
-    out = _keep_backbone(state, report)
+    out = _keep_backbone(state, report, "swinViT." if bare else "")
     _expand_patch_kernel(out, geometry, report)
     return out, report
 
