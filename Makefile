@@ -6,6 +6,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 CORES ?= 2
 BIN := $(VENV)/bin
+# Text files (sources, configs, manifests with non-ASCII paths) are UTF-8 whatever the machine's locale says.
+export PYTHONUTF8 := 1
 PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 STAMP := $(VENV)/.installed-py$(PYVER)
 

@@ -25,16 +25,16 @@ GEOMETRY = EncoderGeometry(3, (16, 32, 32), (4, 8, 8), 32, 64, 4, 2)
 CHANNELS = ["t2w", "dwi", "adc"]
 HEAD = {"mlp_hidden": 16, "decoder_channels": 8, "layers": [0, 1, 2, 3]}
 TASKS = {
-    "pirads_cls": {"cohort": "anatomy", "inputs": CHANNELS},
-    "volume_reg": {"cohort": "anatomy", "inputs": ["t2w"]},
-    "zone_seg": {"cohort": "anatomy", "inputs": ["t2w"]},
-    "super_res": {"cohort": "anatomy", "inputs": ["t2w"], "factor": 4},
-    "distortion": {"cohort": "anatomy", "inputs": ["t2w"], "amplitude_mm": 8, "decay_mm": 6},
+    "pirads_cls": {"type": "pirads_cls", "cohort": "anatomy", "inputs": CHANNELS},
+    "volume_reg": {"type": "volume_reg", "cohort": "anatomy", "inputs": ["t2w"]},
+    "zone_seg": {"type": "zone_seg", "cohort": "anatomy", "inputs": ["t2w"]},
+    "super_res": {"type": "super_res", "cohort": "anatomy", "inputs": ["t2w"], "factor": 4},
+    "distortion": {"type": "distortion", "cohort": "anatomy", "inputs": ["t2w"], "amplitude_mm": 8, "decay_mm": 6},
 }
 
 
 def task(name: str) -> Task:
-    return Task.from_config(name, {"type": name, **TASKS[name]})
+    return Task.from_config(name, TASKS[name])
 
 
 def params(seed: int = 0, epochs: int = 3) -> dict:

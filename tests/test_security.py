@@ -81,10 +81,10 @@ def read_encoder_file(path):
 
 
 def read_external_checkpoint(path):
-    from taskalign.models.checkpoint_io import load_external_encoder
+    from taskalign.models.checkpoint_io import import_checkpoint
     from test_finetune import GEOMETRY
 
-    load_external_encoder(path, GEOMETRY)
+    import_checkpoint(path, "vit3d", "profound", GEOMETRY)
 
 
 def read_task_model(path):
@@ -248,7 +248,7 @@ def test_the_data_stage_runs_from_paths_with_shell_syntax_and_executes_nothing(t
     config["continual"]["cohort"] = "mine"
     config["tasks"] = {name: {**spec, "cohort": "mine"} for name, spec in config["tasks"].items()}
     work.mkdir()
-    (work / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    (work / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(checkout / "src")}
     proc = subprocess.run([SNAKEMAKE, "--snakefile", str(checkout / "Snakefile"), "data", "--cores", "2",
                            "--configfile", str(work / "config.yaml")], cwd=work, env=env, capture_output=True,
