@@ -29,6 +29,9 @@ from taskalign.report.tables.cka import cka_table
 from taskalign.report.tables.compute import compute_table
 from taskalign.report.tables.performance import performance_table
 
+# the analysed variant's inits, as the plan gives them (report settings "inits")
+MAE_INITS = {"pretrained": "pretrained:mae", "continual": "continual:mae"}
+
 SETTINGS = {"splits": ["test"], "null_permutations": 20, "subsamples": 30, "subsample_fraction": 0.5, "seed": 0}
 LAYERS = ("block3", "block11", "final")
 
@@ -113,12 +116,12 @@ def test_table6_builder_rejects_rows_from_different_finetuned_encoders(cka_outpu
     metrics = pd.DataFrame([{"task": "lesion_seg", "init": init, "protocol": "full", "seed": 0, "metric": "dice",
                              "value": v, "primary": True} for init, v in (("pretrained:mae", 0.30),
                                                                            ("continual:mae", 0.31))])
-    table = cka_table(cka, deltas, metrics, variant="mae")
+    table = cka_table(cka, deltas, metrics, inits=MAE_INITS)
     assert "lesion_seg: Continual–Finetuned" in table.cells.index
     broken = cka.copy()
     broken.loc[(broken["pair"] == "continual-finetuned") & (broken["seed"] == "1"), "file_b"] = "other.npz"
     with pytest.raises(ValueError, match="same fine-tuned encoder"):
-        cka_table(broken, deltas, metrics, variant="mae")
+        cka_table(broken, deltas, metrics, inits=MAE_INITS)
 
 
 def test_table6_delta_interval_covers_its_expectation_at_113_by_768():

@@ -23,6 +23,9 @@ from taskalign.report.tables.lens import lens_table
 from taskalign.report.tables.model import Table, provenance, write_table
 from taskalign.report.tables.performance import performance_table
 
+# the analysed variant's inits, as the plan gives them (report settings "inits")
+MAE_INITS = {"pretrained": "pretrained:mae", "continual": "continual:mae"}
+
 BASE = ("pretrained:mae", "full")
 PROV = {"config_hash": "abc123def456", "code_version": "v0.1-3-gdeadbee", "packages": {"python": "3.11"},
         "device": "cpu"}
@@ -377,7 +380,7 @@ def _cka_frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 def test_cka_table_layout_threshold_and_correlation():
     cka, deltas, metrics = _cka_frames()
-    table = cka_table(cka, deltas, metrics, variant="mae", threshold=0.002, lower_is_better={"mse"})
+    table = cka_table(cka, deltas, metrics, inits=MAE_INITS, threshold=0.002, lower_is_better={"mse"})
     kept = ["lesion_seg", "pirads_cls", "volume_reg", "ssim_sr"]  # zone_seg's gain 0.001 < 0.002
     assert list(table.cells.index) == [f"{t}: {row}" for t in kept for row in
                                        ("Pretrained–Continual", "Pretrained–Finetuned", "Continual–Finetuned",
@@ -400,16 +403,16 @@ def test_cka_table_layout_threshold_and_correlation():
     assert corr["linear/pearson_p"] == pytest.approx(expected["pearson_p"])
     assert "all 24 orderings" in corr["linear/note"]
     assert "docs/deviations.md" in table.caption
-    supplementary = cka_supplementary_table(cka, deltas, metrics, variant="mae", lower_is_better={"mse"})
+    supplementary = cka_supplementary_table(cka, deltas, metrics, inits=MAE_INITS, lower_is_better={"mse"})
     assert "zone_seg: Δ (Continual − Pretrained, same FT)" in supplementary.cells.index
     # an explicit task list (000's selection) replaces the threshold, in its order, and the caption says which
     # of them fall short of it
-    chosen = cka_table(cka, deltas, metrics, variant="mae", threshold=0.002, lower_is_better={"mse"},
+    chosen = cka_table(cka, deltas, metrics, inits=MAE_INITS, threshold=0.002, lower_is_better={"mse"},
                        tasks=["zone_seg", "lesion_seg"])
     assert [r.split(":")[0] for r in chosen.cells.index[:-1:4]] == ["zone_seg", "lesion_seg"]
     assert "zone_seg differ by less than 0.002" in chosen.caption
     with pytest.raises(ValueError, match=r"analysis.cka.tasks: no Table 6 CKA results for \['translation'\]"):
-        cka_table(cka, deltas, metrics, variant="mae", tasks=["translation"])
+        cka_table(cka, deltas, metrics, inits=MAE_INITS, tasks=["translation"])
 
 
 def test_ablation_table():

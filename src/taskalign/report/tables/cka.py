@@ -5,7 +5,7 @@ with the performance gain of fine-tuning from the continual encoder."""
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import pandas as pd
 
@@ -24,13 +24,14 @@ NOT_ABOVE_NULL = "†"
 MIN_PERFORMANCE_DIFFERENCE = 0.002  # 000 section 2.5: tasks whose performance differs by ~0.2% or more
 
 
-def performance_gains(metrics: pd.DataFrame, variant: str, protocol: str = "full",
+def performance_gains(metrics: pd.DataFrame, inits: Mapping[str, str], protocol: str = "full",
                       lower_is_better: Collection[str] = ()) -> pd.DataFrame:
     """Per task: primary metric of FT from continual minus FT from pretrained (`protocol`, seed means), sign flipped
     for lower-is-better metrics so that positive means fine-tuning from the continual encoder is better. Columns
-    task, metric, pretrained, continual, gain; tasks without both runs are left out."""
+    task, metric, pretrained, continual, gain; tasks without both runs are left out. inits: the plan's
+    {"pretrained": init, "continual": init} of the analysed variant (`pretrained:mae`, `continual:mae`)."""
     rows = metrics[metrics["primary"].astype(bool) & (metrics["protocol"] == protocol)]
-    inits = {"pretrained": f"pretrained:{variant}", "continual": f"continual:{variant}"}
+    inits = {k: inits[k] for k in ("pretrained", "continual")}
     means = rows[rows["init"].isin(inits.values())].groupby(["task", "metric", "init"])["value"].mean().unstack("init")
     means = means.reindex(columns=list(inits.values())).dropna().rename(columns={v: k for k, v in inits.items()})
     means["gain"] = means["continual"] - means["pretrained"]
@@ -116,13 +117,13 @@ def _delta_cells(deltas: pd.DataFrame, layers: list[str], digits: int) -> tuple[
     return cells, raw
 
 
-def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str, threshold: float | None,
+def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, inits: Mapping[str, str], threshold: float | None,
            lower_is_better: Collection[str], protocol: str, digits: int, chosen: Sequence[str] | None = None) -> Table:
     diagonal = _diagonal(cka, protocol)
     check_same_finetuned(diagonal)
     layers = level_order(diagonal["layer"].unique())
     columns = [column_label(n) for n in layers] + [AVG]
-    gains = performance_gains(metrics, variant, protocol, lower_is_better).set_index("task")
+    gains = performance_gains(metrics, inits, protocol, lower_is_better).set_index("task")
     tasks = list(dict.fromkeys(diagonal["task"]))
     meets = [t for t in tasks if t in gains.index and abs(gains.loc[t, "gain"]) >= (threshold or 0.0)]
     if chosen is not None:
@@ -197,7 +198,7 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
     return Table(cells, pd.DataFrame(raw), caption, stars=stars)
 
 
-def cka_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str,
+def cka_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, inits: Mapping[str, str],
               threshold: float = MIN_PERFORMANCE_DIFFERENCE, lower_is_better: Collection[str] = (),
               protocol: str = "full", digits: int = 3, tasks: Sequence[str] | None = None) -> Table:
     """Seed 000 Table 6 for `tasks` (in that order, e.g. 000's lesion_seg and pirads_cls), else for the tasks whose
@@ -208,12 +209,12 @@ def cka_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *,
     cka: the CKA stage's CSV (results/analysis/cka.csv: task, pair, protocol, seed, file_b, layer_a, layer_b,
     linear, debiased, null_<estimator>_p95, ...); deltas: its --deltas-out CSV; metrics: metrics.csv rows (task,
     init, protocol, seed, metric, value, primary)."""
-    return _build(cka, deltas, metrics, variant=variant, threshold=threshold, lower_is_better=lower_is_better,
+    return _build(cka, deltas, metrics, inits=inits, threshold=threshold, lower_is_better=lower_is_better,
                   protocol=protocol, digits=digits, chosen=tasks)
 
 
-def cka_supplementary_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str,
+def cka_supplementary_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, inits: Mapping[str, str],
                             lower_is_better: Collection[str] = (), protocol: str = "full", digits: int = 3) -> Table:
     """cka_table for every task, with the encoder fine-tuned from continual (its own row) where computed."""
-    return _build(cka, deltas, metrics, variant=variant, threshold=None, lower_is_better=lower_is_better,
+    return _build(cka, deltas, metrics, inits=inits, threshold=None, lower_is_better=lower_is_better,
                   protocol=protocol, digits=digits)
