@@ -17,7 +17,7 @@ from taskalign.tasks.spec import Task
 from taskalign.analysis.distances import (CORRELATION_COLUMNS, all_distances, rpg_correlations, rpg_rows,
                                           rpg_table, split_model)
 from taskalign.analysis.feature_files import write_features
-from taskalign.analysis.mmd import (gaussian_kernel, is_saturated, jackknife_se, median_sigma, mmd2, normalise,
+from taskalign.analysis.mmd import (is_saturated, jackknife_se, median_sigma, mmd2, normalise,
                                     paired_gram, paired_mmd2, paired_mmd_test, saturation)
 
 SQUARE_X = [[0.0, 0.0], [1.0, 0.0]]
@@ -39,7 +39,7 @@ def test_identical_sets():
     assert mmd2(grid, grid.copy(), 1.5) == 0.0
     x = np.random.default_rng(0).normal(size=(40, 16))
     # The two-sample U-statistic is not 0 for identical sets: -(2/n)(1 - mean off-diagonal k).
-    k = gaussian_kernel(x, x, 3.0)
+    k = rbf_kernel(x, x, gamma=1 / 3.0**2)
     off = (k.sum() - len(x)) / (len(x) * (len(x) - 1))
     assert mmd2(x, x, 3.0, "unbiased") == pytest.approx(-2 / len(x) * (1 - off), abs=1e-12)
     # The paired forms are exactly 0: every case's two encodings coincide.
@@ -49,10 +49,13 @@ def test_identical_sets():
 
 
 def test_kernel_convention_matches_sklearn():
+    """mmd2's kernel is k = exp(-||a - b||^2 / sigma^2): the biased MMD^2 from sklearn's RBF kernel matrices."""
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(7, 5)), rng.normal(size=(4, 5))
     for sigma in (0.7, 1.0, 3.0):
-        np.testing.assert_allclose(gaussian_kernel(a, b, sigma), rbf_kernel(a, b, gamma=1 / sigma**2), atol=1e-12)
+        k = lambda u, v: rbf_kernel(u, v, gamma=1 / sigma**2)
+        expected = k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean()
+        assert mmd2(a, b, sigma) == pytest.approx(expected, abs=1e-12)
 
 
 def test_normalise():
