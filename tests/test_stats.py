@@ -9,7 +9,7 @@ from itertools import permutations
 import numpy as np
 import pytest
 from scipy import stats as st
-from scipy.stats import norm, pearsonr, spearmanr
+from scipy.stats import pearsonr, spearmanr
 
 from taskalign.analysis.stats import correlation, rpg, stars, wilcoxon_paired
 
