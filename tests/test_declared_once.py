@@ -15,8 +15,7 @@ RULE_FILES = sorted((REPO / "workflow/rules").glob("*.smk")) + [REPO / "Snakefil
 KNOWN_LONG = {
     "analysis/target_probe.py:run", "data/importers/dicom.py:_study_row", "data/importers/picai.py:import_picai",
     "data/integrity.py:write_checked_manifest", "evaluate/evaluate.py:run_evaluation",
-    "models/pretraining.py:__init__", "report/tables/cka.py:_build", "report/tables/cka.py:cka_table",
-    "report/tables/performance.py:performance_table", "train/continual.py:run_continual",
+    "models/pretraining.py:__init__", "train/continual.py:run_continual",
     "train/finetune.py:run_finetune", "train/pretrain.py:run_pretraining",
 }
 

@@ -21,7 +21,7 @@ from taskalign.report.tables.cohorts import cohort_table
 from taskalign.report.tables.compute import compute_table
 from taskalign.report.tables.lens import lens_table
 from taskalign.report.tables.model import Table, provenance, write_table
-from taskalign.report.tables.performance import performance_table
+from taskalign.report.tables.performance import Resampling, performance_table
 
 # the analysed variant's inits, as the plan gives them (report settings "inits")
 MAE_INITS = {"pretrained": "pretrained:mae", "continual": "continual:mae"}
@@ -99,8 +99,8 @@ def _cases() -> dict:
 
 @pytest.fixture(scope="module")
 def perf() -> Table:
-    return performance_table(_metrics(), _cases(), ["lesion_seg", "volume_reg"], "pretrained:mae",
-                             {"mse", "mae_ml"})
+    return performance_table(_metrics(), _cases(), ["lesion_seg", "volume_reg"], BASE,
+                             {"mse", "mae_ml"}, resampling=Resampling(2000, 0))
 
 
 def test_performance_layout_and_cells(perf):
@@ -127,7 +127,7 @@ def _scratch_dice_draws(bootstrap: int, seed: int) -> tuple[np.ndarray, np.ndarr
 def test_performance_interval_is_the_procedure_mean_over_seeds_and_patients():
     """The interval of the training procedure's mean: seed mean ± sqrt(t_{S-1}^2 s^2/S + t_{n-1}^2 Var(patient-
     resampled seed mean)); not the mean of per-seed CI bounds (metrics.csv's ci_low/ci_high)."""
-    table = performance_table(_metrics(), _cases(), ["lesion_seg"], "pretrained:mae", set(), bootstrap=200, seed=3)
+    table = performance_table(_metrics(), _cases(), ["lesion_seg"], BASE, set(), resampling=Resampling(200, 3))
     seeds, draws = _scratch_dice_draws(200, 3)
     v_seed, v_patient = seeds.var(ddof=1) / 2, draws.mean(axis=0).var(ddof=1)
     half = np.sqrt(st.t.ppf(0.975, 1) ** 2 * v_seed + st.t.ppf(0.975, 5) ** 2 * v_patient)
@@ -186,7 +186,7 @@ def test_procedure_mark_with_more_seeds():
                                                                           "dice": dice})
                 rows.append({"task": "lesion_seg", "init": init, "protocol": "full", "seed": seed, "metric": "dice",
                              "value": dice.mean(), "primary": True})
-        table = performance_table(pd.DataFrame(rows), cases, ["lesion_seg"], "pretrained:mae", set(), bootstrap=300)
+        table = performance_table(pd.DataFrame(rows), cases, ["lesion_seg"], BASE, set(), resampling=Resampling(300, 0))
         assert table.stars.loc["continual:mae", ("lesion_seg", "dice")] == expected
 
 
@@ -214,7 +214,7 @@ def test_pirads_auc_routing():
         for metric, value in values.items():
             rows.append({"task": "pirads_cls", "init": init, "protocol": protocol, "seed": seed, "metric": metric,
                          "value": value, "primary": metric == "auc"})
-    table = performance_table(pd.DataFrame(rows), cases, ["pirads_cls"], "pretrained:mae", set(), bootstrap=500)
+    table = performance_table(pd.DataFrame(rows), cases, ["pirads_cls"], BASE, set(), resampling=Resampling(500, 0))
     raw = table.raw.set_index("init")
     # one seed each: no mark and no interval, whatever the difference
     assert raw.loc["scratch", [f"pirads_cls/{m}/p_value" for m in ("auc", "auc_ge3", "spec_at_sens90")]].isna().all()

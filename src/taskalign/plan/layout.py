@@ -132,9 +132,15 @@ def base_features(task: str, encoder: str) -> str:
     return f"{RESULTS}/features/{task}/{encoder}.npz"
 
 
+def run_features_name(run: Run) -> str:
+    """A fine-tuned run's encoder as the CKA tables name it: `pretrained-mae/full/seed0` (its features file's path
+    below the task)."""
+    _, init, protocol, seed = run
+    return f"{slug(init)}/{slug(protocol)}/seed{seed}"
+
+
 def run_features(run: Run) -> str:
-    task, init, protocol, seed = run
-    return f"{RESULTS}/features/{task}/{slug(init)}/{slug(protocol)}/seed{seed}.npz"
+    return f"{RESULTS}/features/{run.task}/{run_features_name(run)}.npz"
 
 
 # --- analyses and paper outputs --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from taskalign.report.tables.cohorts import cohort_table
 from taskalign.report.tables.compute import compute_table
 from taskalign.report.tables.lens import FIXED as LENS_COLUMNS, lens_table
 from taskalign.report.tables.model import Table, provenance, write_table
-from taskalign.report.tables.performance import performance_table
+from taskalign.report.tables.performance import Resampling, performance_table
 from taskalign.runtime import atomic_path, read_array, read_arrays
 from taskalign.tasks.kinds import LOWER_IS_BETTER
 from taskalign.tasks.spec import Task
@@ -69,8 +69,8 @@ def performance(name: str, inputs: dict, settings: dict) -> Table:
     tasks = tasks_with_runs(settings, lambda task: task.kind.group == PERFORMANCE_TABLES[name])
     metrics = pd.read_csv(inputs["metrics"])
     cases = {run: pd.read_csv(path) for run, path in per_run(inputs["cases"]).items()}
-    return performance_table(metrics, cases, tasks, settings["inits"]["pretrained"], LOWER_IS_BETTER,
-                             bootstrap=settings["bootstrap"], seed=settings["seed"])
+    return performance_table(metrics, cases, tasks, (settings["inits"]["pretrained"], "full"), LOWER_IS_BETTER,
+                             resampling=Resampling(settings["bootstrap"], settings["seed"]))
 
 
 def cohorts(inputs: dict, settings: dict) -> Table:
