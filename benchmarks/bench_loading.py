@@ -244,10 +244,11 @@ def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp
     finetune.make_loader, finetune.train_one_epoch = make_loader, train_one_epoch
     try:
         out = tmp / "run"
-        finetune.run_finetune(task=task, init="scratch", protocol="full", encoder_path=encoder_path,
-                              indexes=[index_csv], params=params, model_out=out / "model.safetensors",
-                              history_csv=out / "history.csv", curve_png=out / "curve.png",
-                              timing_json=out / "timing.json", resume_dir=tmp / "resume", threads=threads)
+        finetune.run_finetune(finetune.FinetuneJob(task=task, init="scratch", protocol="full",
+                                                   encoder_path=encoder_path, indexes=[index_csv], params=params,
+                                                   model_out=out / "model.safetensors", history_csv=out / "history.csv",
+                                                   curve_png=out / "curve.png", timing_json=out / "timing.json",
+                                                   resume_dir=tmp / "resume", threads=threads))
     finally:
         finetune.make_loader, finetune.train_one_epoch = original_loader, original_epoch
     clock["geometry"] = geometry
