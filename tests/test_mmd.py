@@ -15,7 +15,7 @@ from sklearn.metrics.pairwise import rbf_kernel
 
 from taskalign.tasks.spec import Task
 from taskalign.analysis.distances import (CORRELATION_COLUMNS, all_distances, rpg_correlations, rpg_rows,
-                                          rpg_table, split_model)
+                                          rpg_table)
 from taskalign.analysis.feature_files import write_features
 from taskalign.analysis.mmd import (is_saturated, jackknife_se, median_sigma, mmd2, normalise,
                                     paired_gram, paired_mmd2, paired_mmd_test, saturation)
@@ -190,12 +190,17 @@ def test_all_distances_one_sigma_and_frozen_d2p(distances_inputs):
     assert moved["pirads_cls"] < moved["lesion_seg"] < moved["zone_seg"]
 
 
+def compared(labels) -> list[list[str]]:
+    """The compared models as the plan gives them: [label, init, protocol] (labels here are <init>/<protocol>)."""
+    return [[label, *label.rsplit("/", 1)] for label in labels]
+
+
 def _metrics(models) -> pd.DataFrame:
     rows = []
     for task, move in TASKS.items():
         metric = "spec_at_sens90" if task == "pirads_cls" else "dice"
         for init, protocol, score in [("random", "frozen", 0.3), ("specialist", "full", 0.5)] + [
-                (*split_model(m), 0.6 - 0.2 * move) for m in models]:
+                (init, protocol, 0.6 - 0.2 * move) for _, init, protocol in models]:
             for seed in SEEDS:
                 value = score + 0.01 * seed
                 rows.append({"task": task, "init": init, "protocol": protocol, "seed": seed, "metric": metric,
@@ -208,7 +213,7 @@ def _metrics(models) -> pd.DataFrame:
 
 def test_rpg_per_model_with_bootstrap(distances_inputs):
     distances = all_distances(distances_inputs, SETTINGS)
-    models = list(distances_inputs)
+    models = compared(distances_inputs)
     tasks = {t: Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"]}) for t in TASKS}
     entries = rpg_rows(_metrics(models), distances, models, tasks)
     table = rpg_table(entries)
@@ -239,9 +244,10 @@ def test_mmd_and_rpg_cli(distances_inputs, tmp_path):
     distances = pd.read_csv(out)
     assert list(distances.columns[:8]) == ["model", "task", "seed", "distance", "reference", "estimator", "value", "se"]
     metrics = tmp_path / "metrics.csv"
-    _metrics(list(distances_inputs)).to_csv(metrics, index=False)
+    _metrics(compared(distances_inputs)).to_csv(metrics, index=False)
     tasks = json.dumps({t: {"type": t, "cohort": "x", "inputs": ["t2w"]} for t in TASKS})
-    args = ["--metrics", str(metrics), "--distances", str(out), "--models", *distances_inputs, "--tasks", tasks,
+    args = ["--metrics", str(metrics), "--distances", str(out), "--models", json.dumps(compared(distances_inputs)),
+            "--tasks", tasks,
             "--bootstrap", "20",
             "--rpg", str(tmp_path / "rpg.csv"), "--correlations", str(tmp_path / "corr.csv")]
     assert rpg_cli.main(args) == 0

@@ -99,7 +99,7 @@ def test_rpg_table_leaves_out_a_task_whose_reference_scores_zero(caplog):
                               for k, t in enumerate(["zone_seg", "lesion_seg", "super_res"])
                               for j, d in enumerate(["d2r", "d2p", "d2s"]) for e in ["biased", "unbiased"]])
     with caplog.at_level("WARNING"):
-        table = rpg_table(rpg_rows(metrics, distances, [model], tasks))
+        table = rpg_table(rpg_rows(metrics, distances, [[model, "pretrained:mae", "full"]], tasks))
     assert set(table[table["reference"] == "random"]["task"]) == {"zone_seg", "lesion_seg", "super_res"}
     specialist = table[table["reference"] == "specialist"].set_index("task")
     assert set(specialist.index[np.isfinite(specialist["rpg"])]) == {"zone_seg", "super_res"}

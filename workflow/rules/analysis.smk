@@ -78,7 +78,7 @@ rule rpg:
         rpg=layout.analysis_file("rpg.csv"),
         correlations=layout.analysis_file("rpg_correlations.csv"),
     params:
-        models=params.rpg(PLAN)["models"],
+        models=as_json(params.rpg(PLAN)["models"]),
         tasks=as_json(params.rpg(PLAN)["tasks"]),
         bootstrap=params.rpg(PLAN)["bootstrap"],
         seed=params.rpg(PLAN)["seed"],

@@ -139,8 +139,8 @@ def target_probe(plan: Plan) -> dict:
 
 
 def rpg(plan: Plan) -> dict:
-    """The compared models' labels, the tasks, and the bootstrap of the RPG correlations."""
-    return {"models": [plan.model_label(m) for m in plan.models], "tasks": {t: plan.task_spec(t) for t in plan.tasks},
+    """The compared models as [label, init, protocol], the tasks, and the bootstrap of the RPG correlations."""
+    return {"models": [[plan.model_label(m), plan.model_init(m), m["protocol"]] for m in plan.models], "tasks": {t: plan.task_spec(t) for t in plan.tasks},
             "bootstrap": plan.analysis["rpg"]["bootstrap"], "seed": plan.config["seed"]}
 
 
