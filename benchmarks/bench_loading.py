@@ -51,14 +51,14 @@ TINY_PHANTOM = {"matrix": [64, 64], "fov_mm": [140, 140], "slices": [12, 16], "s
 
 def phantom_cache(root: Path, cohort: str = "anatomy", splits: dict | None = None) -> Path:
     """A small phantom cohort through the real check and preprocessing (as tests/conftest.py does); its index."""
-    from taskalign.data.integrity import write_checked_manifest
+    from taskalign.data.integrity import checked_table, write_table
     from taskalign.data.phantom import write_cohort
     from taskalign.data.preprocess import preprocess_cohort
 
     splits = splits or {"train": 8, "val": 4, "test": 4}
     manifest = write_cohort(cohort, splits, TINY_PHANTOM, 0, root / "cohorts" / cohort)
     checked = root / "manifests" / f"{cohort}.csv"
-    write_checked_manifest(manifest, checked, split_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, split_seed=0)
+    write_table(checked_table(manifest, split_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, split_seed=0), checked)
     index = root / "cache" / f"{cohort}.csv"
     preprocess_cohort(checked, TINY_PREPROCESS, root / "cache" / cohort, index, root / "qc" / cohort)
     return index
