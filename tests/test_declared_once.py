@@ -97,3 +97,10 @@ def test_every_paper_output_is_declared_once_and_has_a_builder():
     assert 'f"pretrained:' not in source
     # no module parses a model label back into init and protocol: the plan hands out [label, init, protocol]
     assert not [p for p in SRC.rglob("*.py") if "split_model" in p.read_text()]
+
+
+def test_rule_files_have_no_runs_of_blank_lines_and_one_conda_environment():
+    for path in RULE_FILES:
+        text = path.read_text()
+        assert "\n\n\n\n" not in text, f"{path.name}: a run of 3 or more blank lines"
+        assert text.count("envs/taskalign.yaml") == (path.name == "common.smk"), path.name

@@ -148,11 +148,16 @@ def radiomics_channels(plan: Plan) -> list[str]:
     return plan.analysis["radiomics"]["channels"]
 
 
-def radiomics_file(plan: Plan, repository: Path) -> str:
-    """The PyRadiomics settings file: a relative path is taken from the working directory, else from the
-    repository (which ships the default)."""
-    path = Path(plan.analysis["radiomics"]["params"])
+def from_workdir_or_repository(name: str, repository: Path) -> str:
+    """A file the config names: a relative path is taken from the working directory, else from the repository
+    (which ships the defaults)."""
+    path = Path(name)
     return str(path if path.is_absolute() or path.exists() else repository / path)
+
+
+def radiomics_file(plan: Plan, repository: Path) -> str:
+    """The PyRadiomics settings file (`analysis.radiomics.params`)."""
+    return from_workdir_or_repository(plan.analysis["radiomics"]["params"], repository)
 
 
 def lens(plan: Plan) -> dict:
