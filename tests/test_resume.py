@@ -26,7 +26,8 @@ EPOCHS = 6
 
 
 def command(tiny_cache, encoder, out, resume):
-    run_params = {**params(epochs=EPOCHS), "task": TASKS["zone_seg"], "batch_size": 2}  # 4 steps per epoch
+    # 4 steps per epoch
+    run_params = {**params(epochs=EPOCHS), "task": {"type": "zone_seg", **TASKS["zone_seg"]}, "batch_size": 2}
     return [sys.executable, "-m", "taskalign.cli.finetune", "--task", "zone_seg", "--init", "pretrained:mae",
             "--protocol", "full", "--encoder", str(encoder), "--index", str(tiny_cache["anatomy"]),
             "--params", json.dumps(run_params), "--model", str(out / "model.safetensors"),
@@ -87,7 +88,7 @@ def test_stopped_run_resumes_and_ends_identical_to_an_uninterrupted_run(tiny_cac
     for run in (plain, interrupted):
         tables.append(run_evaluation(EvaluationJob(
             task=task("zone_seg"), model_path=run / "model.safetensors", indexes=[tiny_cache["anatomy"]],
-            params={**params(), "task": TASKS["zone_seg"], "bootstrap": 50, "save_volumes": 0},
+            params={**params(), "task": {"type": "zone_seg", **TASKS["zone_seg"]}, "bootstrap": 50, "save_volumes": 0},
             metrics_csv=run / "metrics.csv", cases_csv=run / "cases.csv", predictions_npz=run / "pred.npz",
             montage_png=run / "montage.png")))
     pd.testing.assert_frame_equal(*tables)
@@ -165,7 +166,7 @@ def test_resume_files_belong_to_the_inputs_content_not_their_paths(tiny_cache, t
     from test_finetune import task
 
     encoder, resume = tmp_path / "encoder.safetensors", tmp_path / "resume"
-    run_params = {**params(epochs=2), "task": TASKS["volume_reg"]}
+    run_params = {**params(epochs=2), "task": {"type": "volume_reg", **TASKS["volume_reg"]}}
 
     def run(out):
         caplog.clear()
