@@ -51,14 +51,14 @@ TINY_PHANTOM = {"matrix": [64, 64], "fov_mm": [140, 140], "slices": [12, 16], "s
 
 def phantom_cache(root: Path, cohort: str = "anatomy", splits: dict | None = None) -> Path:
     """A small phantom cohort through the real check and preprocessing (as tests/conftest.py does); its index."""
-    from taskalign.data.integrity import write_checked_manifest
+    from taskalign.data.integrity import checked_table, write_table
     from taskalign.data.phantom import write_cohort
     from taskalign.data.preprocess import preprocess_cohort
 
     splits = splits or {"train": 8, "val": 4, "test": 4}
     manifest = write_cohort(cohort, splits, TINY_PHANTOM, 0, root / "cohorts" / cohort)
     checked = root / "manifests" / f"{cohort}.csv"
-    write_checked_manifest(manifest, checked, split_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, split_seed=0)
+    write_table(checked_table(manifest, split_fractions={"train": 0.7, "val": 0.1, "test": 0.2}, split_seed=0), checked)
     index = root / "cache" / f"{cohort}.csv"
     preprocess_cohort(checked, TINY_PREPROCESS, root / "cache" / cohort, index, root / "qc" / cohort)
     return index
@@ -244,10 +244,11 @@ def finetune_share(index_csv: Path, task_name: str, tiny: bool, epochs: int, tmp
     finetune.make_loader, finetune.train_one_epoch = make_loader, train_one_epoch
     try:
         out = tmp / "run"
-        finetune.run_finetune(task=task, init="scratch", protocol="full", encoder_path=encoder_path,
-                              indexes=[index_csv], params=params, model_out=out / "model.safetensors",
-                              history_csv=out / "history.csv", curve_png=out / "curve.png",
-                              timing_json=out / "timing.json", resume_dir=tmp / "resume", threads=threads)
+        finetune.run_finetune(finetune.FinetuneJob(task=task, init="scratch", protocol="full",
+                                                   encoder_path=encoder_path, indexes=[index_csv], params=params,
+                                                   model_out=out / "model.safetensors", history_csv=out / "history.csv",
+                                                   curve_png=out / "curve.png", timing_json=out / "timing.json",
+                                                   resume_dir=tmp / "resume", threads=threads))
     finally:
         finetune.make_loader, finetune.train_one_epoch = original_loader, original_epoch
     clock["geometry"] = geometry

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from taskalign.report.tables.performance import performance_table  # noqa: E402
+from taskalign.report.tables.performance import Resampling, performance_table  # noqa: E402
 
 BASE, OTHER = "pretrained:mae", "continual:mae"
 DICE_PATIENTS, AUC_PATIENTS = 113, 207  # 000's lesion and PI-RADS test sets (issue 31)
@@ -86,7 +86,7 @@ def marks(simulate, reps: int, seeds: int, seed_sd: float, effect: float = 0.0, 
     for rep in range(reps):
         metrics, cases = simulate(rng, seeds, seed_sd, effect)
         task, metric = metrics["task"].iloc[0], metrics["metric"].iloc[0]
-        table = performance_table(metrics, cases, [task], BASE, set(), bootstrap=bootstrap, seed=rep)
+        table = performance_table(metrics, cases, [task], (BASE, "full"), set(), resampling=Resampling(bootstrap, rep))
         raw = table.raw.set_index("init")
         marked.append(raw.loc[OTHER, f"{task}/{metric}/p_value"] <= 0.05)
         brackets.append((raw.loc[BASE, f"{task}/{metric}/ci_low"], raw.loc[BASE, f"{task}/{metric}/ci_high"]))

@@ -14,6 +14,15 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TEST_CONFIG = yaml.safe_load((REPO / "config/test.yaml").read_text())
 
 
+def write_checked(manifest, out, **checks):
+    """The check_manifest rule's two steps (taskalign.cli.check_manifest): the checked table, written."""
+    from taskalign.data.integrity import checked_table, write_table
+
+    table = checked_table(manifest, **checks)
+    write_table(table, out)
+    return table
+
+
 def plan_of(config: dict):
     """The experiment plan of a config, validated (schema defaults filled) as the Snakefile does."""
     import copy
@@ -56,7 +65,6 @@ def tiny_cache(tmp_path_factory) -> dict[str, Path]:
 
     Cohorts: `corpus` (12 unlabelled train cases) and `anatomy` (8 train, 4 val, 4 test, all masks).
     Geometry: 3 channels x 16 x 32 x 32 at 4 x 3 x 3 mm."""
-    from taskalign.data.integrity import write_checked_manifest
     from taskalign.data.phantom import write_cohort
     from taskalign.data.preprocess import preprocess_cohort
 
@@ -67,7 +75,7 @@ def tiny_cache(tmp_path_factory) -> dict[str, Path]:
         manifest = write_cohort(cohort, splits, TINY_PHANTOM, 0, root / "cohorts" / cohort,
                                 labelled=cohort != "corpus")
         checked = root / "manifests" / f"{cohort}.csv"
-        write_checked_manifest(manifest, checked, split_fractions={"train": 0.7, "val": 0.1, "test": 0.2},
+        write_checked(manifest, checked, split_fractions={"train": 0.7, "val": 0.1, "test": 0.2},
                                split_seed=0)
         index = root / "cache" / f"{cohort}.csv"
         fields = ["rectum_distance"] if cohort == "anatomy" else []  # the distortion task's cohort, as the plan says

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from conftest import write_checked
 from taskalign.cli.import_cohort import main as import_cli
 from taskalign.data.importers import CohortImportError, import_cohort
-from taskalign.data.integrity import check_manifest, inspect_manifest, write_checked_manifest
+from taskalign.data.integrity import check_manifest, inspect_manifest
 from taskalign.data.labels import MANIFEST_COLUMNS
 from taskalign.data.sanity import sanity_config
 
@@ -68,7 +69,7 @@ def test_clean_picai_sample_passes_with_the_pirads_isup_warning(picai, tmp_path,
     out = tmp_path / "out" / "manifest.csv"
     with caplog.at_level(logging.WARNING):
         import_cohort("picai", picai, out, "picai")
-        write_checked_manifest(out, tmp_path / "checked.csv", split_fractions={"train": 1, "val": 0, "test": 0},
+        write_checked(out, tmp_path / "checked.csv", split_fractions={"train": 1, "val": 0, "test": 0},
                                split_seed=0)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(CASE in w and "PI-RADS 4 but the lesion mask is empty" in w and "ISUP" in w for w in warnings)
@@ -387,7 +388,7 @@ def refused_check(manifest: Path, results: Path, **kw) -> list[str]:
     from taskalign.data.integrity import ManifestError
 
     with pytest.raises(ManifestError) as caught:
-        write_checked_manifest(manifest, results / "manifests" / "x.csv",
+        write_checked(manifest, results / "manifests" / "x.csv",
                                split_fractions={"train": 1, "val": 0, "test": 0}, split_seed=0, **kw)
     assert listing(results) == set()
     return [str(p) for p in caught.value.problems]

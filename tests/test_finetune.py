@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from taskalign.data.dataset import read_index
-from taskalign.evaluate.evaluate import run_evaluation
+from taskalign.evaluate.evaluate import EvaluationJob, run_evaluation
 from taskalign.models.checkpoint_io import save_encoder
 from taskalign.models.encoder import Encoder, EncoderGeometry
 from taskalign.models.heads import encoder_model
 from taskalign.tasks.samples import TaskDataset, usable_rows
 from taskalign.tasks.spec import Task, check_combination
 from taskalign.models.task_model import apply_protocol
-from taskalign.train.finetune import run_finetune
+from taskalign.train.finetune import FinetuneJob, run_finetune
 
 GEOMETRY = EncoderGeometry(3, (16, 32, 32), (4, 8, 8), 32, 64, 4, 2)
 CHANNELS = ["t2w", "dwi", "adc"]
@@ -111,21 +111,22 @@ def test_models_train_and_evaluate_for_every_task_type(tiny_cache, tmp_path, enc
     out = tmp_path / "run"
     epochs = 3
     p = {**params(epochs=epochs), "task": TASKS[name]}
-    history = run_finetune(task=task(name), init=init, protocol="full",
-                           encoder_path=None if init == "specialist" else encoder_file,
-                           indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
-                           history_csv=out / "history.csv", curve_png=out / "curve.png",
-                           timing_json=out / "timing.json", resume_dir=tmp_path / "resume")
+    history = run_finetune(FinetuneJob(task=task(name), init=init, protocol="full",
+                                       encoder_path=None if init == "specialist" else encoder_file,
+                                       indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                                       history_csv=out / "history.csv", curve_png=out / "curve.png",
+                                       timing_json=out / "timing.json", resume_dir=tmp_path / "resume"))
     assert len(history) == epochs and all(np.isfinite(row["train_total"]) for row in history)
     if name in ("super_res", "distortion"):  # they start at the identity: a small step, on fixed val inputs
         assert history[-1]["val_l1"] < history[0]["val_l1"], history
     else:  # each epoch draws new augmentations, the first epoch's loss is far above where these models end
         assert history[-1]["train_total"] < history[0]["train_total"], history
     assert json.loads((out / "timing.json").read_text())["epochs"] == epochs
-    metrics = run_evaluation(task=task(name), model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
-                             params={**p, "batch_size": 2, "bootstrap": 20, "save_volumes": 1},
-                             metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
-                             predictions_npz=out / "pred.npz", montage_png=out / "montage.png")
+    metrics = run_evaluation(EvaluationJob(task=task(name), model_path=out / "model.safetensors",
+                                           indexes=[tiny_cache["anatomy"]],
+                                           params={**p, "batch_size": 2, "bootstrap": 20, "save_volumes": 1},
+                                           metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
+                                           predictions_npz=out / "pred.npz", montage_png=out / "montage.png"))
     ranges = {"auc": (0, 1), "auc_ge3": (0, 1), "auc_ge4": (0, 1), "spec_at_sens90": (0, 1), "accuracy": (0, 1),
               "mse": (0, np.inf), "mae_ml": (0, np.inf), "ssim": (-1, 1), "l1": (0, np.inf)}
     for row in metrics.itertuples():
@@ -358,10 +359,10 @@ def test_a_run_with_a_frozen_encoder_stores_what_it_trained_and_names_the_encode
     save_encoder(Encoder(GEOMETRY), encoder)
     out = tmp_path / "finetune" / "run"
     p = {**params(epochs=1), "task": TASKS["zone_seg"]}
-    run_finetune(task=task("zone_seg"), init="pretrained:mae", protocol=protocol, encoder_path=encoder,
-                 indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
-                 history_csv=out / "history.csv", curve_png=out / "curve.png", timing_json=out / "timing.json",
-                 resume_dir=tmp_path / "resume")
+    run_finetune(FinetuneJob(task=task("zone_seg"), init="pretrained:mae", protocol=protocol, encoder_path=encoder,
+                             indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                             history_csv=out / "history.csv", curve_png=out / "curve.png",
+                             timing_json=out / "timing.json", resume_dir=tmp_path / "resume"))
     stored = load_file(str(out / "model.safetensors"))
     blocks = {int(k.split(".")[2]) for k in stored if k.startswith("encoder.blocks.")}
     assert blocks == stored_blocks and "encoder.patch_embedding.position_embeddings" not in stored
@@ -375,9 +376,10 @@ def test_a_run_with_a_frozen_encoder_stores_what_it_trained_and_names_the_encode
     for key, value in model.encoder.state_dict().items():
         expected = stored.get(f"encoder.{key}", original[key])
         assert torch.equal(value, expected), key
-    run_evaluation(task=task("zone_seg"), model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
-                   params={**p, "bootstrap": 10, "save_volumes": 0}, metrics_csv=out / "metrics.csv",
-                   cases_csv=out / "cases.csv", predictions_npz=out / "pred.npz", montage_png=out / "montage.png")
+    run_evaluation(EvaluationJob(task=task("zone_seg"), model_path=out / "model.safetensors",
+                                 indexes=[tiny_cache["anatomy"]], params={**p, "bootstrap": 10, "save_volumes": 0},
+                                 metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
+                                 predictions_npz=out / "pred.npz", montage_png=out / "montage.png"))
 
     torch.manual_seed(1)
     save_encoder(Encoder(GEOMETRY), encoder)  # rewritten upstream since the run
@@ -405,26 +407,28 @@ def test_ddpm_translation_trains_on_noise_and_is_scored_on_samples(tiny_cache, t
     out = tmp_path / "run"
     epochs = 1 if init == "specialist" else 2
     p = {**params(epochs=epochs), "specialist": {"channels": [4, 4]}}
-    history = run_finetune(task=ddpm, init=init, protocol=protocol,
-                           encoder_path=None if init == "specialist" else encoder_file,
-                           indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
-                           history_csv=out / "history.csv", curve_png=out / "curve.png",
-                           timing_json=out / "timing.json", resume_dir=tmp_path / "resume")
+    history = run_finetune(FinetuneJob(task=ddpm, init=init, protocol=protocol,
+                                       encoder_path=None if init == "specialist" else encoder_file,
+                                       indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                                       history_csv=out / "history.csv", curve_png=out / "curve.png",
+                                       timing_json=out / "timing.json", resume_dir=tmp_path / "resume"))
     assert len(history) == epochs and all(np.isfinite(row["train_total"]) and np.isfinite(row["val_ssim"])
                                      for row in history)
-    metrics = run_evaluation(task=ddpm, model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
-                             params={**p, "batch_size": 2, "bootstrap": 20, "save_volumes": 1},
-                             metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
-                             predictions_npz=out / "pred.npz", montage_png=out / "montage.png")
+    metrics = run_evaluation(EvaluationJob(task=ddpm, model_path=out / "model.safetensors",
+                                           indexes=[tiny_cache["anatomy"]],
+                                           params={**p, "batch_size": 2, "bootstrap": 20, "save_volumes": 1},
+                                           metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
+                                           predictions_npz=out / "pred.npz", montage_png=out / "montage.png"))
     values = metrics.set_index("metric")["value"]
     assert set(values.index) == {"ssim", "l1"} and -1 <= values["ssim"] <= 1 and values["l1"] > 0
     assert metrics.set_index("metric").loc["ssim", "primary"]
     if init == "specialist":
         return
-    again = run_evaluation(task=ddpm, model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
-                           params={**p, "batch_size": 2, "bootstrap": 20, "save_volumes": 1},
-                           metrics_csv=out / "m2.csv", cases_csv=out / "c2.csv",
-                           predictions_npz=out / "p2.npz", montage_png=out / "m2.png")
+    again = run_evaluation(EvaluationJob(task=ddpm, model_path=out / "model.safetensors",
+                                         indexes=[tiny_cache["anatomy"]],
+                                         params={**p, "batch_size": 2, "bootstrap": 20, "save_volumes": 1},
+                                         metrics_csv=out / "m2.csv", cases_csv=out / "c2.csv",
+                                         predictions_npz=out / "p2.npz", montage_png=out / "m2.png"))
     assert np.allclose(again["value"], metrics["value"])  # sampling starts from the same seeded noise
 
 
@@ -475,14 +479,15 @@ def test_a_task_name_is_only_a_name(tiny_cache, tmp_path, encoder_file):
     second = Task.from_config("zones_second_cohort", {"type": "zone_seg", "cohort": "anatomy", "inputs": ["t2w"]})
     out = tmp_path / "run"
     p = params(epochs=1)
-    run_finetune(task=second, init="scratch", protocol="full", encoder_path=encoder_file,
-                 indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
-                 history_csv=out / "history.csv", curve_png=out / "curve.png", timing_json=out / "timing.json",
-                 resume_dir=tmp_path / "resume")
-    metrics = run_evaluation(task=second, model_path=out / "model.safetensors", indexes=[tiny_cache["anatomy"]],
-                             params={**p, "batch_size": 2, "bootstrap": 5, "save_volumes": 1},
-                             metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
-                             predictions_npz=out / "pred.npz", montage_png=out / "montage.png")
+    run_finetune(FinetuneJob(task=second, init="scratch", protocol="full", encoder_path=encoder_file,
+                             indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                             history_csv=out / "history.csv", curve_png=out / "curve.png",
+                             timing_json=out / "timing.json", resume_dir=tmp_path / "resume"))
+    metrics = run_evaluation(EvaluationJob(task=second, model_path=out / "model.safetensors",
+                                           indexes=[tiny_cache["anatomy"]],
+                                           params={**p, "batch_size": 2, "bootstrap": 5, "save_volumes": 1},
+                                           metrics_csv=out / "metrics.csv", cases_csv=out / "cases.csv",
+                                           predictions_npz=out / "pred.npz", montage_png=out / "montage.png"))
     assert set(metrics["task"]) == {"zones_second_cohort"}
     assert metrics.loc[metrics["primary"], "metric"].tolist() == ["dice"]
 
@@ -496,10 +501,10 @@ def test_head_features_move_under_a_frozen_encoder(tiny_cache, tmp_path, encoder
     zones = task("zone_seg")
     out = tmp_path / "run"
     p = params(epochs=1)
-    run_finetune(task=zones, init="pretrained:x", protocol="frozen", encoder_path=encoder_file,
-                 indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
-                 history_csv=out / "history.csv", curve_png=out / "curve.png", timing_json=out / "timing.json",
-                 resume_dir=tmp_path / "resume")
+    run_finetune(FinetuneJob(task=zones, init="pretrained:x", protocol="frozen", encoder_path=encoder_file,
+                             indexes=[tiny_cache["anatomy"]], params=p, model_out=out / "model.safetensors",
+                             history_csv=out / "history.csv", curve_png=out / "curve.png",
+                             timing_json=out / "timing.json", resume_dir=tmp_path / "resume"))
     settings = {"task": TASKS["zone_seg"], "channels": CHANNELS, "layers": [1, 3], "batch_size": 4, "seed": 0,
                 "head": HEAD}
     files = {}

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from conftest import write_checked
 from taskalign.cli.check_manifest import main as cli_main
-from taskalign.data.integrity import ManifestError, Problem, check_manifest, write_checked_manifest
+from taskalign.data.integrity import ManifestError, Problem, check_manifest
 from taskalign.data.labels import MANIFEST_COLUMNS, SPLITS
 
 SPACING = (0.5, 0.5, 3.0)  # x, y, z in mm
@@ -103,7 +104,7 @@ def test_clean_cohort_passes_and_writes_checked_manifest(cohort, tmp_path):
     manifest, rows = cohort
     assert check_manifest(manifest) == []
     out = tmp_path / "results" / "manifests" / "risk.csv"
-    returned = write_checked_manifest(manifest, out, **SPLIT)
+    returned = write_checked(manifest, out, **SPLIT)
     checked = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert list(checked.columns) == MANIFEST_COLUMNS
     assert list(returned.columns) == MANIFEST_COLUMNS
@@ -124,7 +125,7 @@ def test_given_splits_are_kept_and_a_case_without_prostate_keeps_empty_volume(co
         row["split"] = split
     rows[0]["prostate"] = ""
     write_manifest(manifest, rows)
-    checked = write_checked_manifest(manifest, tmp_path / "out.csv", **SPLIT)
+    checked = write_checked(manifest, tmp_path / "out.csv", **SPLIT)
     assert checked["split"].tolist() == ["test", "val", "train", "train"]
     assert checked.at[0, "volume_ml"] == ""
 
@@ -307,7 +308,7 @@ def test_problems_of_several_cases_are_reported_at_once_and_nothing_is_written(c
     write_manifest(manifest, rows)
     out = tmp_path / "results" / "risk.csv"
     with pytest.raises(ManifestError) as raised:
-        write_checked_manifest(manifest, out, **SPLIT)
+        write_checked(manifest, out, **SPLIT)
     problems = raised.value.problems
     assert len(problems) == 3
     message = str(raised.value)

@@ -15,9 +15,9 @@ from sklearn.metrics.pairwise import rbf_kernel
 
 from taskalign.tasks.spec import Task
 from taskalign.analysis.distances import (CORRELATION_COLUMNS, all_distances, rpg_correlations, rpg_rows,
-                                          rpg_table, split_model)
+                                          rpg_table)
 from taskalign.analysis.feature_files import write_features
-from taskalign.analysis.mmd import (gaussian_kernel, is_saturated, jackknife_se, median_sigma, mmd2, normalise,
+from taskalign.analysis.mmd import (is_saturated, jackknife_se, median_sigma, mmd2, normalise,
                                     paired_gram, paired_mmd2, paired_mmd_test, saturation)
 
 SQUARE_X = [[0.0, 0.0], [1.0, 0.0]]
@@ -39,7 +39,7 @@ def test_identical_sets():
     assert mmd2(grid, grid.copy(), 1.5) == 0.0
     x = np.random.default_rng(0).normal(size=(40, 16))
     # The two-sample U-statistic is not 0 for identical sets: -(2/n)(1 - mean off-diagonal k).
-    k = gaussian_kernel(x, x, 3.0)
+    k = rbf_kernel(x, x, gamma=1 / 3.0**2)
     off = (k.sum() - len(x)) / (len(x) * (len(x) - 1))
     assert mmd2(x, x, 3.0, "unbiased") == pytest.approx(-2 / len(x) * (1 - off), abs=1e-12)
     # The paired forms are exactly 0: every case's two encodings coincide.
@@ -49,10 +49,13 @@ def test_identical_sets():
 
 
 def test_kernel_convention_matches_sklearn():
+    """mmd2's kernel is k = exp(-||a - b||^2 / sigma^2): the biased MMD^2 from sklearn's RBF kernel matrices."""
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(7, 5)), rng.normal(size=(4, 5))
     for sigma in (0.7, 1.0, 3.0):
-        np.testing.assert_allclose(gaussian_kernel(a, b, sigma), rbf_kernel(a, b, gamma=1 / sigma**2), atol=1e-12)
+        k = lambda u, v: rbf_kernel(u, v, gamma=1 / sigma**2)
+        expected = k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean()
+        assert mmd2(a, b, sigma) == pytest.approx(expected, abs=1e-12)
 
 
 def test_normalise():
@@ -187,12 +190,17 @@ def test_all_distances_one_sigma_and_frozen_d2p(distances_inputs):
     assert moved["pirads_cls"] < moved["lesion_seg"] < moved["zone_seg"]
 
 
+def compared(labels) -> list[list[str]]:
+    """The compared models as the plan gives them: [label, init, protocol] (labels here are <init>/<protocol>)."""
+    return [[label, *label.rsplit("/", 1)] for label in labels]
+
+
 def _metrics(models) -> pd.DataFrame:
     rows = []
     for task, move in TASKS.items():
         metric = "spec_at_sens90" if task == "pirads_cls" else "dice"
         for init, protocol, score in [("random", "frozen", 0.3), ("specialist", "full", 0.5)] + [
-                (*split_model(m), 0.6 - 0.2 * move) for m in models]:
+                (init, protocol, 0.6 - 0.2 * move) for _, init, protocol in models]:
             for seed in SEEDS:
                 value = score + 0.01 * seed
                 rows.append({"task": task, "init": init, "protocol": protocol, "seed": seed, "metric": metric,
@@ -205,7 +213,7 @@ def _metrics(models) -> pd.DataFrame:
 
 def test_rpg_per_model_with_bootstrap(distances_inputs):
     distances = all_distances(distances_inputs, SETTINGS)
-    models = list(distances_inputs)
+    models = compared(distances_inputs)
     tasks = {t: Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"]}) for t in TASKS}
     entries = rpg_rows(_metrics(models), distances, models, tasks)
     table = rpg_table(entries)
@@ -236,9 +244,10 @@ def test_mmd_and_rpg_cli(distances_inputs, tmp_path):
     distances = pd.read_csv(out)
     assert list(distances.columns[:8]) == ["model", "task", "seed", "distance", "reference", "estimator", "value", "se"]
     metrics = tmp_path / "metrics.csv"
-    _metrics(list(distances_inputs)).to_csv(metrics, index=False)
+    _metrics(compared(distances_inputs)).to_csv(metrics, index=False)
     tasks = json.dumps({t: {"type": t, "cohort": "x", "inputs": ["t2w"]} for t in TASKS})
-    args = ["--metrics", str(metrics), "--distances", str(out), "--models", *distances_inputs, "--tasks", tasks,
+    args = ["--metrics", str(metrics), "--distances", str(out), "--models", json.dumps(compared(distances_inputs)),
+            "--tasks", tasks,
             "--bootstrap", "20",
             "--rpg", str(tmp_path / "rpg.csv"), "--correlations", str(tmp_path / "corr.csv")]
     assert rpg_cli.main(args) == 0

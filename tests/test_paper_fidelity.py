@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,10 @@ from taskalign.cli import cka as cka_cli
 from taskalign.report.tables.ablation import ablation_table
 from taskalign.report.tables.cka import cka_table
 from taskalign.report.tables.compute import compute_table
-from taskalign.report.tables.performance import performance_table
+from taskalign.report.tables.performance import Resampling, performance_table
+
+# the analysed variant's inits, as the plan gives them (report settings "inits")
+MAE_INITS = {"pretrained": "pretrained:mae", "continual": "continual:mae"}
 
 SETTINGS = {"splits": ["test"], "null_permutations": 20, "subsamples": 30, "subsample_fraction": 0.5, "seed": 0}
 LAYERS = ("block3", "block11", "final")
@@ -60,6 +64,11 @@ def encoders(tmp_path_factory) -> dict[str, str]:
     return files
 
 
+def named(pair: dict) -> dict:
+    """A pair spec with its encoders' names, as the plan gives them (here the files' stems)."""
+    return {**pair, "encoder_a": Path(pair["a"]).stem, "encoder_b": Path(pair["b"]).stem}
+
+
 def _pairs(files: dict, swap_seed1: bool = False) -> list[dict]:
     pairs = [{"pair": "pretrained-continual", "protocol": "", "seed": "", "a": files["pre"], "b": files["cont"]}]
     for seed in (0, 1):
@@ -69,7 +78,7 @@ def _pairs(files: dict, swap_seed1: bool = False) -> list[dict]:
                    "b": files[f"ft{1 - seed}"] if swap_seed1 and seed == 1 else ft},
                   {"pair": "continual-finetuned_from_continual", "protocol": "full", "seed": seed,
                    "a": files["cont"], "b": files[f"ftc{seed}"]}]
-    return pairs
+    return [named(p) for p in pairs]
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +122,12 @@ def test_table6_builder_rejects_rows_from_different_finetuned_encoders(cka_outpu
     metrics = pd.DataFrame([{"task": "lesion_seg", "init": init, "protocol": "full", "seed": 0, "metric": "dice",
                              "value": v, "primary": True} for init, v in (("pretrained:mae", 0.30),
                                                                            ("continual:mae", 0.31))])
-    table = cka_table(cka, deltas, metrics, variant="mae")
+    table = cka_table(cka, deltas, metrics, inits=MAE_INITS)
     assert "lesion_seg: Continual–Finetuned" in table.cells.index
     broken = cka.copy()
     broken.loc[(broken["pair"] == "continual-finetuned") & (broken["seed"] == "1"), "file_b"] = "other.npz"
     with pytest.raises(ValueError, match="same fine-tuned encoder"):
-        cka_table(broken, deltas, metrics, variant="mae")
+        cka_table(broken, deltas, metrics, inits=MAE_INITS)
 
 
 def test_table6_delta_interval_covers_its_expectation_at_113_by_768():
@@ -179,7 +188,8 @@ def test_planted_dice_difference_is_marked():
 
 def test_one_seed_gets_no_mark_and_the_caption_says_why():
     metrics, cases = calibration.dice_runs(np.random.default_rng(0), 1, 0.0, effect=0.2)
-    table = performance_table(metrics, cases, ["lesion_seg"], calibration.BASE, set(), bootstrap=100)
+    table = performance_table(metrics, cases, ["lesion_seg"], (calibration.BASE, "full"), set(),
+                              resampling=Resampling(100, 0))
     assert (table.stars[("lesion_seg", "dice")] == "").all()
     assert table.raw["lesion_seg/dice/ci_low"].isna().all()
     assert "fewer than 2 training runs, so no interval and no mark" in table.caption
@@ -214,7 +224,8 @@ def test_identical_macro_auc_gets_no_mark():
             cases[("sector_cls", init, "full", seed)] = _classification_cases(prob, true)
             rows.append({"task": "sector_cls", "init": init, "protocol": "full", "seed": seed, "metric": "auc",
                          "value": multiclass_auc(true, prob, k), "primary": True})
-    table = performance_table(pd.DataFrame(rows), cases, ["sector_cls"], "pretrained:mae", set(), bootstrap=500)
+    table = performance_table(pd.DataFrame(rows), cases, ["sector_cls"], ("pretrained:mae", "full"), set(),
+                              resampling=Resampling(500, 0))
     assert table.stars.loc["continual:mae", ("sector_cls", "auc")] == ""
     assert table.raw.set_index("init").loc["continual:mae", "sector_cls/auc/p_value"] > 0.5
 
@@ -456,8 +467,8 @@ def test_positive_control_cka_drops_only_from_the_planted_block(planted):
     settings = {**SETTINGS, "splits": ["train", "val", "test"]}
     last = {}
     for alpha in PC_SIZES:
-        pairs = [{"pair": "pretrained-continual", "protocol": "", "seed": "", "a": str(root / "pretrained.npz"),
-                  "b": str(root / f"planted{alpha}.npz")}]
+        pairs = [named({"pair": "pretrained-continual", "protocol": "", "seed": "",
+                        "a": str(root / "pretrained.npz"), "b": str(root / f"planted{alpha}.npz")})]
         out = root / f"cka{alpha}.csv"
         assert cka_cli.main(["--task", "lesion_seg", "--pairs", json.dumps(pairs), "--settings",
                              json.dumps(settings), "--out", str(out)]) == 0

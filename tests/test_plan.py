@@ -58,6 +58,11 @@ def test_cka_pairs_and_analysis_tasks(plan):
     ft = {(p["protocol"], p["seed"]): p["b"] for p in pairs if p["pair"] == "pretrained-finetuned"}
     assert ft and all(p["b"] == ft[p["protocol"], p["seed"]] for p in pairs if p["pair"] == "continual-finetuned")
     assert all("/pretrained-mae/" in path for path in ft.values())
+    # each pair names its encoders (the CKA tables' encoder_a/b), so the CKA stage parses no path
+    named = {(p["pair"], p["protocol"], p["seed"]): (p["encoder_a"], p["encoder_b"]) for p in pairs}
+    assert named["pretrained-continual", "", ""] == ("pretrained-mae", "continual-mae")
+    assert named["continual-finetuned", "full", 0] == ("continual-mae", "pretrained-mae/full/seed0")
+    assert named["continual-finetuned", "partial:2", 0] == ("continual-mae", "pretrained-mae/partial-2/seed0")
     assert plan.mmd_tasks == ["volume_reg", "zone_seg", "super_res"]
     assert plan.lens_runs("zone_seg") == [layout.Run("zone_seg", "pretrained:mae", "full", 0)]
     assert plan.radiomics_cohorts == ["anatomy", "promis", "ucl"]

@@ -26,7 +26,8 @@ EPOCHS = 6
 
 
 def command(tiny_cache, encoder, out, resume):
-    run_params = {**params(epochs=EPOCHS), "task": TASKS["zone_seg"], "batch_size": 2}  # 4 steps per epoch
+    # 4 steps per epoch
+    run_params = {**params(epochs=EPOCHS), "task": {"type": "zone_seg", **TASKS["zone_seg"]}, "batch_size": 2}
     return [sys.executable, "-m", "taskalign.cli.finetune", "--task", "zone_seg", "--init", "pretrained:mae",
             "--protocol", "full", "--encoder", str(encoder), "--index", str(tiny_cache["anatomy"]),
             "--params", json.dumps(run_params), "--model", str(out / "model.safetensors"),
@@ -80,16 +81,16 @@ def test_stopped_run_resumes_and_ends_identical_to_an_uninterrupted_run(tiny_cac
     assert all(torch.equal(model_a[k], model_b[k]) for k in model_a), "bit-identical weights"
     pd.testing.assert_frame_equal(history_a, history_b)
 
-    from taskalign.evaluate.evaluate import run_evaluation
+    from taskalign.evaluate.evaluate import EvaluationJob, run_evaluation
     from test_finetune import task
 
     tables = []
     for run in (plain, interrupted):
-        tables.append(run_evaluation(
+        tables.append(run_evaluation(EvaluationJob(
             task=task("zone_seg"), model_path=run / "model.safetensors", indexes=[tiny_cache["anatomy"]],
-            params={**params(), "task": TASKS["zone_seg"], "bootstrap": 50, "save_volumes": 0},
+            params={**params(), "task": {"type": "zone_seg", **TASKS["zone_seg"]}, "bootstrap": 50, "save_volumes": 0},
             metrics_csv=run / "metrics.csv", cases_csv=run / "cases.csv", predictions_npz=run / "pred.npz",
-            montage_png=run / "montage.png"))
+            montage_png=run / "montage.png")))
     pd.testing.assert_frame_equal(*tables)
     assert (plain / "cases.csv").read_text() == (interrupted / "cases.csv").read_text()
 
@@ -157,7 +158,7 @@ def test_resume_files_belong_to_the_inputs_content_not_their_paths(tiny_cache, t
     """Snakemake reruns a job with the same paths when an upstream rule reran: a resume file written with the old
     encoder or cache must then be ignored, while the same content resumes. (The state written after epoch 1 is
     kept here as if the job had been stopped before its outputs.)"""
-    from taskalign.train.finetune import run_finetune
+    from taskalign.train.finetune import FinetuneJob, run_finetune
     from taskalign.train.loop import TrainingOptions
     from taskalign.train.resume import ResumeFile, index_digest
 
@@ -165,16 +166,16 @@ def test_resume_files_belong_to_the_inputs_content_not_their_paths(tiny_cache, t
     from test_finetune import task
 
     encoder, resume = tmp_path / "encoder.safetensors", tmp_path / "resume"
-    run_params = {**params(epochs=2), "task": TASKS["volume_reg"]}
+    run_params = {**params(epochs=2), "task": {"type": "volume_reg", **TASKS["volume_reg"]}}
 
     def run(out):
         caplog.clear()
         with caplog.at_level("INFO", logger="taskalign.train"):
-            run_finetune(task=task("volume_reg"), init="pretrained:mae", protocol="full", encoder_path=encoder,
-                         indexes=[tiny_cache["anatomy"]], params=run_params, model_out=out / "model.safetensors",
-                         history_csv=out / "history.csv", curve_png=out / "curve.png",
-                         timing_json=out / "timing.json", resume_dir=resume,
-                         options=TrainingOptions(checkpoint_minutes=0))
+            run_finetune(FinetuneJob(task=task("volume_reg"), init="pretrained:mae", protocol="full",
+                                     encoder_path=encoder, indexes=[tiny_cache["anatomy"]], params=run_params,
+                                     model_out=out / "model.safetensors", history_csv=out / "history.csv",
+                                     curve_png=out / "curve.png", timing_json=out / "timing.json", resume_dir=resume,
+                                     options=TrainingOptions(checkpoint_minutes=0)))
         return "resuming from" in caplog.text
 
     torch.manual_seed(0)

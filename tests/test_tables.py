@@ -21,7 +21,10 @@ from taskalign.report.tables.cohorts import cohort_table
 from taskalign.report.tables.compute import compute_table
 from taskalign.report.tables.lens import lens_table
 from taskalign.report.tables.model import Table, provenance, write_table
-from taskalign.report.tables.performance import performance_table
+from taskalign.report.tables.performance import Resampling, performance_table
+
+# the analysed variant's inits, as the plan gives them (report settings "inits")
+MAE_INITS = {"pretrained": "pretrained:mae", "continual": "continual:mae"}
 
 BASE = ("pretrained:mae", "full")
 PROV = {"config_hash": "abc123def456", "code_version": "v0.1-3-gdeadbee", "packages": {"python": "3.11"},
@@ -96,8 +99,8 @@ def _cases() -> dict:
 
 @pytest.fixture(scope="module")
 def perf() -> Table:
-    return performance_table(_metrics(), _cases(), ["lesion_seg", "volume_reg"], "pretrained:mae",
-                             {"mse", "mae_ml"})
+    return performance_table(_metrics(), _cases(), ["lesion_seg", "volume_reg"], BASE,
+                             {"mse", "mae_ml"}, resampling=Resampling(2000, 0))
 
 
 def test_performance_layout_and_cells(perf):
@@ -124,7 +127,7 @@ def _scratch_dice_draws(bootstrap: int, seed: int) -> tuple[np.ndarray, np.ndarr
 def test_performance_interval_is_the_procedure_mean_over_seeds_and_patients():
     """The interval of the training procedure's mean: seed mean ± sqrt(t_{S-1}^2 s^2/S + t_{n-1}^2 Var(patient-
     resampled seed mean)); not the mean of per-seed CI bounds (metrics.csv's ci_low/ci_high)."""
-    table = performance_table(_metrics(), _cases(), ["lesion_seg"], "pretrained:mae", set(), bootstrap=200, seed=3)
+    table = performance_table(_metrics(), _cases(), ["lesion_seg"], BASE, set(), resampling=Resampling(200, 3))
     seeds, draws = _scratch_dice_draws(200, 3)
     v_seed, v_patient = seeds.var(ddof=1) / 2, draws.mean(axis=0).var(ddof=1)
     half = np.sqrt(st.t.ppf(0.975, 1) ** 2 * v_seed + st.t.ppf(0.975, 5) ** 2 * v_patient)
@@ -183,7 +186,7 @@ def test_procedure_mark_with_more_seeds():
                                                                           "dice": dice})
                 rows.append({"task": "lesion_seg", "init": init, "protocol": "full", "seed": seed, "metric": "dice",
                              "value": dice.mean(), "primary": True})
-        table = performance_table(pd.DataFrame(rows), cases, ["lesion_seg"], "pretrained:mae", set(), bootstrap=300)
+        table = performance_table(pd.DataFrame(rows), cases, ["lesion_seg"], BASE, set(), resampling=Resampling(300, 0))
         assert table.stars.loc["continual:mae", ("lesion_seg", "dice")] == expected
 
 
@@ -211,7 +214,7 @@ def test_pirads_auc_routing():
         for metric, value in values.items():
             rows.append({"task": "pirads_cls", "init": init, "protocol": protocol, "seed": seed, "metric": metric,
                          "value": value, "primary": metric == "auc"})
-    table = performance_table(pd.DataFrame(rows), cases, ["pirads_cls"], "pretrained:mae", set(), bootstrap=500)
+    table = performance_table(pd.DataFrame(rows), cases, ["pirads_cls"], BASE, set(), resampling=Resampling(500, 0))
     raw = table.raw.set_index("init")
     # one seed each: no mark and no interval, whatever the difference
     assert raw.loc["scratch", [f"pirads_cls/{m}/p_value" for m in ("auc", "auc_ge3", "spec_at_sens90")]].isna().all()
@@ -377,7 +380,7 @@ def _cka_frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 def test_cka_table_layout_threshold_and_correlation():
     cka, deltas, metrics = _cka_frames()
-    table = cka_table(cka, deltas, metrics, variant="mae", threshold=0.002, lower_is_better={"mse"})
+    table = cka_table(cka, deltas, metrics, inits=MAE_INITS, threshold=0.002, lower_is_better={"mse"})
     kept = ["lesion_seg", "pirads_cls", "volume_reg", "ssim_sr"]  # zone_seg's gain 0.001 < 0.002
     assert list(table.cells.index) == [f"{t}: {row}" for t in kept for row in
                                        ("Pretrained–Continual", "Pretrained–Finetuned", "Continual–Finetuned",
@@ -400,16 +403,16 @@ def test_cka_table_layout_threshold_and_correlation():
     assert corr["linear/pearson_p"] == pytest.approx(expected["pearson_p"])
     assert "all 24 orderings" in corr["linear/note"]
     assert "docs/deviations.md" in table.caption
-    supplementary = cka_supplementary_table(cka, deltas, metrics, variant="mae", lower_is_better={"mse"})
+    supplementary = cka_supplementary_table(cka, deltas, metrics, inits=MAE_INITS, lower_is_better={"mse"})
     assert "zone_seg: Δ (Continual − Pretrained, same FT)" in supplementary.cells.index
     # an explicit task list (000's selection) replaces the threshold, in its order, and the caption says which
     # of them fall short of it
-    chosen = cka_table(cka, deltas, metrics, variant="mae", threshold=0.002, lower_is_better={"mse"},
+    chosen = cka_table(cka, deltas, metrics, inits=MAE_INITS, threshold=0.002, lower_is_better={"mse"},
                        tasks=["zone_seg", "lesion_seg"])
     assert [r.split(":")[0] for r in chosen.cells.index[:-1:4]] == ["zone_seg", "lesion_seg"]
     assert "zone_seg differ by less than 0.002" in chosen.caption
     with pytest.raises(ValueError, match=r"analysis.cka.tasks: no Table 6 CKA results for \['translation'\]"):
-        cka_table(cka, deltas, metrics, variant="mae", tasks=["translation"])
+        cka_table(cka, deltas, metrics, inits=MAE_INITS, tasks=["translation"])
 
 
 def test_ablation_table():

@@ -12,6 +12,11 @@ from taskalign.models.encoder import Encoder, EncoderGeometry
 GEOMETRY = EncoderGeometry(3, (16, 32, 32), (4, 8, 8), 32, 64, 4, 2)
 
 
+def probe_settings(**changes) -> dict:
+    """The probe's settings as taskalign.plan.params.target_probe gives them, tiny."""
+    return {"target": "prostate", "layers": [0, 3], "batch_size": 4, "bootstrap": 50, "seed": 0, **changes}
+
+
 def test_patch_occupancy_follows_the_token_order():
     mask = torch.zeros(1, 1, 16, 32, 32)
     mask[0, 0, 4:8, 16:24, 24:32] = 1  # the whole patch at grid (1, 2, 3)
@@ -54,8 +59,8 @@ def test_the_probe_table_and_figure_on_a_phantom_cache(tiny_cache, tmp_path):
         torch.manual_seed(seed)
         encoders[name] = tmp_path / f"{name}.safetensors"
         save_encoder(Encoder(GEOMETRY), encoders[name])
-    table = run(encoders=encoders, index=tiny_cache["anatomy"], target="prostate", layers=[0, 3], batch_size=4,
-                n_boot=50, seed=0, out_csv=tmp_path / "probe.csv", out_png=tmp_path / "probe.png", threads=1)
+    table = run(encoders=encoders, index=tiny_cache["anatomy"], settings=probe_settings(bootstrap=50),
+                out_csv=tmp_path / "probe.csv", out_png=tmp_path / "probe.png", threads=1)
     assert list(table["encoder"]) == ["continual-mae"] * 2 + ["continual-random"] * 2
     assert pd.read_csv(tmp_path / "probe.csv").shape == table.shape
     assert (tmp_path / "probe.png").stat().st_size > 0
@@ -75,8 +80,7 @@ def test_position_alone_explains_nothing_of_the_probed_share(tiny_cache, tmp_pat
         blind.patch_embedding.patch_embeddings.bias.zero_()
     save_encoder(blind, tmp_path / "blind.safetensors")
     table = run(encoders={"continual-blind": tmp_path / "blind.safetensors"}, index=tiny_cache["anatomy"],
-                target="prostate", layers=[0, 3], batch_size=4, n_boot=20, seed=0, out_csv=tmp_path / "probe.csv",
-                out_png=tmp_path / "probe.png")
+                settings=probe_settings(bootstrap=20), out_csv=tmp_path / "probe.csv", out_png=tmp_path / "probe.png")
     assert (table["val_r2"] < 0.05).all(), table
 
 
@@ -87,6 +91,6 @@ def test_a_cohort_without_validation_cases_is_refused_naming_the_index(tiny_cach
     torch.manual_seed(0)
     save_encoder(Encoder(GEOMETRY), tmp_path / "e.safetensors")
     with pytest.raises(ValueError, match="train_only.csv: the target probe needs val cases"):
-        run(encoders={"continual-mae": tmp_path / "e.safetensors"}, index=only_train, target="prostate", layers=[0],
-            batch_size=4, n_boot=10, seed=0, out_csv=tmp_path / "p.csv", out_png=tmp_path / "p.png")
+        run(encoders={"continual-mae": tmp_path / "e.safetensors"}, index=only_train,
+            settings=probe_settings(layers=[0], bootstrap=10), out_csv=tmp_path / "p.csv", out_png=tmp_path / "p.png")
     assert not (tmp_path / "p.csv").exists()

@@ -3,19 +3,8 @@
 # Per-task jobs, then one table per analysis under results/analysis/.
 
 
-
-
-
-
-
-
 # Each analysis's per-task parts, collected into one table per analysis.
-ANALYSIS_PARTS = {
-    "cka": [layout.analysis_file(f"cka/{task}.csv") for task in PLAN.cka_tasks],
-    "cka_deltas": [layout.analysis_file(f"cka/{task}_deltas.csv") for task in PLAN.cka_tasks],
-    "lens": [layout.analysis_file(f"lens/{task}.csv") for task in PLAN.lens_tasks],
-    "lens_summary": [layout.analysis_file(f"lens/{task}_summary.csv") for task in PLAN.lens_tasks],
-}
+ANALYSIS_PARTS = jobs.analysis_parts(PLAN)
 
 
 rule cka:
@@ -28,11 +17,11 @@ rule cka:
         task=name_pattern(PLAN.cka_tasks),
     params:
         pairs=lambda wildcards: as_json(PLAN.cka_pairs(wildcards.task)),
-        settings=as_json({**ANALYSIS["cka"], "seed": config["seed"]}),
+        settings=as_json(params.cka(PLAN)),
     log:
-        "results/logs/analysis/cka/{task}.log",
+        layout.log_file("analysis/cka", "{task}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.cka --task {wildcards.task:q} --pairs {params.pairs:q}"
         " --settings {params.settings:q} --out {output.pairs:q} --deltas-out {output.deltas:q} 2> {log:q}"
@@ -45,11 +34,11 @@ rule mmd:
         layout.analysis_file("mmd.csv"),
     params:
         inputs=as_json(PLAN.mmd_inputs()),
-        settings=as_json({**ANALYSIS["mmd"], "seed": config["seed"]}),
+        settings=as_json(params.mmd(PLAN)),
     log:
-        "results/logs/analysis/mmd.log",
+        layout.log_file("analysis", "mmd"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.mmd --inputs {params.inputs:q} --settings {params.settings:q} --out {output:q}"
         " 2> {log:q}"
@@ -70,14 +59,12 @@ rule target_probe:
         ),
     params:
         encoders=as_json(PLAN.target_probe_encoders()),
-        settings=as_json({"target": PLAN.continual["target"], "layers": PLAN.continual["layers"],
-                          "batch_size": ANALYSIS["batch_size"], "bootstrap": config["evaluate"]["bootstrap"],
-                          "seed": config["seed"]}),
-    threads: ANALYSIS["threads"]
+        settings=as_json(params.target_probe(PLAN)),
+    threads: jobs.threads(PLAN, "target_probe")
     log:
-        "results/logs/analysis/target_probe.log",
+        layout.log_file("analysis", "target_probe"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.target_probe --encoders {params.encoders:q} --index {input.index:q}"
         " --params {params.settings:q} --out {output.table:q} --figure {output.figure:q} --threads {threads} 2> {log:q}"
@@ -91,14 +78,14 @@ rule rpg:
         rpg=layout.analysis_file("rpg.csv"),
         correlations=layout.analysis_file("rpg_correlations.csv"),
     params:
-        models=[PLAN.model_label(m) for m in PLAN.models],
-        tasks=as_json({t: PLAN.task_spec(t) for t in PLAN.tasks}),
-        bootstrap=ANALYSIS["rpg"]["bootstrap"],
-        seed=config["seed"],
+        models=as_json(params.rpg(PLAN)["models"]),
+        tasks=as_json(params.rpg(PLAN)["tasks"]),
+        bootstrap=params.rpg(PLAN)["bootstrap"],
+        seed=params.rpg(PLAN)["seed"],
     log:
-        "results/logs/analysis/rpg.log",
+        layout.log_file("analysis", "rpg"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.rpg --metrics {input.metrics:q} --distances {input.distances:q}"
         " --models {params.models:q} --tasks {params.tasks:q} --bootstrap {params.bootstrap:q} --seed {params.seed:q}"
@@ -108,21 +95,20 @@ rule rpg:
 rule radiomics:
     input:
         index=layout.cache_index("{cohort}"),
-        params=radiomics_params_file(),
+        params=params.radiomics_file(PLAN, Path(workflow.basedir)),
     output:
         layout.radiomics_table("{cohort}"),
     wildcard_constraints:
         cohort=name_pattern(PLAN.radiomics_cohorts),
     params:
-        channels=ANALYSIS["radiomics"]["channels"],
-    threads: ANALYSIS["radiomics"]["processes"]
+        channels=params.radiomics_channels(PLAN),
+    threads: jobs.threads(PLAN, "radiomics")
     resources:
-        mem_mb=4000,
-        runtime=120,
+        **jobs.resources(PLAN, "radiomics"),
     log:
-        "results/logs/radiomics/{cohort}.log",
+        layout.log_file("radiomics", "{cohort}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.radiomics --index {input.index:q} --params {input.params:q}"
         " --channels {params.channels:q} --processes {threads} --out {output:q} 2> {log:q}"
@@ -138,11 +124,11 @@ rule lens:
         task=name_pattern(PLAN.lens_tasks),
     params:
         seeds=lambda wildcards: [run.seed for run in PLAN.lens_runs(wildcards.task)],
-        settings=as_json(ANALYSIS["lens"]),
+        settings=as_json(params.lens(PLAN)),
     log:
-        "results/logs/analysis/lens/{task}.log",
+        layout.log_file("analysis/lens", "{task}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.lens --task {wildcards.task:q} --radiomics {input.radiomics:q}"
         " --pretrained {input.pretrained:q} --finetuned {input.finetuned:q} --seeds {params.seeds:q}"
@@ -157,10 +143,10 @@ rule collect_analysis:
     output:
         layout.analysis_file("{analysis}.csv"),
     wildcard_constraints:
-        analysis="cka|cka_deltas|lens|lens_summary",
+        analysis=name_pattern(ANALYSIS_PARTS),
     log:
-        "results/logs/analysis/collect_{analysis}.log",
+        layout.log_file("analysis", "collect_{analysis}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.concat --out {output:q} {input:q} 2> {log:q}"

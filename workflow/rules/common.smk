@@ -6,17 +6,24 @@ from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
 
-from taskalign.plan import layout
+from taskalign.plan import jobs, layout
 import taskalign.plan.outputs as paper
 from taskalign.plan import params
+from taskalign.plan.jobs import name_pattern
 from taskalign.plan.params import as_json
 from taskalign.plan.config_check import checked_plan
 
 
-# Every schema violation and plan problem in one report (PlanError), defaults filled in.
+# Every schema violation and plan problem in one report (PlanError), defaults filled in. The only config read of
+# the rules: each rule asks the plan (jobs, params, layout) for the rest.
 PLAN = checked_plan(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
-TASKS = config["tasks"]
-ANALYSIS = config["analysis"]
+
+# Every rule's software environment (`--sdm conda`); Snakemake resolves it against the rule file's folder.
+CONDA_ENV = "../../envs/taskalign.yaml"
+
+# A fine-tuning run's wildcards and their constraints (finetune, evaluate and finetuned_features share them).
+RUN = layout.RUN_WILDCARDS
+RUN_CONSTRAINTS = jobs.run_constraints(PLAN)
 
 
 def shell_word(path):
@@ -44,32 +51,20 @@ CRITICAL_PATH = 10
 
 # The whole config as JSON, named by its hash: the tables and figures cite it. Its path reaches jobs through the
 # shell prefix, which (unlike params) is no rerun trigger; `onstart` writes it, so dry runs write nothing.
-CONFIG_RECORD = Path(layout.config_record(config)).resolve()
+CONFIG_RECORD = Path(layout.config_record(PLAN.config)).resolve()
 
 
 onstart:
     if not CONFIG_RECORD.exists():
         CONFIG_RECORD.parent.mkdir(parents=True, exist_ok=True)
-        CONFIG_RECORD.write_text(json.dumps(config, sort_keys=True, default=str))
+        CONFIG_RECORD.write_text(json.dumps(PLAN.config, sort_keys=True, default=str))
 
 
 shell.prefix(
     f"set -euo pipefail; {job_environment()}; export TASKALIGN_CONFIG={shell_word(CONFIG_RECORD)}; "
-    f"export TASKALIGN_DETERMINISTIC={int(config['deterministic'])}; "
+    f"export TASKALIGN_DETERMINISTIC={params.deterministic(PLAN)}; "
 )
-
-
-def name_pattern(names):
-    """A wildcard constraint matching exactly these names (never matches when there are none)."""
-    return "|".join(names) if names else "(?!x)x"
-
 
 
 def task_index(wildcards):
     return PLAN.task_index(wildcards.task)
-
-
-def radiomics_params_file():
-    """A relative path is taken from the working directory, else from the repository (which ships the default)."""
-    path = Path(ANALYSIS["radiomics"]["params"])
-    return str(path if path.is_absolute() or path.exists() else Path(workflow.basedir) / path)

@@ -1,9 +1,5 @@
 # Continual pretraining stage: LoRA on Q, K, V, O + ViT adapter + UperNet, trained on a segmentation target;
 # the merged encoder is the stage's product.
-CONTINUAL = config["continual"]
-
-
-
 
 
 # `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
@@ -11,7 +7,7 @@ CONTINUAL = config["continual"]
 rule continual:
     input:
         encoder=layout.pretrained_encoder("{variant}"),
-        index=layout.cache_index(CONTINUAL["cohort"]),
+        index=layout.cache_index(PLAN.continual["cohort"]),
     output:
         encoder=layout.continual_encoder("{variant}"),
         adapter=layout.continual_file("{variant}", "adapter.safetensors"),
@@ -21,20 +17,15 @@ rule continual:
         continual=as_json(params.continual(PLAN)),
         resume_dir=layout.resume_dir("continual", "{variant}"),
     priority: CRITICAL_PATH
-    threads: CONTINUAL["threads"]
+    threads: jobs.threads(PLAN, "continual")
     resources:
-        # how the job trains, not what it computes: resources are no rerun trigger (params would be)
-        checkpoint_minutes=str(CONTINUAL["checkpoint_minutes"]),
-        compile=CONTINUAL["compile"],
-        mem_mb=16000,
-        runtime=24 * 60,
-        gpu=CONTINUAL["gpu"],
+        **jobs.resources(PLAN, "continual"),
     log:
-        "results/logs/continual/{variant}.log",
+        layout.log_file("continual", "{variant}"),
     benchmark:
-        "results/benchmarks/continual/{variant}.tsv"
+        layout.benchmark_file("continual", "{variant}")
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "exec python -m taskalign.cli.continual --variant {wildcards.variant:q} --pretrained {input.encoder:q}"
         " --index {input.index:q} --params {params.continual:q} --encoder {output.encoder:q}"

@@ -1,14 +1,4 @@
 # Data stage: built-in phantom cohorts or imported ones -> checked manifests -> preprocessed cache + QC.
-COHORTS = config["data"]["cohorts"]
-
-
-
-
-
-
-
-
-
 
 
 rule cohort:
@@ -21,16 +11,15 @@ rule cohort:
     params:
         phantom=lambda wildcards: as_json(params.phantom(PLAN, wildcards.cohort)),
     priority: CRITICAL_PATH
-    threads: config["data"]["threads"]
+    threads: jobs.threads(PLAN, "cohort")
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **jobs.resources(PLAN, "cohort"),
     log:
-        "results/logs/cohort/{cohort}.log",
+        layout.log_file("cohort", "{cohort}"),
     benchmark:
-        "results/benchmarks/cohort/{cohort}.tsv"
+        layout.benchmark_file("cohort", "{cohort}")
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.cohort --cohort {wildcards.cohort:q} --manifest {output.manifest:q}"
         " --params {params.phantom:q} --workers {threads} 2> {log:q}"
@@ -44,14 +33,13 @@ rule import_cohort:
     params:
         spec=lambda wildcards: as_json(params.importer(PLAN, wildcards.cohort)),
     priority: CRITICAL_PATH
-    threads: 1
+    threads: jobs.threads(PLAN, "import_cohort")
     resources:
-        mem_mb=4000,
-        runtime=120,
+        **jobs.resources(PLAN, "import_cohort"),
     log:
-        "results/logs/import_cohort/{cohort}.log",
+        layout.log_file("import_cohort", "{cohort}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.import_cohort --cohort {wildcards.cohort:q} --out {output.manifest:q}"
         " --spec {params.spec:q} 2> {log:q}"
@@ -63,17 +51,16 @@ rule check_manifest:
     output:
         layout.checked_manifest("{cohort}"),
     wildcard_constraints:
-        cohort=name_pattern(COHORTS),
+        cohort=name_pattern(PLAN.cohorts),
     params:
         check=lambda wildcards: as_json(params.check(PLAN, wildcards.cohort)),
     priority: CRITICAL_PATH
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **jobs.resources(PLAN, "check_manifest"),
     log:
-        "results/logs/check_manifest/{cohort}.log",
+        layout.log_file("check_manifest", "{cohort}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.check_manifest --manifest {input:q} --out {output:q}"
         " --params {params.check:q} 2> {log:q}"
@@ -82,17 +69,17 @@ rule check_manifest:
 # Patient leakage across cohorts by image content, before anything is computed on the cohorts.
 rule shared_studies:
     input:
-        [layout.checked_manifest(cohort) for cohort in COHORTS],
+        [layout.checked_manifest(cohort) for cohort in PLAN.cohorts],
     output:
         layout.study_digests(),
     params:
-        level=config["data"]["shared_studies"],
+        level=params.shared_studies(PLAN),
     priority: CRITICAL_PATH
-    threads: config["data"]["threads"]
+    threads: jobs.threads(PLAN, "shared_studies")
     log:
-        "results/logs/data/shared_studies.log",
+        layout.log_file("data", "shared_studies"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.shared_studies --manifests {input:q} --level {params.level:q}"
         " --workers {threads} --out {output:q} 2> {log:q}"
@@ -109,16 +96,15 @@ rule preprocess:
     params:
         preprocess=lambda wildcards: as_json(params.preprocess(PLAN, wildcards.cohort)),
     priority: CRITICAL_PATH
-    threads: config["data"]["threads"]
+    threads: jobs.threads(PLAN, "preprocess")
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **jobs.resources(PLAN, "preprocess"),
     log:
-        "results/logs/preprocess/{cohort}.log",
+        layout.log_file("preprocess", "{cohort}"),
     benchmark:
-        "results/benchmarks/preprocess/{cohort}.tsv"
+        layout.benchmark_file("preprocess", "{cohort}")
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.preprocess --manifest {input.manifest:q} --cache-dir {output.cache:q}"
         " --index {output.index:q} --qc-dir {output.qc:q} --params {params.preprocess:q}"

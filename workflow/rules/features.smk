@@ -3,8 +3,6 @@
 # and the encoder inside each fine-tuned model (frozen runs reuse their starting encoder's features).
 
 
-
-
 rule features:
     input:
         model=lambda wildcards: PLAN.base_encoders[wildcards.encoder],
@@ -12,19 +10,17 @@ rule features:
     output:
         layout.base_features("{task}", "{encoder}"),
     wildcard_constraints:
-        task=name_pattern(TASKS),
+        task=name_pattern(PLAN.tasks),
         encoder=name_pattern(PLAN.base_encoders),
     params:
         features=lambda wildcards: as_json(params.features(PLAN, wildcards.task)),
-    threads: ANALYSIS["threads"]
+    threads: jobs.threads(PLAN, "features")
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=ANALYSIS["gpu"],
+        **jobs.resources(PLAN, "features"),
     log:
-        "results/logs/features/{task}/{encoder}.log",
+        layout.log_file("features/{task}", "{encoder}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.features --task {wildcards.task:q} --model {input.model:q} --source encoder"
         " --index {input.index:q} --params {params.features:q} --out {output:q} --threads {threads} 2> {log:q}"
@@ -40,15 +36,13 @@ rule finetuned_features:
         **RUN_CONSTRAINTS,
     params:
         features=lambda wildcards: as_json(params.features(PLAN, wildcards.task)),
-    threads: ANALYSIS["threads"]
+    threads: jobs.threads(PLAN, "finetuned_features")
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=ANALYSIS["gpu"],
+        **jobs.resources(PLAN, "finetuned_features"),
     log:
-        f"results/logs/features/{layout.RUN_PATTERN}.log",
+        layout.log_file("features", layout.RUN_PATTERN),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.features --task {wildcards.task:q} --model {input.model:q} --source finetuned"
         " --index {input.index:q} --params {params.features:q} --out {output:q} --threads {threads} 2> {log:q}"

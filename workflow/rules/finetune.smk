@@ -1,17 +1,5 @@
 # Fine-tuning matrix: one job per task x init x protocol x seed in config `finetune.runs`, each evaluated on its
 # task's test split; `collect_metrics` gathers every run's metrics into one table.
-FINETUNE = config["finetune"]
-EVALUATE = config["evaluate"]
-# The wildcard form of a run's path components; layout fills in the real ones for the requested files.
-RUN = layout.Run("{task}", "{init}", "{protocol}", "{seed}")
-RUN_CONSTRAINTS = {"task": name_pattern(TASKS), "init": name_pattern(PLAN.inits),
-                   "protocol": name_pattern(PLAN.protocols), "seed": r"\d+"}
-
-
-
-
-
-
 
 
 # `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
@@ -34,20 +22,15 @@ rule finetune:
         protocol=lambda wildcards: PLAN.protocols[wildcards.protocol],
         encoder=lambda wildcards, input: ["--encoder", input.encoder] if input.encoder else [],
         resume_dir=layout.resume_dir("finetune", layout.RUN_PATTERN),
-    threads: FINETUNE["threads"]
+    threads: jobs.threads(PLAN, "finetune")
     resources:
-        # how the job trains, not what it computes: resources are no rerun trigger (params would be)
-        checkpoint_minutes=str(FINETUNE["checkpoint_minutes"]),
-        compile=FINETUNE["compile"],
-        mem_mb=16000,
-        runtime=12 * 60,
-        gpu=FINETUNE["gpu"],
+        **jobs.resources(PLAN, "finetune"),
     log:
-        f"results/logs/finetune/{layout.RUN_PATTERN}.log",
+        layout.log_file("finetune", layout.RUN_PATTERN),
     benchmark:
-        f"results/benchmarks/finetune/{layout.RUN_PATTERN}.tsv"
+        layout.benchmark_file("finetune", layout.RUN_PATTERN)
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "exec python -m taskalign.cli.finetune --task {wildcards.task:q} --init {params.init:q}"
         " --protocol {params.protocol:q} {params.encoder:q} --index {input.index:q}"
@@ -70,15 +53,13 @@ rule evaluate:
         **RUN_CONSTRAINTS,
     params:
         evaluate=lambda wildcards: as_json(params.evaluate(PLAN, wildcards.task, int(wildcards.seed))),
-    threads: EVALUATE["threads"]
+    threads: jobs.threads(PLAN, "evaluate")
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=EVALUATE["gpu"],
+        **jobs.resources(PLAN, "evaluate"),
     log:
-        f"results/logs/evaluate/{layout.RUN_PATTERN}.log",
+        layout.log_file("evaluate", layout.RUN_PATTERN),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.evaluate --task {wildcards.task:q} --model {input.model:q} --index {input.index:q}"
         " --params {params.evaluate:q} --metrics {output.metrics:q} --cases {output.cases:q}"
@@ -92,9 +73,9 @@ rule collect_metrics:
         metrics=layout.collected_metrics(),
         summary=layout.metrics_summary(),
     log:
-        "results/logs/evaluate/collect.log",
+        layout.log_file("evaluate", "collect"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.collect_metrics --out {output.metrics:q} --summary {output.summary:q} {input:q}"
         " 2> {log:q}"

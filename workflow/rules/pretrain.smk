@@ -1,19 +1,11 @@
 # Pretraining stage: one encoder per variant (trained here or imported), plus the seeded random-init encoder.
-PRETRAIN = config["pretrain"]
-
-
-
-
-
-
-
 
 
 # `exec`: python itself receives SLURM's SIGTERM and writes its resume state. The resume cadence and compile
 # switch reach the job as resources, not params: changing them reruns nothing.
 rule pretrain:
     input:
-        [layout.cache_index(c) for c in PRETRAIN["cohorts"]],
+        [layout.cache_index(c) for c in PLAN.pretrain["cohorts"]],
     output:
         encoder=layout.pretrained_encoder("{variant}"),
         last=layout.pretrain_file("{variant}", "encoder_last.safetensors"),
@@ -25,20 +17,15 @@ rule pretrain:
         pretrain=lambda wildcards: as_json(params.pretrain(PLAN, wildcards.variant)),
         resume_dir=layout.resume_dir("pretrain", "{variant}"),
     priority: CRITICAL_PATH
-    threads: PRETRAIN["threads"]
+    threads: jobs.threads(PLAN, "pretrain")
     resources:
-        # how the job trains, not what it computes: resources are no rerun trigger (params would be)
-        checkpoint_minutes=str(PRETRAIN["checkpoint_minutes"]),
-        compile=PRETRAIN["compile"],
-        mem_mb=16000,
-        runtime=24 * 60,
-        gpu=PRETRAIN["gpu"],
+        **jobs.resources(PLAN, "pretrain"),
     log:
-        "results/logs/pretrain/{variant}.log",
+        layout.log_file("pretrain", "{variant}"),
     benchmark:
-        "results/benchmarks/pretrain/{variant}.tsv"
+        layout.benchmark_file("pretrain", "{variant}")
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "exec python -m taskalign.cli.pretrain --variant {wildcards.variant:q} --index {input:q}"
         " --params {params.pretrain:q} --encoder {output.encoder:q} --last {output.last:q}"
@@ -54,9 +41,9 @@ rule random_encoder:
         spec=as_json(params.random_encoder(PLAN)),
     priority: CRITICAL_PATH
     log:
-        "results/logs/pretrain/random.log",
+        layout.log_file("pretrain", "random"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.encoder_file --random --params {params.spec:q} --out {output:q} 2> {log:q}"
 
@@ -70,8 +57,8 @@ rule import_encoder:
         spec=lambda wildcards: as_json(params.imported_encoder(PLAN, wildcards.variant)),
     priority: CRITICAL_PATH
     log:
-        "results/logs/pretrain/{variant}.log",
+        layout.log_file("pretrain", "{variant}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.encoder_file --params {params.spec:q} --out {output:q} 2> {log:q}"

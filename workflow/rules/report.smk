@@ -1,10 +1,7 @@
 # Report stage: every paper table (CSV, Markdown, LaTeX, and HTML for the report) and figure (PNG, PDF) by
 # name, `{paper}_{what}`; `snakemake --report results/report.html` gathers them, grouped by paper. The plan names
-# each output's input files; the builders get them by name (--inputs) and open nothing else.
-
-
-
-
+# each output's input files; the builders get them by name (--inputs) and open nothing else. Each output's name,
+# inputs and caption are declared once in taskalign.plan.outputs.OUTPUTS.
 
 
 rule table:
@@ -23,15 +20,16 @@ rule table:
             labels={"table": "{paper}_{what}"},
         ),
     wildcard_constraints:
-        paper=r"\d{3}",
-        what=r"table\w+|lens_summary",
+        paper=name_pattern(paper.PAPERS),
+        what=name_pattern(paper.whats(figure=False)),
     params:
         inputs=lambda wildcards: as_json(paper.table_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")),
         settings=as_json(paper.report_settings(PLAN)),
+        caption=lambda wildcards: paper.caption(f"{wildcards.paper}_{wildcards.what}"),
     log:
-        "results/logs/report/{paper}_{what}.log",
+        layout.log_file("report", "{paper}_{what}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.report --table {wildcards.paper:q}_{wildcards.what:q} --inputs {params.inputs:q}"
         " --settings {params.settings:q} --out {output.csv:q} 2> {log:q}"
@@ -50,15 +48,16 @@ rule figure:
         ),
         pdf=layout.figure_files("{paper}_{what}")[1],
     wildcard_constraints:
-        paper=r"\d{3}",
-        what=r"fig\w+|lens_\w+",
+        paper=name_pattern(paper.PAPERS),
+        what=name_pattern(paper.whats(figure=True)),
     params:
         inputs=lambda wildcards: as_json(paper.figure_inputs(PLAN, f"{wildcards.paper}_{wildcards.what}")),
         settings=as_json(paper.report_settings(PLAN, figure=True)),
+        caption=lambda wildcards: paper.caption(f"{wildcards.paper}_{wildcards.what}"),
     log:
-        "results/logs/report/{paper}_{what}.log",
+        layout.log_file("report", "{paper}_{what}"),
     conda:
-        "../../envs/taskalign.yaml"
+        CONDA_ENV
     shell:
         "python -m taskalign.cli.report --figure {wildcards.paper:q}_{wildcards.what:q} --inputs {params.inputs:q}"
         " --settings {params.settings:q} --out {output.png:q} 2> {log:q}"

@@ -37,14 +37,6 @@ CORRELATION_COLUMNS = ["model", "reference", "distance", "estimator", "pearson_r
                        "spearman_ci_high", "n_boot"]
 
 
-def split_model(label: str) -> tuple[str, str]:
-    """"pretrained:mae/frozen" -> ("pretrained:mae", "frozen"): the init and the fine-tuning protocol."""
-    init, sep, protocol = label.rpartition("/")
-    if not sep or not init or not protocol:
-        raise ValueError(f"compared model {label!r}: expected <init>/<protocol>, e.g. pretrained:mae/frozen")
-    return init, protocol
-
-
 def rpg_metric(task: Task) -> str:
     """001 scores PI-RADS by specificity at sensitivity 0.9 in RPG, Fig. 1b and Fig. 2, not by the table's AUC:
     the task kind says which metric."""
@@ -136,13 +128,13 @@ def run_values(metrics: pd.DataFrame, task: Task, init: str, protocol: str) -> p
                          "se": se.to_numpy(float)}).sort_values("seed", kind="mergesort")
 
 
-def rpg_rows(metrics: pd.DataFrame, distances: pd.DataFrame, models: Sequence[str],
+def rpg_rows(metrics: pd.DataFrame, distances: pd.DataFrame, models: Sequence[Sequence[str]],
              tasks: Mapping[str, Task]) -> list[dict]:
-    """One entry per (model, task, reference) with the per-seed values the table and the bootstrap need; `tasks`
+    """One entry per (model, task, reference) with the per-seed values the table and the bootstrap need; `models`
+    as the plan gives them, [label, init, protocol] (the label names the model in mmd.csv and the tables); `tasks`
     (by name) say each task's RPG metric and its direction."""
     entries = []
-    for model in models:
-        init, protocol = split_model(model)
+    for model, init, protocol in models:
         own = distances[distances["model"] == model]
         for name in dict.fromkeys(own["task"]):
             if name not in tasks:

@@ -61,11 +61,6 @@ def squared_distances(a, b=None) -> np.ndarray:
     return d2
 
 
-def gaussian_kernel(a, b, sigma: float) -> np.ndarray:
-    """k(a_i, b_j) = exp(-||a_i - b_j||^2 / sigma^2)."""
-    return np.exp(-squared_distances(a, b) / sigma**2)
-
-
 def _offdiag_median(d2: np.ndarray) -> float:
     return float(np.median(d2[np.triu_indices(len(d2), k=1)]))
 

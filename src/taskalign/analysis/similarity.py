@@ -4,7 +4,8 @@ Delta = CKA(continual, FT) - CKA(pretrained, FT), FT being ONE encoder fine-tune
 
 Pair names (the `pair` of each --pairs entry): `pretrained-continual`; per fine-tuning (protocol, seed)
 `pretrained-finetuned` and `continual-finetuned`, whose b must be the same features file (the paper's FT); other
-names (e.g. `continual-finetuned_from_continual`) are computed as plain pairs."""
+names (e.g. `continual-finetuned_from_continual`) are computed as plain pairs (taskalign.analysis.cka_pairs). Each
+entry names its encoders too (`encoder_a`, `encoder_b`: the plan's names, never parsed from the paths)."""
 
 from __future__ import annotations
 
@@ -16,21 +17,15 @@ import pandas as pd
 
 from taskalign.analysis.cka import (cka_matrix, debiased_cka, jackknife_interval, jackknife_values, linear_cka,
                                     null_summary, shuffled_null, subsample_ci)
+from taskalign.analysis.cka_pairs import CONTINUAL_FT, PRETRAINED_FT
 from taskalign.analysis.feature_files import joined, load_features
 
 log = logging.getLogger(__name__)
 
-PRETRAINED_FT, CONTINUAL_FT = "pretrained-finetuned", "continual-finetuned"
 ESTIMATORS = {"linear": linear_cka, "debiased": debiased_cka}
 AVERAGE_LAYER = "avg"  # Table 6's "Avg." column: the mean over the block layers (the final normed output left out)
 DELTA_INTERVAL = "delete-1 jackknife, normal"
 MIN_CASES_FOR_INTERVAL = 5  # a debiased subsample needs 4 cases; with 4 every subset is the whole sample
-
-
-def encoder_name(path: Path) -> str:
-    """`results/features/<task>/pretrained-mae.npz` -> `pretrained-mae`; a fine-tuned run keeps its run path."""
-    parts = Path(path).with_suffix("").parts
-    return "/".join(parts[parts.index("features") + 2:]) if "features" in parts else Path(path).stem
 
 
 def _layer_context(x: np.ndarray, y: np.ndarray, observed: dict[str, float], settings: dict) -> dict:
@@ -66,7 +61,7 @@ def pair_table(pair: dict, settings: dict) -> pd.DataFrame:
             rows.append(row)
     table = pd.DataFrame(rows)
     meta = {"pair": pair["pair"], "protocol": pair["protocol"], "seed": pair["seed"],
-            "encoder_a": encoder_name(pair["a"]), "encoder_b": encoder_name(pair["b"]),
+            "encoder_a": pair["encoder_a"], "encoder_b": pair["encoder_b"],
             "file_a": str(pair["a"]), "file_b": str(pair["b"]), "n_cases": len(cases)}
     for i, (key, value) in enumerate(meta.items()):
         table.insert(i, key, value)
@@ -88,8 +83,8 @@ def task_cka(task: str, pairs: list[dict], settings: dict) -> pd.DataFrame:
 
 # --- Delta = CKA(continual, FT) - CKA(pretrained, FT) -------------------------------------------------------------
 
-def finetuned_triples(pairs: list[dict]) -> dict[str, list[tuple[str, str, str, str]]]:
-    """protocol -> [(seed, pretrained file, continual file, FT file)] for every (protocol, seed) that has both a
+def finetuned_triples(pairs: list[dict]) -> dict[str, list[tuple[str, str, str, str, str]]]:
+    """protocol -> [(seed, pretrained file, continual file, FT file, FT encoder name)] for every (protocol, seed) that has both a
     pretrained-finetuned and a continual-finetuned pair. Raises when the two pairs of one (protocol, seed) do not
     compare with the same FT file: the paper's Delta is about ONE fine-tuned encoder."""
     by_run: dict[tuple[str, str], dict[str, dict]] = {}
@@ -105,7 +100,8 @@ def finetuned_triples(pairs: list[dict]) -> dict[str, list[tuple[str, str, str, 
         if str(pre["b"]) != str(cont["b"]):
             raise ValueError(f"protocol {protocol} seed {seed}: {PRETRAINED_FT} compares with {pre['b']} but "
                              f"{CONTINUAL_FT} with {cont['b']}; both must use the same fine-tuned encoder")
-        triples.setdefault(protocol, []).append((seed, str(pre["a"]), str(cont["a"]), str(pre["b"])))
+        triples.setdefault(protocol, []).append((seed, str(pre["a"]), str(cont["a"]), str(pre["b"]),
+                                                 pre["encoder_b"]))
     return triples
 
 
@@ -181,12 +177,12 @@ def task_deltas(task: str, pairs: list[dict], settings: dict) -> pd.DataFrame:
     tables = []
     for protocol, triples in finetuned_triples(pairs).items():
         pre_path, cont_path = triples[0][1], triples[0][2]
-        if any((p, c) != (pre_path, cont_path) for _, p, c, _ in triples):
+        if any((p, c) != (pre_path, cont_path) for _, p, c, _, _ in triples):
             raise ValueError(f"protocol {protocol}: the seeds' pairs name different pretrained/continual files")
         cases, (pre, cont, *fts) = aligned_features([pre_path, cont_path, *(t[3] for t in triples)],
                                                    tuple(settings["splits"]))
         table = protocol_deltas(pre, cont, {seed: ft for (seed, *_), ft in zip(triples, fts)})
-        names = {seed: encoder_name(Path(ft)) for seed, _, _, ft in triples}
+        names = {seed: name for seed, _, _, _, name in triples}
         table.insert(0, "finetuned", table["seed"].map(names).fillna(""))
         table.insert(0, "protocol", protocol)
         table["n_cases"], table["interval"] = len(cases), DELTA_INTERVAL

@@ -1,5 +1,5 @@
 """Statistics for the reports: relative performance gain (001), correlation with permutation p-values for a handful
-of tasks, DeLong's paired AUC test and the paired Wilcoxon test (002 section 4.6), a paired patient bootstrap
+of tasks and the paired Wilcoxon test (002 section 4.6), a paired patient bootstrap
 (resampling weights, weighted means and AUCs), the test and interval of a training procedure over its training
 runs and the test patients, and significance stars.
 
@@ -66,39 +66,6 @@ def correlation(x, y, seed: int = 0) -> dict:
     r, r_p = _perm_p(_standardise(x), _standardise(y), orderings, exact)
     rho, rho_p = _perm_p(_standardise(st.rankdata(x)), _standardise(st.rankdata(y)), orderings, exact)
     return {"pearson_r": r, "pearson_p": r_p, "spearman_rho": rho, "spearman_p": rho_p, "n": n, "note": note}
-
-
-def _placements(score: np.ndarray, positive: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """AUC and the DeLong placement values of positives (V10) and negatives (V01), from midranks (Sun & Xu 2014)."""
-    pos, neg = score[positive], score[~positive]
-    m, n = len(pos), len(neg)
-    rank_all = st.rankdata(np.concatenate([pos, neg]))
-    rank_pos, rank_neg = st.rankdata(pos), st.rankdata(neg)
-    v10 = (rank_all[:m] - rank_pos) / n  # share of negatives below each positive, ties 1/2
-    v01 = 1.0 - (rank_all[m:] - rank_neg) / m  # share of positives above each negative, ties 1/2
-    return float(v10.mean()), v10, v01
-
-
-def delong_test(y_true, score_a, score_b) -> dict:
-    """DeLong's test for two correlated AUCs on the same cases (binary y_true, 1/True = positive). Two-sided p from
-    z = (AUC_a - AUC_b) / sd. NaN everywhere when a class has fewer than 2 cases (the variance is undefined)."""
-    positive = np.asarray(y_true).astype(bool)
-    a, b = np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)
-    if not len(positive) == len(a) == len(b):
-        raise ValueError(f"y_true, score_a, score_b differ in length: {len(positive)}, {len(a)}, {len(b)}")
-    m = int(positive.sum())
-    if min(m, len(positive) - m) < 2:
-        return {"auc_a": np.nan, "auc_b": np.nan, "z": np.nan, "p_value": np.nan}
-    auc_a, v10_a, v01_a = _placements(a, positive)
-    auc_b, v10_b, v01_b = _placements(b, positive)
-    # Var(AUC_a - AUC_b) = Var(V10_a - V10_b)/m + Var(V01_a - V01_b)/n, the contrast form of S10/m + S01/n.
-    var = np.var(v10_a - v10_b, ddof=1) / m + np.var(v01_a - v01_b, ddof=1) / (len(positive) - m)
-    diff = auc_a - auc_b
-    if var > 0:
-        z = diff / math.sqrt(var)
-    else:  # identical placements: no difference (z = 0, p = 1), or a difference with no variance
-        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-    return {"auc_a": auc_a, "auc_b": auc_b, "z": float(z), "p_value": float(2.0 * st.norm.sf(abs(z)))}
 
 
 def wilcoxon_paired(a, b) -> float:

@@ -217,11 +217,14 @@ def plot(table: pd.DataFrame, png: Path, target: str) -> None:
     plt.close(fig)
 
 
-def run(*, encoders: dict[str, Path], index: Path, target: str, layers: list[int], batch_size: int, n_boot: int,
-        seed: int, out_csv: Path, out_png: Path, threads: int | None = None) -> pd.DataFrame:
-    table = probe(encoders=encoders, index=index, target=target, layers=layers, batch_size=batch_size,
-                  n_boot=n_boot, seed=seed, threads=threads)
+def run(*, encoders: dict[str, Path], index: Path, settings: dict, out_csv: Path, out_png: Path,
+        threads: int | None = None) -> pd.DataFrame:
+    """The probe of every encoder as a table and a figure. settings (taskalign.plan.params.target_probe): target,
+    layers, batch_size, bootstrap (resamples of the validation cases) and seed."""
+    table = probe(encoders=encoders, index=index, target=settings["target"], layers=settings["layers"],
+                  batch_size=settings["batch_size"], n_boot=settings["bootstrap"], seed=settings["seed"],
+                  threads=threads)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
-    plot(table, out_png, target)
+    plot(table, out_png, settings["target"])
     return table

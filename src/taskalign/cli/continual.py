@@ -27,13 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     add_training_options(parser)
     args = parser.parse_args(argv)
     setup_logging("taskalign.continual")
-    from taskalign.train.continual import run_continual
+    from taskalign.train.continual import ContinualJob, run_continual
 
     with stop_signals_held():  # before loader workers fork: they inherit the blocked mask
-        run_continual(variant=args.variant, pretrained=args.pretrained, index=args.index, params=json.loads(args.params),
-                      encoder_out=args.encoder, adapter_out=args.adapter, history_csv=args.history,
-                      curve_png=args.curve, resume_dir=args.resume_dir, threads=args.threads,
-                      options=training_options(args))
+        run_continual(ContinualJob(variant=args.variant, pretrained=args.pretrained, index=args.index,
+                                   params=json.loads(args.params), encoder_out=args.encoder, adapter_out=args.adapter,
+                                   history_csv=args.history, curve_png=args.curve, resume_dir=args.resume_dir,
+                                   threads=args.threads, options=training_options(args)))
     return 0
 
 

@@ -23,13 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     setup_logging("taskalign.evaluate")
-    from taskalign.evaluate.evaluate import run_evaluation
+    from taskalign.evaluate.evaluate import EvaluationJob, run_evaluation
     from taskalign.tasks.spec import Task
 
     params = json.loads(args.params)
-    run_evaluation(task=Task.from_config(args.task, params["task"]), model_path=args.model, indexes=args.index,
-                   params=params, metrics_csv=args.metrics, cases_csv=args.cases, predictions_npz=args.predictions,
-                   montage_png=args.montage, threads=args.threads)
+    run_evaluation(EvaluationJob(task=Task.from_config(args.task, params["task"]), model_path=args.model,
+                                 indexes=args.index, params=params, metrics_csv=args.metrics, cases_csv=args.cases,
+                                 predictions_npz=args.predictions, montage_png=args.montage, threads=args.threads))
     return 0
 
 

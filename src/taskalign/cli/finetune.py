@@ -30,15 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging("taskalign.finetune")
     from taskalign.tasks.spec import Task
-    from taskalign.train.finetune import run_finetune
+    from taskalign.train.finetune import FinetuneJob, run_finetune
 
     params = json.loads(args.params)
     with stop_signals_held():  # before loader workers fork: they inherit the blocked mask
-        run_finetune(task=Task.from_config(args.task, params["task"]), init=args.init, protocol=args.protocol,
-                     encoder_path=args.encoder, indexes=args.index, params=params, model_out=args.model,
-                     history_csv=args.history, curve_png=args.curve, timing_json=args.timing,
-                     resume_dir=args.resume_dir, threads=args.threads,
-                     options=training_options(args))
+        run_finetune(FinetuneJob(task=Task.from_config(args.task, params["task"]), init=args.init,
+                                 protocol=args.protocol, encoder_path=args.encoder, indexes=args.index, params=params,
+                                 model_out=args.model, history_csv=args.history, curve_png=args.curve,
+                                 timing_json=args.timing, resume_dir=args.resume_dir, threads=args.threads,
+                                 options=training_options(args)))
     return 0
 
 

@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     add_training_options(parser)
     args = parser.parse_args(argv)
     setup_logging("taskalign.pretrain")
-    from taskalign.train.pretrain import run_pretraining
+    from taskalign.train.pretrain import PretrainJob, run_pretraining
 
     with stop_signals_held():  # before loader workers fork: they inherit the blocked mask
-        run_pretraining(variant=args.variant, indexes=args.index, params=json.loads(args.params),
-                        encoder_out=args.encoder, last_out=args.last, history_csv=args.history, curve_png=args.curve,
-                        resume_dir=args.resume_dir, threads=args.threads,
-                        options=training_options(args))
+        run_pretraining(PretrainJob(variant=args.variant, indexes=args.index, params=json.loads(args.params),
+                                    encoder_out=args.encoder, last_out=args.last, history_csv=args.history,
+                                    curve_png=args.curve, resume_dir=args.resume_dir, threads=args.threads,
+                                    options=training_options(args)))
     return 0
 
 

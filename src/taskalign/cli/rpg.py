@@ -14,8 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--metrics", required=True, type=Path, help="results/evaluate/metrics.csv (per seed)")
     parser.add_argument("--distances", required=True, type=Path, help="results/analysis/mmd.csv")
-    parser.add_argument("--models", required=True, nargs="+",
-                        help="compared models as <init>/<protocol>, e.g. pretrained:mae/frozen")
+    parser.add_argument("--models", required=True,
+                        help='JSON: compared models as [label, init, protocol], e.g. [["pretrained:mae/frozen", '
+                             '"pretrained:mae", "frozen"]]')
     parser.add_argument("--tasks", required=True, help="JSON: the config's tasks (name -> type, cohort, inputs)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the correlation intervals")
     parser.add_argument("--seed", type=int, default=0)
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from taskalign.tasks.spec import Task
 
     tasks = {name: Task.from_config(name, spec) for name, spec in json.loads(args.tasks).items()}
-    entries = rpg_rows(pd.read_csv(args.metrics), pd.read_csv(args.distances), args.models, tasks)
+    entries = rpg_rows(pd.read_csv(args.metrics), pd.read_csv(args.distances), json.loads(args.models), tasks)
     table = rpg_table(entries)
     correlations = rpg_correlations(entries, args.bootstrap, args.seed)
     for row in correlations.itertuples():

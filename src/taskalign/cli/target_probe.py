@@ -24,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = json.loads(args.params)
     run(encoders={name: Path(p) for name, p in json.loads(args.encoders).items()}, index=args.index,
-        target=params["target"], layers=params["layers"], batch_size=params["batch_size"],
-        n_boot=params["bootstrap"], seed=params["seed"], out_csv=args.out,
-        out_png=args.figure, threads=args.threads)
+        settings=params, out_csv=args.out, out_png=args.figure, threads=args.threads)
     return 0
 
 

@@ -25,7 +25,7 @@ from taskalign.data.splits import assign_splits
 from taskalign.runtime import atomic_path
 
 __all__ = ["Inspection", "ManifestError", "Problem", "check_manifest", "checked_table", "inspect_manifest",
-           "split_problems", "write_checked_manifest", "write_table"]
+           "split_problems", "write_table"]
 
 log = logging.getLogger(__name__)
 # The file a sanity finding about a value column is checked against.
@@ -183,22 +183,3 @@ def write_table(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
         table.to_csv(f, index=False)
 
 
-def write_checked_manifest(
-    manifest_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    *,
-    split_fractions: dict[str, float],
-    split_seed: int,
-    stratify_by: str | None = "pirads",
-    require: dict[str, bool] | None = None,
-    geometry_tolerance: float = 1e-3,
-    mask_grid: dict[str, str] | None = None,
-    sanity: SanityConfig | None = None,
-) -> pd.DataFrame:
-    """Check the manifest and write the checked manifest (`checked_table`); returns what was written. Raises
-    ManifestError listing every problem, writing nothing."""
-    table = checked_table(manifest_path, split_fractions=split_fractions, split_seed=split_seed,
-                          stratify_by=stratify_by, require=require, geometry_tolerance=geometry_tolerance,
-                          mask_grid=mask_grid, sanity=sanity)
-    write_table(table, out_path)
-    return table

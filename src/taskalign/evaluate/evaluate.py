@@ -8,6 +8,7 @@ masks (segmentation) or the first volumes (restoration) as compressed arrays; a 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,26 @@ from taskalign.tasks.spec import Task
 log = logging.getLogger(__name__)
 
 
-def run_evaluation(*, task: Task, model_path: Path, indexes: list[Path], params: dict, metrics_csv: Path,
-                   cases_csv: Path, predictions_npz: Path, montage_png: Path, threads: int | None = None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class EvaluationJob:
+    """One evaluation (rule `evaluate`): the task, the fine-tuned model, the cache indexes and params, where it
+    writes, and threads."""
+
+    task: Task
+    model_path: Path
+    indexes: list[Path]
+    params: dict
+    metrics_csv: Path
+    cases_csv: Path
+    predictions_npz: Path
+    montage_png: Path
+    threads: int | None = None
+
+
+def run_evaluation(job: EvaluationJob) -> pd.DataFrame:
+    (task, model_path, indexes, params, metrics_csv, cases_csv, predictions_npz, montage_png, threads) = (
+        job.task, job.model_path, job.indexes, job.params, job.metrics_csv, job.cases_csv,
+        job.predictions_npz, job.montage_png, job.threads)
     device = select_device(threads)
     model, meta = load_task_model(model_path, task, params["channels"], device)
     rows = usable_rows(read_index(indexes, splits=["test"]), task)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from taskalign.analysis.cka_pairs import CONTINUAL_FT, FROM_CONTINUAL, PRETRAINED_CONTINUAL, PRETRAINED_FT
 from taskalign.data.labels import SPLITS
 from taskalign.data.splits import manifest_split_sizes
 from taskalign.models.family_names import DEFAULT_FAMILY, FAMILY_LAYOUTS
@@ -345,23 +346,26 @@ class Plan:
         if self.analysed not in self.continual["variants"]:
             return []
         pre, cont = f"pretrained-{self.analysed}", f"continual-{self.analysed}"
-        pairs = [{"pair": "pretrained-continual", "protocol": "", "seed": "",
-                  "a": layout.base_features(task, pre), "b": layout.base_features(task, cont)}]
+
+        def pair(name: str, run, a: str, b: str | layout.Run) -> dict:
+            """A pair of encoders by name (`pretrained-mae`, a run's `pretrained-mae/full/seed0`) and file."""
+            b_name, b_file = ((layout.run_features_name(b), layout.run_features(b)) if isinstance(b, layout.Run)
+                              else (b, layout.base_features(task, b)))
+            return {"pair": name, "protocol": run.protocol if run else "", "seed": run.seed if run else "",
+                    "a": layout.base_features(task, a), "b": b_file, "encoder_a": a, "encoder_b": b_name}
+
+        pairs = [pair(PRETRAINED_CONTINUAL, None, pre, cont)]
         for run in sorted(r for r in self.feature_runs if r.task == task and r.protocol != "frozen"):
-            ft = layout.run_features(run)
             if run.init == f"pretrained:{self.analysed}":
-                pairs += [{"pair": f"{start}-finetuned", "protocol": run.protocol, "seed": run.seed,
-                           "a": layout.base_features(task, f"{start}-{self.analysed}"), "b": ft}
-                          for start in ("pretrained", "continual")]
+                pairs += [pair(PRETRAINED_FT, run, pre, run), pair(CONTINUAL_FT, run, cont, run)]
             elif run.init == f"continual:{self.analysed}":
-                pairs.append({"pair": "continual-finetuned_from_continual", "protocol": run.protocol,
-                              "seed": run.seed, "a": layout.base_features(task, cont), "b": ft})
+                pairs.append(pair(FROM_CONTINUAL, run, cont, run))
         return pairs
 
     @cached_property
     def cka_tasks(self) -> list[str]:
         """Tasks with a fine-tuned run from the pretrained encoder: Table 6 needs its FT."""
-        return [task for task in self.tasks if any(p["pair"] == "pretrained-finetuned" for p in self.cka_pairs(task))]
+        return [task for task in self.tasks if any(p["pair"] == PRETRAINED_FT for p in self.cka_pairs(task))]
 
     @staticmethod
     def model_init(model: dict) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import PurePosixPath
 from typing import NamedTuple
 
 RESULTS = "results"
@@ -24,6 +23,10 @@ class Run(NamedTuple):
     init: str
     protocol: str
     seed: int
+
+
+# The wildcard form of a run: the rules' patterns; layout fills in the real components for the requested files.
+RUN_WILDCARDS = Run("{task}", "{init}", "{protocol}", "{seed}")
 
 
 def slug(name: str) -> str:
@@ -129,9 +132,15 @@ def base_features(task: str, encoder: str) -> str:
     return f"{RESULTS}/features/{task}/{encoder}.npz"
 
 
+def run_features_name(run: Run) -> str:
+    """A fine-tuned run's encoder as the CKA tables name it: `pretrained-mae/full/seed0` (its features file's path
+    below the task)."""
+    _, init, protocol, seed = run
+    return f"{slug(init)}/{slug(protocol)}/seed{seed}"
+
+
 def run_features(run: Run) -> str:
-    task, init, protocol, seed = run
-    return f"{RESULTS}/features/{task}/{slug(init)}/{slug(protocol)}/seed{seed}.npz"
+    return f"{RESULTS}/features/{run.task}/{run_features_name(run)}.npz"
 
 
 # --- analyses and paper outputs --------------------------------------------------------------------------------------
@@ -153,7 +162,13 @@ def figure_files(name: str) -> list[str]:
     return [f"{RESULTS}/figures/{name}{suffix}" for suffix in FIGURE_SUFFIXES]
 
 
-def output_stem(path: str) -> PurePosixPath:
-    """`results/tables/000_table2_x.csv` -> `results/tables/000_table2_x`: the stem a table or figure writer extends."""
-    path = PurePosixPath(path)
-    return path.with_name(path.name.split(".")[0])
+# --- each job's log and benchmark -------------------------------------------------------------------------------------
+
+def log_file(stage: str, name: str) -> str:
+    """`results/logs/{stage}/{name}.log`: a job's stderr (a Snakemake `log:`)."""
+    return f"{RESULTS}/logs/{stage}/{name}.log"
+
+
+def benchmark_file(stage: str, name: str) -> str:
+    """`results/benchmarks/{stage}/{name}.tsv`: a job's time and memory (a Snakemake `benchmark:`)."""
+    return f"{RESULTS}/benchmarks/{stage}/{name}.tsv"

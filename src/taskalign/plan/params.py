@@ -4,6 +4,7 @@ change to it reruns exactly the jobs that read it (Snakemake's `params` trigger)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from taskalign.models.family_names import DEFAULT_FAMILY
 from taskalign.plan.experiment import Plan
@@ -116,3 +117,53 @@ def features(plan: Plan, task: str) -> dict:
     if plan.head_level:  # the task head's features too: its architecture builds an encoder file's model
         settings["head"] = plan.finetune["head"]
     return settings
+
+
+def shared_studies(plan: Plan) -> str:
+    """How far the cross-cohort leakage check reads the images (`data.shared_studies`)."""
+    return plan.config["data"]["shared_studies"]
+
+
+def cka(plan: Plan) -> dict:
+    return {**plan.analysis["cka"], "seed": plan.config["seed"]}
+
+
+def mmd(plan: Plan) -> dict:
+    return {**plan.analysis["mmd"], "seed": plan.config["seed"]}
+
+
+def target_probe(plan: Plan) -> dict:
+    return {"target": plan.continual["target"], "layers": plan.continual["layers"],
+            "batch_size": plan.analysis["batch_size"], "bootstrap": plan.config["evaluate"]["bootstrap"],
+            "seed": plan.config["seed"]}
+
+
+def rpg(plan: Plan) -> dict:
+    """The compared models as [label, init, protocol], the tasks, and the bootstrap of the RPG correlations."""
+    return {"models": [[plan.model_label(m), plan.model_init(m), m["protocol"]] for m in plan.models], "tasks": {t: plan.task_spec(t) for t in plan.tasks},
+            "bootstrap": plan.analysis["rpg"]["bootstrap"], "seed": plan.config["seed"]}
+
+
+def radiomics_channels(plan: Plan) -> list[str]:
+    return plan.analysis["radiomics"]["channels"]
+
+
+def from_workdir_or_repository(name: str, repository: Path) -> str:
+    """A file the config names: a relative path is taken from the working directory, else from the repository
+    (which ships the defaults)."""
+    path = Path(name)
+    return str(path if path.is_absolute() or path.exists() else repository / path)
+
+
+def radiomics_file(plan: Plan, repository: Path) -> str:
+    """The PyRadiomics settings file (`analysis.radiomics.params`)."""
+    return from_workdir_or_repository(plan.analysis["radiomics"]["params"], repository)
+
+
+def lens(plan: Plan) -> dict:
+    return plan.analysis["lens"]
+
+
+def deterministic(plan: Plan) -> int:
+    """1 when the jobs must run deterministically (the shell prefix exports it to every job)."""
+    return int(plan.config["deterministic"])

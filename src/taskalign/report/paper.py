@@ -8,6 +8,7 @@ figures, the style. Per-run inputs come as rows [task, init, protocol, seed, pat
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -17,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taskalign.analysis.distances import rpg_metric, split_model
+from taskalign.analysis.distances import rpg_metric
 from taskalign.plan.experiment import ABLATION_BASELINE
-from taskalign.plan.outputs import FIGURES, PERFORMANCE_TABLES
+from taskalign.plan.outputs import FIGURES, PERFORMANCE_TABLES, TABLES
 from taskalign.report import figures
 from taskalign.report.tables.ablation import ablation_table
 from taskalign.report.tables.cka import cka_supplementary_table, cka_table
@@ -27,7 +28,7 @@ from taskalign.report.tables.cohorts import cohort_table
 from taskalign.report.tables.compute import compute_table
 from taskalign.report.tables.lens import FIXED as LENS_COLUMNS, lens_table
 from taskalign.report.tables.model import Table, provenance, write_table
-from taskalign.report.tables.performance import performance_table
+from taskalign.report.tables.performance import Resampling, performance_table
 from taskalign.runtime import atomic_path, read_array, read_arrays
 from taskalign.tasks.kinds import LOWER_IS_BETTER
 from taskalign.tasks.spec import Task
@@ -68,8 +69,8 @@ def performance(name: str, inputs: dict, settings: dict) -> Table:
     tasks = tasks_with_runs(settings, lambda task: task.kind.group == PERFORMANCE_TABLES[name])
     metrics = pd.read_csv(inputs["metrics"])
     cases = {run: pd.read_csv(path) for run, path in per_run(inputs["cases"]).items()}
-    return performance_table(metrics, cases, tasks, f"pretrained:{settings['variant']}", LOWER_IS_BETTER,
-                             bootstrap=settings["bootstrap"], seed=settings["seed"])
+    return performance_table(metrics, cases, tasks, (settings["inits"]["pretrained"], "full"), LOWER_IS_BETTER,
+                             resampling=Resampling(settings["bootstrap"], settings["seed"]))
 
 
 def cohorts(inputs: dict, settings: dict) -> Table:
@@ -94,14 +95,14 @@ def cka_frames(inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 def cka(inputs: dict, settings: dict) -> Table:
     """000 Table 6: the configured tasks (analysis.cka.tasks), else those whose FT-from-continual and
     FT-from-pretrained differ by the configured threshold."""
-    return cka_table(*cka_frames(inputs), variant=settings["variant"],
+    return cka_table(*cka_frames(inputs), inits=settings["inits"],
                      threshold=settings["min_performance_difference"], lower_is_better=LOWER_IS_BETTER,
                      tasks=settings["cka_tasks"])
 
 
 def cka_supplementary(inputs: dict, settings: dict) -> Table:
     """Table 6 for every task, with the encoders fine-tuned from the continual one."""
-    return cka_supplementary_table(*cka_frames(inputs), variant=settings["variant"], lower_is_better=LOWER_IS_BETTER)
+    return cka_supplementary_table(*cka_frames(inputs), inits=settings["inits"], lower_is_better=LOWER_IS_BETTER)
 
 
 def compute(inputs: dict, settings: dict) -> Table:
@@ -111,7 +112,7 @@ def compute(inputs: dict, settings: dict) -> Table:
         timing = json.loads(path.read_text())
         rows.append({"task": t, "init": i, "protocol": p, "seed": s, "wall_seconds": timing["wall_seconds"],
                      "device_hours": timing["device_hours"]})
-    return compute_table(pd.DataFrame(rows), settings["models"])
+    return compute_table(pd.DataFrame(rows), [label for label, _, _ in settings["models"]])
 
 
 def ablation(inputs: dict, settings: dict) -> Table:
@@ -127,12 +128,17 @@ def lens(inputs: dict, settings: dict) -> Table:
     return lens_table(summary[[c for c in LENS_COLUMNS if c in summary] + list(groups)].rename(columns=groups))
 
 
+# Each declared table's builder (taskalign.plan.outputs.OUTPUTS declares its name, inputs and caption).
+TABLE_BUILDERS = {"000_table1_cohorts": cohorts,
+                  **{name: functools.partial(performance, name) for name in PERFORMANCE_TABLES},
+                  "000_table6_cka": cka, "000_table6_cka_supplementary": cka_supplementary,
+                  "001_table1_compute": compute, "002_table5_ablation": ablation, "003_lens_summary": lens}
+
+
 def build_table(name: str, inputs: dict, settings: dict) -> Table:
-    builders = {"000_table1_cohorts": cohorts, "000_table6_cka": cka,
-                "000_table6_cka_supplementary": cka_supplementary, "001_table1_compute": compute,
-                "002_table5_ablation": ablation, "003_lens_summary": lens}
-    table = (performance(name, inputs, settings) if name in PERFORMANCE_TABLES
-             else builders[name](inputs, settings))
+    if name not in TABLE_BUILDERS:
+        raise ValueError(f"unknown table {name!r}; known: {', '.join(TABLE_BUILDERS)}")
+    table = TABLE_BUILDERS[name](inputs, settings)
     table.provenance = provenance(run_config())
     return table
 
@@ -179,8 +185,9 @@ def scratch_vs_finetuned_frame(inputs: dict, settings: dict) -> pd.DataFrame:
     d2s = distances[(distances["distance"] == "d2s") & (distances["estimator"] == "unbiased")]
     rows = []
     tasks = configured_tasks(settings)
+    runs = {label: (init, protocol) for label, init, protocol in settings["models"]}
     for (model, task), group in d2s.groupby(["model", "task"], sort=False):
-        init, protocol = split_model(model)
+        init, protocol = runs[model]
         metric = rpg_metric(tasks[task])
         rows.append({"model": model, "task": task, "scratch": means.get((task, "scratch", "full", metric), np.nan),
                      "finetuned": means.get((task, init, protocol, metric), np.nan), "d2s": group["value"].mean(),
@@ -203,7 +210,8 @@ def fig_rpg(stem: Path, inputs: dict, settings: dict) -> int:
 def fig_learning_curves(stem: Path, inputs: dict, settings: dict) -> int:
     """001 Fig. 3: per task the validation curve of scratch and of each compared model's fine-tuned run, first
     seed each."""
-    labels = {tuple(split_model(m)): f"FT {m}" for m in settings["models"]} | {("scratch", "full"): "scratch"}
+    labels = {(init, protocol): f"FT {label}" for label, init, protocol in settings["models"]}
+    labels[("scratch", "full")] = "scratch"
     histories: dict[str, dict[str, pd.DataFrame]] = {}
     for (t, i, p, s), path in per_run(inputs["histories"]).items():
         label = labels.get((i, p))
@@ -247,15 +255,14 @@ def fig_lens_bars(stem: Path, inputs: dict, settings: dict) -> int:
 
 
 def overlay_cases(inputs: dict, settings: dict) -> list[dict]:
-    """A few test cases per segmentation task: the slice with the most target, from the analysed variant's
-    fine-tuned run (first seed)."""
+    """A few test cases per segmentation task: the slice with the most target, from the runs the plan names
+    (the analysed variant's fine-tuned runs, full protocol), first seed, tasks in config order."""
     cases = []
-    for task in tasks_with_runs(settings, lambda task: task.kind.labels):
-        runs = sorted(r for r in settings["runs"] if r[0] == task and r[1] == f"pretrained:{settings['variant']}"
-                      and r[2] == "full")
-        if not runs:
-            continue
-        predictions = read_arrays(per_run(inputs["predictions"])[tuple(runs[0])])
+    first: dict[str, Path] = {}
+    for (task, _, _, _), path in per_run(inputs["predictions"]).items():  # sorted: the first seed first
+        first.setdefault(task, path)
+    for task in [t for t in settings["tasks"] if t in first]:
+        predictions = read_arrays(first[task])
         index = pd.read_csv(inputs["indexes"][task]).set_index("case_id")
         target = configured_tasks(settings)[task].type.target
         for case_id in list(predictions)[: settings["overlay_cases"]]:
@@ -274,6 +281,7 @@ def fig_overlays(stem: Path, inputs: dict, settings: dict) -> int:
     return figures.segmentation_overlays(overlay_cases(inputs, settings), stem, footer(), settings["style"])
 
 
+# Each declared figure's drawing function.
 DRAW = {
     "001_fig1b_scratch_vs_finetuned": fig_scratch_vs_finetuned,
     "001_fig2_rpg_vs_distance": fig_rpg,
@@ -287,8 +295,14 @@ DRAW = {
 
 def draw_named_figure(name: str, inputs: dict, settings: dict, stem: Path) -> int:
     """The figure as stem.png and stem.pdf."""
-    if name not in FIGURES:
-        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+    if name not in DRAW:
+        raise ValueError(f"unknown figure {name!r}; known: {', '.join(DRAW)}")
     panels = DRAW[name](stem, inputs, settings)
     log.info("%s: %d panels", name, panels)
     return panels
+
+
+# A declared output without a builder, or a builder of no declared output, fails at import (every report job).
+if set(TABLE_BUILDERS) != set(TABLES) or set(DRAW) != set(FIGURES):
+    raise ImportError(f"taskalign.report.paper: builders {sorted(set(TABLE_BUILDERS) ^ set(TABLES))} and drawers "
+                      f"{sorted(set(DRAW) ^ set(FIGURES))} do not match taskalign.plan.outputs.OUTPUTS")

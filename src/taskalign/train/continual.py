@@ -5,6 +5,7 @@ with Dice on a segmentation target; the merged encoder is exported with the pret
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,9 +48,29 @@ def validation_dice(model, loader, device, target: str) -> dict[str, float]:
     return {"dice": float(metric.aggregate())}
 
 
-def run_continual(*, variant: str, pretrained: Path, index: Path, params: dict, encoder_out: Path,
-                  adapter_out: Path, history_csv: Path, curve_png: Path, resume_dir: Path,
-                  threads: int | None = None, options: TrainingOptions = TrainingOptions()) -> list[dict]:
+@dataclass(frozen=True)
+class ContinualJob:
+    """One continual-pretraining job (rule `continual`): the variant, its pretrained encoder, the cache index
+    and params, where it writes, its resume state, threads and training options."""
+
+    variant: str
+    pretrained: Path
+    index: Path
+    params: dict
+    encoder_out: Path
+    adapter_out: Path
+    history_csv: Path
+    curve_png: Path
+    resume_dir: Path
+    threads: int | None = None
+    options: TrainingOptions = TrainingOptions()
+
+
+def run_continual(job: ContinualJob) -> list[dict]:
+    (variant, pretrained, index, params, encoder_out, adapter_out, history_csv, curve_png, resume_dir, threads,
+     options) = (
+        job.variant, job.pretrained, job.index, job.params, job.encoder_out, job.adapter_out,
+        job.history_csv, job.curve_png, job.resume_dir, job.threads, job.options)
     device = select_device(threads)
     torch.manual_seed(params["seed"])
     target = params["target"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,10 +51,31 @@ def task_datasets(task: Task, indexes: list[Path], params: dict,
     return train, val, norm
 
 
-def run_finetune(*, task: Task, init: str, protocol: str, encoder_path: Path | None, indexes: list[Path],
-                 params: dict, model_out: Path, history_csv: Path, curve_png: Path, timing_json: Path,
-                 resume_dir: Path, threads: int | None = None,
-                 options: TrainingOptions = TrainingOptions()) -> list[dict]:
+@dataclass(frozen=True)
+class FinetuneJob:
+    """One fine-tuning run (rule `finetune`): the task, init and protocol, the starting encoder file, the cache
+    indexes and params, where it writes, its resume state, threads and training options."""
+
+    task: Task
+    init: str
+    protocol: str
+    encoder_path: Path | None
+    indexes: list[Path]
+    params: dict
+    model_out: Path
+    history_csv: Path
+    curve_png: Path
+    timing_json: Path
+    resume_dir: Path
+    threads: int | None = None
+    options: TrainingOptions = TrainingOptions()
+
+
+def run_finetune(job: FinetuneJob) -> list[dict]:
+    (task, init, protocol, encoder_path, indexes, params, model_out, history_csv, curve_png, timing_json,
+     resume_dir, threads, options) = (
+        job.task, job.init, job.protocol, job.encoder_path, job.indexes, job.params, job.model_out,
+        job.history_csv, job.curve_png, job.timing_json, job.resume_dir, job.threads, job.options)
     device = select_device(threads)
     cpu_started = time.process_time()
     seed = params["seed"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,15 +27,33 @@ def pretraining_loss(model, batch):
     return model(batch)
 
 
-def run_pretraining(*, variant: str, indexes: list[Path], params: dict, encoder_out: Path, last_out: Path,
-                    history_csv: Path, curve_png: Path, resume_dir: Path, threads: int | None = None,
-                    options: TrainingOptions = TrainingOptions()) -> list[dict]:
+@dataclass(frozen=True)
+class PretrainJob:
+    """One pretraining job (rule `pretrain`): the variant, its cache indexes and params, where it writes, its
+    resume state, threads and training options."""
+
+    variant: str
+    indexes: list[Path]
+    params: dict
+    encoder_out: Path
+    last_out: Path
+    history_csv: Path
+    curve_png: Path
+    resume_dir: Path
+    threads: int | None = None
+    options: TrainingOptions = TrainingOptions()
+
+
+def run_pretraining(job: PretrainJob) -> list[dict]:
     """Train one pretraining variant; write the best (held-out loss) and last encoders, history and curve.
 
     `params`: geometry (ViT3dGeometry fields), input (the input contract of the cache), channels, objectives,
     mask_ratio, weights, decoder_layers,
     epochs, batch_size, lr, warmup_epochs, weight_decay, holdout_fraction, seed."""
-    device = select_device(threads)
+    variant, indexes, params, options = job.variant, job.indexes, job.params, job.options
+    encoder_out, last_out, history_csv, curve_png, resume_dir = (job.encoder_out, job.last_out, job.history_csv,
+                                                                 job.curve_png, job.resume_dir)
+    device = select_device(job.threads)
     seed = params["seed"]
     torch.manual_seed(seed)
     pool = read_index(indexes, splits=["train"])  # never val/test of any cohort

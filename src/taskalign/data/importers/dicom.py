@@ -129,7 +129,7 @@ def import_dicom(
             f"DICOM source {source}: options case_id/patient_id name one study, but it holds {len(studies)} studies"
         )
     rows, problems = rows_by_case(studies.values(), lambda study: _study_row(
-        study, Path(source), out_dir, cohort, role_patterns, on_duplicate, case_id, patient_id, min_dwi_b))
+        study, Path(source), out_dir, cohort, role_patterns, on_duplicate, (case_id, patient_id), min_dwi_b))
     raise_problems(problems, f"DICOM source {source}", rows)
     return rows
 
@@ -152,9 +152,10 @@ def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip()).strip("-")
 
 
-def _study_row(study, source, out_dir, cohort, role_patterns, on_duplicate, case_id, patient_id, min_dwi_b):
+def _study_row(study, source, out_dir, cohort, role_patterns, on_duplicate, ids, min_dwi_b):
+    """ids: the (case_id, patient_id) options, None where the DICOM headers name them."""
     first = study[0].header
-    case_id, patient_id = (None if v is None else str(v) for v in (case_id, patient_id))
+    case_id, patient_id = (None if v is None else str(v) for v in ids)
     patient = patient_id or _safe_id(first.get("0010|0020", "")) or _safe_id(source.name)
     case = case_id or "_".join(part for part in (patient, _safe_id(first.get("0008|0020", ""))) if part)
     if not CASE_ID_PATTERN.fullmatch(case):

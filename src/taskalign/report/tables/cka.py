@@ -5,15 +5,14 @@ with the performance gain of fine-tuning from the continual encoder."""
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import pandas as pd
 
+from taskalign.analysis.cka_pairs import CONTINUAL_FT, FROM_CONTINUAL, PRETRAINED_CONTINUAL, PRETRAINED_FT
 from taskalign.analysis.stats import correlation
 from taskalign.report.tables.model import MISSING, Table, finite
 
-PRETRAINED_CONTINUAL, FROM_CONTINUAL = "pretrained-continual", "continual-finetuned_from_continual"
-PRETRAINED_FT, CONTINUAL_FT = "pretrained-finetuned", "continual-finetuned"
 ROW_LABELS = {PRETRAINED_CONTINUAL: "Pretrained–Continual", PRETRAINED_FT: "Pretrained–Finetuned",
               CONTINUAL_FT: "Continual–Finetuned", FROM_CONTINUAL: "Continual–Finetuned from continual"}
 DELTA_LABEL = "Δ (Continual − Pretrained, same FT)"
@@ -23,14 +22,17 @@ PERF = ("", "performance gain")
 NOT_ABOVE_NULL = "†"
 MIN_PERFORMANCE_DIFFERENCE = 0.002  # 000 section 2.5: tasks whose performance differs by ~0.2% or more
 
+DIGITS = 3  # decimals of the CKA values, Deltas and performance gains
 
-def performance_gains(metrics: pd.DataFrame, variant: str, protocol: str = "full",
+
+def performance_gains(metrics: pd.DataFrame, inits: Mapping[str, str], protocol: str = "full",
                       lower_is_better: Collection[str] = ()) -> pd.DataFrame:
     """Per task: primary metric of FT from continual minus FT from pretrained (`protocol`, seed means), sign flipped
     for lower-is-better metrics so that positive means fine-tuning from the continual encoder is better. Columns
-    task, metric, pretrained, continual, gain; tasks without both runs are left out."""
+    task, metric, pretrained, continual, gain; tasks without both runs are left out. inits: the plan's
+    {"pretrained": init, "continual": init} of the analysed variant (`pretrained:mae`, `continual:mae`)."""
     rows = metrics[metrics["primary"].astype(bool) & (metrics["protocol"] == protocol)]
-    inits = {"pretrained": f"pretrained:{variant}", "continual": f"continual:{variant}"}
+    inits = {k: inits[k] for k in ("pretrained", "continual")}
     means = rows[rows["init"].isin(inits.values())].groupby(["task", "metric", "init"])["value"].mean().unstack("init")
     means = means.reindex(columns=list(inits.values())).dropna().rename(columns={v: k for k, v in inits.items()})
     means["gain"] = means["continual"] - means["pretrained"]
@@ -116,13 +118,13 @@ def _delta_cells(deltas: pd.DataFrame, layers: list[str], digits: int) -> tuple[
     return cells, raw
 
 
-def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str, threshold: float | None,
-           lower_is_better: Collection[str], protocol: str, digits: int, chosen: Sequence[str] | None = None) -> Table:
+def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, inits: Mapping[str, str], threshold: float | None,
+           lower_is_better: Collection[str], protocol: str, chosen: Sequence[str] | None = None) -> Table:
     diagonal = _diagonal(cka, protocol)
     check_same_finetuned(diagonal)
     layers = level_order(diagonal["layer"].unique())
     columns = [column_label(n) for n in layers] + [AVG]
-    gains = performance_gains(metrics, variant, protocol, lower_is_better).set_index("task")
+    gains = performance_gains(metrics, inits, protocol, lower_is_better).set_index("task")
     tasks = list(dict.fromkeys(diagonal["task"]))
     meets = [t for t in tasks if t in gains.index and abs(gains.loc[t, "gain"]) >= (threshold or 0.0)]
     if chosen is not None:
@@ -142,12 +144,12 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
         for pair in pairs:
             if pair in set(frame["pair"]):
                 label = f"{task}: {ROW_LABELS[pair]}"
-                rows[label], marks[label], values = _cka_cells(frame[frame["pair"] == pair], columns, digits)
+                rows[label], marks[label], values = _cka_cells(frame[frame["pair"] == pair], columns, DIGITS)
                 raw.append({"task": task, "row": ROW_LABELS[pair], "pair": pair, **values})
         label = f"{task}: {DELTA_LABEL}"
-        rows[label], values = _delta_cells(means[means["task"] == task], layers, digits)
+        rows[label], values = _delta_cells(means[means["task"] == task], layers, DIGITS)
         gain = gains.loc[task] if task in gains.index else None
-        rows[label][PERF] = MISSING if gain is None else f"{gain['gain']:+.{digits}f} ({gain['metric']})"
+        rows[label][PERF] = MISSING if gain is None else f"{gain['gain']:+.{DIGITS}f} ({gain['metric']})"
         raw.append({"task": task, "row": DELTA_LABEL, "pair": "delta", **values,
                     **({} if gain is None else {"metric": gain["metric"], "performance_pretrained": gain["pretrained"],
                                                  "performance_continual": gain["continual"],
@@ -197,9 +199,9 @@ def _build(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, va
     return Table(cells, pd.DataFrame(raw), caption, stars=stars)
 
 
-def cka_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str,
+def cka_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, inits: Mapping[str, str],
               threshold: float = MIN_PERFORMANCE_DIFFERENCE, lower_is_better: Collection[str] = (),
-              protocol: str = "full", digits: int = 3, tasks: Sequence[str] | None = None) -> Table:
+              protocol: str = "full", tasks: Sequence[str] | None = None) -> Table:
     """Seed 000 Table 6 for `tasks` (in that order, e.g. 000's lesion_seg and pirads_cls), else for the tasks whose
     performance gain (see performance_gains) is at least `threshold` in absolute value: per task the rows
     Pretrained–Continual, Pretrained–Finetuned, Continual–Finetuned (the same FT encoder, fine-tuned from the pretrained weights with `protocol`) and Δ, columns L<n> for the block layers
@@ -208,12 +210,12 @@ def cka_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *,
     cka: the CKA stage's CSV (results/analysis/cka.csv: task, pair, protocol, seed, file_b, layer_a, layer_b,
     linear, debiased, null_<estimator>_p95, ...); deltas: its --deltas-out CSV; metrics: metrics.csv rows (task,
     init, protocol, seed, metric, value, primary)."""
-    return _build(cka, deltas, metrics, variant=variant, threshold=threshold, lower_is_better=lower_is_better,
-                  protocol=protocol, digits=digits, chosen=tasks)
+    return _build(cka, deltas, metrics, inits=inits, threshold=threshold, lower_is_better=lower_is_better,
+                  protocol=protocol, chosen=tasks)
 
 
-def cka_supplementary_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, variant: str,
-                            lower_is_better: Collection[str] = (), protocol: str = "full", digits: int = 3) -> Table:
+def cka_supplementary_table(cka: pd.DataFrame, deltas: pd.DataFrame, metrics: pd.DataFrame, *, inits: Mapping[str, str],
+                            lower_is_better: Collection[str] = (), protocol: str = "full") -> Table:
     """cka_table for every task, with the encoder fine-tuned from continual (its own row) where computed."""
-    return _build(cka, deltas, metrics, variant=variant, threshold=None, lower_is_better=lower_is_better,
-                  protocol=protocol, digits=digits)
+    return _build(cka, deltas, metrics, inits=inits, threshold=None, lower_is_better=lower_is_better,
+                  protocol=protocol)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -136,10 +137,19 @@ def _too_few_seeds_note(short: list[str]) -> str:
             "speaks for these seeds, not for the procedure.")
 
 
+@dataclass(frozen=True)
+class Resampling:
+    """The patient bootstrap behind the intervals and marks: `bootstrap` resamples from `seed` (config
+    `report.bootstrap`, `report.seed`), intervals at `level`."""
+
+    bootstrap: int
+    seed: int
+    level: float = 0.95
+
+
 def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str, int], pd.DataFrame],
-                      tasks: list[str], baseline_init: str, lower_is_better: Collection[str], *,
-                      baseline_protocol: str = "full", digits: int = 3, patients: Mapping[str, str] | None = None,
-                      bootstrap: int = 2000, seed: int = 0, level: float = 0.95) -> Table:
+                      tasks: list[str], baseline: tuple[str, str], lower_is_better: Collection[str], *,
+                      resampling: Resampling, digits: int = 3, patients: Mapping[str, str] | None = None) -> Table:
     """Seed 000 Tables 2-5: one row per init (with its protocol when the init ran several), per task its metrics
     (primary first). Cell = mean ± sample std over seeds (no ± for one seed) [`level` interval of the training
     procedure's mean]. AUCs, accuracy and specificity in percent (000 Table 2), the rest as fractions / in their
@@ -147,8 +157,8 @@ def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str,
 
     The unit of inference is the training procedure (init, protocol): both its training runs (seeds) and the test
     patients are samples. Interval: taskalign.analysis.stats.procedure_interval (seed spread + patient bootstrap,
-    `bootstrap` resamples of patients from `seed`, every seed's metric recomputed on each resample). Marks:
-    two-sided taskalign.analysis.stats.procedure_test of each run against (baseline_init, baseline_protocol), the
+    `resampling`'s patient resamples, every seed's metric recomputed on each resample). Marks:
+    two-sided taskalign.analysis.stats.procedure_test of each run against `baseline` (init, protocol), the
     patient resamples shared (paired); `patients`: case_id -> patient_id, else the cases' patient_id column.
     Runs with fewer than MIN_SEEDS seeds get neither (the caption says why); the baseline row and runs without
     cases get no mark.
@@ -163,7 +173,8 @@ def performance_table(metrics: pd.DataFrame, cases: Mapping[tuple[str, str, str,
     runs = list(dict.fromkeys(zip(rows["init"], rows["protocol"])))
     n_protocols = pd.Series([i for i, _ in runs]).value_counts()
     labels = [init if n_protocols[init] == 1 else f"{init} ({protocol})" for init, protocol in runs]
-    base = (baseline_init, baseline_protocol)
+    base = baseline_init, baseline_protocol = baseline
+    bootstrap, seed, level = resampling.bootstrap, resampling.seed, resampling.level
     columns = pd.MultiIndex.from_tuples([(t, m) for t in tasks for m in _task_metrics(rows, t)],
                                         names=["task", "metric"])
     index = pd.Index(labels, name="init")
