@@ -212,3 +212,27 @@ def test_encoder_file_is_read_once_and_built_on_the_device_it_is_asked_for(tmp_p
     assert all(torch.equal(built.state_dict()[k], v) for k, v in reference.state_dict().items())
     with torch.device("meta"):  # the build honours the device it is given, not the ambient one
         assert encoder_file.build("cpu").cls_token.device.type == "cpu"
+
+
+def test_an_encoder_written_twice_has_one_content_digest_whatever_its_header_order(tmp_path):
+    """safetensors writes its metadata map in an order that changes between writes; the digest that frozen task
+    models and resume states name an encoder by must not (it did: 14 model files of two identical test runs differed)."""
+    from taskalign.models.checkpoint_io import EncoderFile, content_sha256
+
+    encoder = seeded_encoder()
+    meta = {f"key{k}": k for k in range(12)}  # a long metadata map: one order of 12! in many
+    paths = [tmp_path / f"{n}.safetensors" for n in range(4)]
+    for path in paths:
+        save_encoder(encoder, path, meta)
+    data = [path.read_bytes() for path in paths]
+    size = int.from_bytes(data[0][:8], "little")
+    reordered = json.loads(data[0][8 : 8 + size])
+    reordered["__metadata__"] = dict(reversed(list(reordered["__metadata__"].items())))
+    header = json.dumps(reordered).encode()
+    flipped = len(header).to_bytes(8, "little") + header + data[0][8 + size :]
+    assert flipped != data[0]
+    assert len({content_sha256(d) for d in data + [flipped]}) == 1
+    assert EncoderFile.read(paths[0]).sha256 == content_sha256(flipped)
+    other = seeded_encoder(seed=1)
+    save_encoder(other, tmp_path / "other.safetensors", meta)
+    assert EncoderFile.read(tmp_path / "other.safetensors").sha256 != EncoderFile.read(paths[0]).sha256

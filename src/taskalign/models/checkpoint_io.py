@@ -102,10 +102,19 @@ def build_encoder(name: str, geometry, device: torch.device | str = "cpu") -> Fo
         return family(name).encoder_cls(geometry)
 
 
+def content_sha256(data: bytes) -> str:
+    """sha256 of a safetensors file's content: its JSON header with sorted keys, then the tensor bytes. safetensors
+    writes the metadata map in an order that changes from one write to the next, so the same encoder written twice
+    has other bytes but this digest."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(header.encode() + data[8 + size :]).hexdigest()
+
+
 @dataclass(frozen=True)
 class EncoderFile:
     """An encoder file read once: its tensors (CPU), family, geometry, input contract (None in files from before
-    contracts) and the sha256 of its bytes (what resume fingerprints and frozen task models name it by)."""
+    contracts) and its content digest (`content_sha256`: what resume fingerprints and frozen task models name it by)."""
 
     path: Path
     state: dict[str, torch.Tensor]
@@ -120,7 +129,7 @@ class EncoderFile:
         with named_safetensors_errors(path):
             state = load_safetensors(data)
         name, geometry, contract = encoder_spec(read_metadata(path), str(path))
-        return cls(Path(path), state, name, geometry, contract, hashlib.sha256(data).hexdigest())
+        return cls(Path(path), state, name, geometry, contract, content_sha256(data))
 
     def build(self, device: torch.device | str = "cpu") -> FoundationEncoder:
         """The encoder built on `device` (no CPU build then copy on a GPU; on CPU the same RNG draws as ever),
