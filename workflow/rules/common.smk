@@ -69,7 +69,17 @@ def task_index(wildcards):
     return PLAN.task_index(wildcards.task)
 
 
-def radiomics_params_file():
-    """A relative path is taken from the working directory, else from the repository (which ships the default)."""
-    path = Path(ANALYSIS["radiomics"]["params"])
+def from_workdir_or_repository(name):
+    """A relative path is taken from the working directory, else from the repository (which ships defaults and
+    the test config's example checkpoint)."""
+    path = Path(name)
     return str(path if path.is_absolute() or path.exists() else Path(workflow.basedir) / path)
+
+
+def radiomics_params_file():
+    return from_workdir_or_repository(ANALYSIS["radiomics"]["params"])
+
+
+def imported_encoder_spec(variant):
+    spec = params.imported_encoder(PLAN, variant)
+    return as_json({**spec, "path": from_workdir_or_repository(spec["path"])})

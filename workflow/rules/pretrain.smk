@@ -67,7 +67,7 @@ rule import_encoder:
     wildcard_constraints:
         variant=name_pattern(PLAN.imported_variants),
     params:
-        spec=lambda wildcards: as_json(params.imported_encoder(PLAN, wildcards.variant)),
+        spec=lambda wildcards: imported_encoder_spec(wildcards.variant),
     priority: CRITICAL_PATH
     log:
         "results/logs/pretrain/{variant}.log",
