@@ -17,8 +17,10 @@ def plan() -> Plan:
 
 
 def test_runs_are_the_matrix_in_config_order_without_repeats(plan):
-    # random frozen on every task + 11 configured on named tasks + 4 of the objective ablation
-    assert len(plan.runs) == len(set(plan.runs)) == len(plan.tasks) + 11 + 4
+    # random frozen on every task + 11 configured on named tasks + the imported ConvNeXt frozen on 3 + 4 of the
+    # objective ablation
+    assert len(plan.runs) == len(set(plan.runs)) == len(plan.tasks) + 11 + 3 + 4
+    assert layout.Run("volume_reg", "pretrained:convnext", "frozen", 0) in plan.runs
     assert plan.runs[0] == layout.Run("pirads_cls", "random", "frozen", 0)
     assert layout.Run("zone_seg", "pretrained:mae", "partial:2", 0) in plan.runs
     assert plan.inits["pretrained-mae"] == "pretrained:mae" and plan.protocols["partial-2"] == "partial:2"
@@ -197,7 +199,7 @@ def test_retarget_points_every_reference_at_one_cohort():
 
 def test_compared_models_each_get_their_own_protocol(plan):
     labels = [plan.model_label(m) for m in plan.models]
-    assert labels == ["pretrained:mae/full", "pretrained:mae/partial:2"]
+    assert labels == ["pretrained:mae/full", "pretrained:mae/partial:2", "pretrained:convnext/frozen"]
     inputs = plan.mmd_inputs()
     assert set(inputs["pretrained:mae/full"]) == {"volume_reg", "zone_seg", "super_res"}
     assert set(inputs["pretrained:mae/partial:2"]) == {"zone_seg"}
@@ -208,7 +210,7 @@ def test_compared_models_each_get_their_own_protocol(plan):
     assert plan.model_features("zone_seg", frozen, 0) == "results/features/zone_seg/pretrained-mae.npz"
     files = paper.table_inputs(plan, "001_table1_compute")["timings"]
     assert {(row[1], row[2]) for row in files} == {("pretrained:mae", "full"), ("pretrained:mae", "partial:2"),
-                                                   ("scratch", "full")}
+                                                   ("pretrained:convnext", "frozen"), ("scratch", "full")}
 
 
 def test_a_compared_model_without_scratch_runs_simply_has_no_distances():
@@ -216,7 +218,7 @@ def test_a_compared_model_without_scratch_runs_simply_has_no_distances():
     config = copy.deepcopy(TEST_CONFIG)
     config["analysis"]["models"].append({"variant": "multitask", "protocol": "partial:3"})
     plan = plan_of(config)
-    assert plan.model_tasks(plan.models[2]) == [] and "pretrained:multitask/partial:3" not in plan.mmd_inputs()
+    assert plan.model_tasks(plan.models[-1]) == [] and "pretrained:multitask/partial:3" not in plan.mmd_inputs()
 
 
 def test_the_ablation_is_cumulative_reuses_variants_and_is_fine_tuned(plan):
@@ -227,7 +229,8 @@ def test_the_ablation_is_cumulative_reuses_variants_and_is_fine_tuned(plan):
         ("+contrastive", "multitask", ["reconstruction", "metadata", "translation", "contrastive"])]
     assert plan.variants["ablation2"] == {"source": "train", "objectives": ["reconstruction", "metadata"]}
     assert "ablation2" in plan.trained_variants and "pretrained-ablation2" not in plan.base_encoders
-    ablation_runs = [r for r in plan.runs if r.protocol == "frozen" and r.init.startswith("pretrained:")]
+    ablation_runs = [r for r in plan.runs if r.protocol == "frozen" and r.init.startswith("pretrained:")
+                     and r.init != "pretrained:convnext"]  # the test config's imported second family
     assert [r.init for r in ablation_runs] == ["pretrained:mae", "pretrained:ablation2", "pretrained:ablation3",
                                                "pretrained:multitask"]
     assert all(r.task == "volume_reg" for r in ablation_runs)

@@ -81,10 +81,10 @@ def read_encoder_file(path):
 
 
 def read_external_checkpoint(path):
-    from taskalign.models.checkpoint_io import load_external_encoder
+    from taskalign.models.checkpoint_io import import_checkpoint
     from test_finetune import GEOMETRY
 
-    load_external_encoder(path, GEOMETRY)
+    import_checkpoint(path, "vit3d", "profound", GEOMETRY)  # what the import_encoder rule runs
 
 
 def read_task_model(path):
