@@ -137,7 +137,7 @@ def test_split_fractions_must_sum_to_one():
 
 def test_a_task_cohort_without_val_cases_fails_before_any_job():
     err = broken(lambda c: c["data"]["cohorts"]["anatomy"].update(splits=[4, 0, 2]))
-    assert err.problems == ["tasks.zone_seg, tasks.distortion: cohort 'anatomy' has no val cases "
+    assert err.problems == ["tasks.distortion, tasks.zone_seg: cohort 'anatomy' has no val cases "
                             "(to pick the best epoch)"]
 
 
@@ -260,3 +260,16 @@ def test_the_order_of_tasks_and_cohorts_in_the_config_changes_no_report_params(p
 
     assert sorted(paper.paper_tables(plan)) == sorted(paper.paper_tables(shuffled))
     assert params(plan) == params(shuffled)
+
+
+def test_the_manifest_checks_params_do_not_follow_the_order_tasks_are_listed_in():
+    """A config dumped with sorted keys (or tasks reordered by hand) must not rerun check_manifest and everything
+    after it: the split needs name their users sorted."""
+    from taskalign.plan import params
+
+    config = copy.deepcopy(TEST_CONFIG)
+    config["tasks"] = dict(reversed(list(config["tasks"].items())))
+    reordered = plan_of(config)
+    plan = plan_of(TEST_CONFIG)
+    for cohort in plan.cohorts:
+        assert params.check(reordered, cohort) == params.check(plan, cohort), cohort
