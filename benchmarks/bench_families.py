@@ -1,4 +1,4 @@
-"""Training-step efficiency of the imported encoder families (convnextv2_3d, swin3d, vit2d) against the fp32 peak.
+"""Training-step efficiency of every encoder family (vit3d, convnextv2_3d, swin3d, vit2d) against the fp32 peak.
 
 One step = forward of every level + backward of a loss on `final` (batch 1, all parameters trainable), fp32 on
 CPU. FLOPs from torch.utils.flop_counter.FlopCounterMode over that step, with the CPU fused-attention ops registered
@@ -7,6 +7,7 @@ Peak: best-of-3 fp32 2048^2 matmuls sampled before and after each timed step; ev
 peak of the whole run, the machine's (on a shared machine other jobs lower single samples and steps alike).
 
 Paper geometry where a step takes under a minute here, else the largest size that does (the row says which):
+- vit3d: the pipeline's ViT-B (768 / 12 blocks / 12 heads, config/paper.yaml), patch 16 x 32 x 32, 3 x 64 x 256 x 256;
 - convnextv2_3d: ProFound's ConvNeXt V2 Tiny, 3 x 64 x 256 x 256;
 - swin3d: PRISM's scale-B Swin (feature 48, depths 2/2/2/2, use_v2), 1 x 64 x 256 x 256 (one sequence);
 - vit2d: DINOv2 ViT-S/14 + 4 registers, ProViCNet's 2.5D feed (each 256 x 256 slice resized to 448 x 448);
@@ -37,9 +38,14 @@ from benchmarks.common import fmt_flops, fmt_rate, fmt_time, machine, markdown, 
 from taskalign.models.families.convnextv2_3d import ConvNeXtV2Encoder, ConvNeXtV2Geometry  # noqa: E402
 from taskalign.models.families.swin3d import Swin3dEncoder, Swin3dGeometry  # noqa: E402
 from taskalign.models.families.vit2d import ViT2dEncoder, ViT2dGeometry  # noqa: E402
+from taskalign.models.families.vit3d import ViT3dEncoder, ViT3dGeometry  # noqa: E402
 
 SECTION = "1b families"
 LIMIT_S = 60.0
+
+
+def vit3d(size):
+    return ViT3dEncoder(ViT3dGeometry(3, size, (16, 32, 32), 768, 3072, 12, 12)), 3
 
 
 def convnext(size):
@@ -56,6 +62,7 @@ def vit2d(size):
 
 # (label, builder, candidate sizes (D, H, W), largest first; the first is the paper geometry)
 FAMILIES = (
+    ("vit3d ViT-B patch 16x32x32", vit3d, [(64, 256, 256), (32, 256, 256), (32, 128, 128), (16, 128, 128)]),
     ("convnextv2_3d ConvNeXt V2 Tiny", convnext, [(64, 256, 256), (32, 256, 256), (32, 128, 128), (16, 128, 128)]),
     ("swin3d PRISM Swin-B (48, 2/2/2/2, v2)", swin, [(64, 256, 256), (32, 256, 256), (64, 128, 128), (32, 128, 128)]),
     ("vit2d DINOv2 ViT-S/14 reg4 (slices at 448^2)", vit2d, [(64, 256, 256), (32, 256, 256), (16, 256, 256),

@@ -553,7 +553,7 @@ def test_every_config_problem_is_listed_in_one_round(tmp_path):
         "pretrain.epochs: 1000000000 is greater than the maximum of 10000",
         "pretrain.lr: nan is not a finite number",
         "tasks.volume_reg.cohort: unknown cohort 'nowhere'",
-        "tasks.zone_seg, tasks.distortion: cohort 'anatomy' has no val cases (to pick the best epoch)",
+        "tasks.distortion, tasks.zone_seg: cohort 'anatomy' has no val cases (to pick the best epoch)",
     ]
 
 
@@ -570,7 +570,7 @@ def test_a_manifest_cohort_without_val_cases_fails_the_plan(tmp_path):
     config["data"]["cohorts"]["anatomy"] = {"source": "manifest", "path": str(manifest_of(tmp_path, rows))}
     with pytest.raises(PlanError) as caught:
         plan_of(config)
-    assert caught.value.problems == ["tasks.zone_seg, tasks.distortion: cohort 'anatomy' has no val cases "
+    assert caught.value.problems == ["tasks.distortion, tasks.zone_seg: cohort 'anatomy' has no val cases "
                                      "(to pick the best epoch)"]
 
 

@@ -118,7 +118,8 @@ def test_encoders_are_pretrained_and_continual_encoders_are_merged(workdir):
 
     geometry = geometry_of(workdir / "results/pretrain/random/encoder.safetensors")
     assert geometry.img_size == tuple(CONFIG["preprocess"]["size"]) and geometry.hidden_size == CONFIG["encoder"]["hidden_size"]
-    for variant in CONFIG["pretrain"]["variants"]:
+    trained = [v for v, spec in CONFIG["pretrain"]["variants"].items() if spec["source"] == "train"]
+    for variant in trained:
         history = pd.read_csv(workdir / f"results/pretrain/{variant}/history.csv")
         assert len(history) == CONFIG["pretrain"]["epochs"] and np.isfinite(history["val_total"]).all()
         assert geometry_of(workdir / f"results/pretrain/{variant}/encoder.safetensors") == geometry
@@ -131,6 +132,21 @@ def test_encoders_are_pretrained_and_continual_encoders_are_merged(workdir):
         history = pd.read_csv(workdir / f"results/continual/{variant}/history.csv")
         assert len(history) == CONFIG["continual"]["epochs"] and history["val_dice"].between(0, 1).all()
         assert (workdir / f"results/continual/{variant}/dice_curve.png").stat().st_size > 0
+
+
+def test_the_example_convnext_checkpoint_is_imported_with_its_load_report(workdir):
+    """The second family of the test config: ProFound's FCMAE checkpoint layout, imported by the import_encoder
+    rule from the repository's config/checkpoints (a relative path, resolved from a fresh working directory)."""
+    from taskalign.models.checkpoint_io import EncoderFile, read_metadata
+
+    spec = CONFIG["pretrain"]["variants"]["convnext"]
+    path = workdir / "results/pretrain/convnext/encoder.safetensors"
+    encoder = EncoderFile.read(path)
+    assert encoder.family == spec["family"] and list(encoder.contract.channels) == spec["input"]["channels"]
+    report = read_metadata(path)["load_report"]
+    assert report["layout"] == "profound_fcmae" and report["source"] == str(REPO / spec["path"])
+    assert {"mask_token", "pred.weight", "proj.weight"} <= set(report["ignored"])
+    assert any("norm.weight, norm.bias not in the FCMAE checkpoint" in note for note in report["notes"])
 
 
 def test_every_configured_run_is_evaluated_with_metrics_in_range(workdir):
@@ -212,14 +228,18 @@ def test_a_figure_setting_reruns_only_figures(workdir, tmp_path):
 
 
 def test_features_cover_every_encoder_and_task_by_case_id(workdir):
-    layers = [f"block{n}" for n in CONFIG["analysis"]["layers"]] + ["final"]
+    width = CONFIG["encoder"]["hidden_size"]
+    vit = {f"block{n}": width for n in CONFIG["analysis"]["layers"]["vit3d"]} | {"final": width}
+    dims = CONFIG["pretrain"]["variants"]["convnext"]["geometry"]["dims"]  # the ConvNeXt's levels: its 4 stages
+    convnext = {f"stage{n + 1}": dims[n] for n in CONFIG["analysis"]["layers"]["convnextv2_3d"]} | {"final": dims[-1]}
     for task, spec in CONFIG["tasks"].items():
         index = pd.read_csv(workdir / f"results/cache/{spec['cohort']}.csv")
-        for encoder in ["random", "pretrained-mae", "continual-mae"]:
+        for encoder, layers in [("random", vit), ("pretrained-mae", vit), ("continual-mae", vit),
+                                ("pretrained-convnext", convnext)]:
             with np.load(workdir / f"results/features/{task}/{encoder}.npz") as data:
                 assert set(data["case_id"]) <= set(index["case_id"])
-                for layer in layers:
-                    assert data[layer].shape == (len(data["case_id"]), CONFIG["encoder"]["hidden_size"])
+                for layer, channels in layers.items():
+                    assert data[layer].shape == (len(data["case_id"]), channels), (task, encoder, layer)
                     assert np.isfinite(data[layer]).all()
 
 
@@ -231,14 +251,19 @@ def test_analysis_tables_hold_values_in_valid_ranges(workdir):
     assert diagonal["null_linear"].notna().all() and (diagonal["ci_low"] <= diagonal["ci_high"]).all()
     mmd = pd.read_csv(workdir / "results/analysis/mmd.csv")
     assert set(mmd["distance"]) == {"d2r", "d2p", "d2s"}
+    # the ConvNeXt's features are not in the vit3d references' space: its D2R and D2S are undefined, D2P measured
+    undefined = mmd["value"].isna()
+    assert (undefined == ((mmd["model"] == "pretrained:convnext/frozen") & (mmd["distance"] != "d2p"))).all()
+    mmd = mmd[~undefined]
     assert (mmd.loc[mmd["estimator"] == "biased", "value"] >= 0).all() and mmd["p_value"].between(0, 1).all()
     assert mmd["sigma"].nunique() == 1, "one sigma for every task, model and distance"
     models = [f"pretrained:{m['variant']}/{m['protocol']}" for m in CONFIG["analysis"]["models"]]
-    assert set(mmd["model"]) == set(models)
+    assert set(mmd["model"]) == set(models)  # every model has its D2P
     rpg = pd.read_csv(workdir / "results/analysis/rpg.csv")
     assert set(rpg["reference"]) <= {"random", "specialist"}
     assert (np.isfinite(rpg["rpg"]) == rpg["note"].fillna("").eq("")).all()  # no RPG only with a reason
     assert set(rpg["model"]) == set(models)
+    assert np.isfinite(rpg.loc[rpg["model"] == "pretrained:convnext/frozen", "rpg"]).any()  # the second family
     correlations = pd.read_csv(workdir / "results/analysis/rpg_correlations.csv")
     tasks_per_pair = rpg[np.isfinite(rpg["rpg"])].groupby(["model", "reference"])["task"].nunique()
     assert (correlations["n"] == [tasks_per_pair[m, r] for m, r in zip(correlations["model"],
@@ -272,6 +297,10 @@ def test_every_paper_table_and_figure_is_written_with_provenance(workdir):
         provenance = json.loads((workdir / f"results/tables/{name}.provenance.json").read_text())
         assert records[0].stem == f"config-{provenance['config_hash']}"
         assert provenance["config_hash"] in (workdir / f"results/tables/{name}.md").read_text()
+    # 001 Table 1 sets every compared model side by side: both families
+    compute = pd.read_csv(workdir / "results/tables/001_table1_compute.csv")
+    for model in [f"pretrained:{m['variant']}/{m['protocol']}" for m in CONFIG["analysis"]["models"]]:
+        assert any(column.startswith(model) for column in compute.columns), (model, list(compute.columns))
     figures = ["001_fig1b_scratch_vs_finetuned", "001_fig2_rpg_vs_distance", "001_fig3_learning_curves",
                "000_fig_cka_heatmaps", "003_lens_heatmap", "003_lens_class_bars", "000_fig_segmentation_overlays"]
     for name in figures:

@@ -6,10 +6,8 @@ ConvNeXt V2; MONAI's own SwinUNETR / SwinTransformer; a DINOv2 ViT with register
 `weights_only=True`, converted by the family's layout and loaded strictly into the family's encoder; every level
 equals the reference's within 1e-5 (float32, CPU).
 
-!!! CLI TESTS: `test_cli_*` at the bottom import the same files through `python -m taskalign.cli.encoder_file`.
-!!! They are skipped until the generic importer (branch `enc`: families/vit3d.py, `taskalign.models.load_encoder`)
-!!! is merged; until then the tests above load converter output with `load_state_dict(strict=True)`, which is
-!!! also what refuses a removed or an extra key (the converters leave both to the generic strict importer).
+`test_cli_imports_each_layout` imports the same files through `python -m taskalign.cli.encoder_file`, the command
+of the `import_encoder` rule; the example checkpoint of config/test.yaml is checked to regenerate byte-identically.
 """
 
 from __future__ import annotations
@@ -258,6 +256,54 @@ def test_convnext_fcmae_round_trip(tmp_path, convnext_ref, volume3):
     assert diff < TOL
     assert any("norm.weight, norm.bias not in the FCMAE checkpoint" in n for n in report.notes)
     assert sorted(report.ignored) == sorted(k for k in sparse if not k.startswith("encoder."))
+
+
+def test_the_family_writes_the_fcmae_layout_as_the_test_does(convnext_ref):
+    """`fcmae_encoder_state` (what tools/make_example_checkpoints.py writes with) equals this file's independent
+    inverse of ProFound's remap on every encoder key."""
+    from taskalign.models.families.convnextv2_3d import fcmae_encoder_state
+
+    ours, reference = fcmae_encoder_state(convnext_ref.state_dict()), to_fcmae(convnext_ref.state_dict())
+    assert list(ours) == [k for k in reference if k.startswith("encoder.")]
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+def test_the_example_checkpoint_regenerates_byte_identically_and_imports(tmp_path):
+    """config/checkpoints/profound_fcmae_tiny.pth (the test config's second family) is what the tool writes, and
+    imports through the profound_fcmae layout with the load report of an FCMAE file."""
+    from taskalign.models.checkpoint_io import import_checkpoint
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import make_example_checkpoints as tool
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    written = tool.write(tmp_path)
+    for path in written:
+        assert path.read_bytes() == (REPO / "config/checkpoints" / path.name).read_bytes(), path.name
+    raw = read(written[0])
+    assert set(raw) == {"model", "optimizer", "epoch", "scaler", "args"} and isinstance(raw["args"], argparse.Namespace)
+    encoder, report = import_checkpoint(written[0], "convnextv2_3d", "profound_fcmae", tool.TINY)
+    assert sorted(report.ignored) == sorted(k for k in raw["model"] if not k.startswith("encoder."))
+    with torch.no_grad():
+        levels = encoder.eval()(torch.randn(1, 3, *tool.TINY.img_size))
+    assert [tuple(v.shape[1:]) for v in levels.values()] == [(4, 4, 8, 8), (8, 2, 4, 4), (8, 1, 2, 2), (16, 1, 2, 2),
+                                                             (16, 1, 1, 1)]
+
+
+def test_a_convnext_stage_one_block_short_is_refused_as_depth(tmp_path, convnext_ref):
+    """The generic importer names depth per stage for a hierarchical family (stages.<s>.<b>), not a truncated file."""
+    from taskalign.models.checkpoint_io import import_checkpoint
+
+    state = {k: v for k, v in convnext_ref.state_dict().items() if not k.startswith("stages.2.1.")}
+    profound_save(tmp_path / "short.pth", state)
+    with pytest.raises(ImportRefused) as err:
+        import_checkpoint(tmp_path / "short.pth", "convnextv2_3d", "profound", CNX)
+    message = str(err.value)
+    print(f"\n{message}")
+    assert "depth: the file has 1 stages.2 (stages.2.0..stages.2.0), the geometry asks for 2 (stages.2.1 missing)" \
+        in message
+    assert "keys removed from or added to the file" not in message
 
 
 def test_convnext_fcmae_refuses_a_non_cubic_kernel(tmp_path, convnext_ref):

@@ -253,3 +253,34 @@ def test_mmd_and_rpg_cli(distances_inputs, tmp_path):
     assert rpg_cli.main(args) == 0
     assert list(pd.read_csv(tmp_path / "corr.csv").columns) == CORRELATION_COLUMNS
     assert set(pd.read_csv(tmp_path / "rpg.csv")["model"]) == set(distances_inputs)
+
+
+def test_a_model_of_another_family_has_d2p_and_no_cross_family_distances(distances_inputs, tmp_path):
+    """A compared model of another encoder family (features of another width than the vit3d random-weight and
+    scratch references): D2R and D2S are NaN, D2P is measured, and RPG, its correlations and Fig. 2 still come out."""
+    from taskalign.report import figures
+
+    rng = np.random.default_rng(1)
+    inputs = {"pretrained:mae/frozen": distances_inputs["pretrained:mae/frozen"], "pretrained:convnext/full": {}}
+    for task, move in TASKS.items():
+        pre = rng.normal(size=(30, 8)) + 1.0
+        ft = [_write(tmp_path / f"cnx_{task}_ft{s}.npz", pre + move * rng.normal(size=(30, 8))) for s in SEEDS]
+        inputs["pretrained:convnext/full"][task] = {**distances_inputs["pretrained:mae/frozen"][task], "finetuned": ft,
+                                                    "pretrained": _write(tmp_path / f"cnx_{task}_pre.npz", pre)}
+    with pytest.raises(ValueError, match=r"sigma median pools every feature set, but their widths differ \(\[8, 16\]"):
+        all_distances(inputs, SETTINGS)
+    distances = all_distances(inputs, {**SETTINGS, "sigma": 1.0})
+    other = distances[distances["model"] == "pretrained:convnext/full"]
+    assert other.loc[other["distance"] != "d2p", "value"].isna().all()
+    assert np.isfinite(other.loc[other["distance"] == "d2p", "value"]).all()
+    models = list(inputs)
+    tasks = {t: Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"]}) for t in TASKS}
+    entries = rpg_rows(_metrics(models), distances, models, tasks)
+    table = rpg_table(entries)
+    assert np.isfinite(table.loc[table["model"] == "pretrained:convnext/full", "rpg"]).all()
+    corr = rpg_correlations(entries, n_boot=20, seed=0)
+    cnx = corr[corr["model"] == "pretrained:convnext/full"]
+    assert cnx.loc[cnx["distance"] != "d2p", "pearson_r"].isna().all()
+    assert np.isfinite(cnx.loc[cnx["distance"] == "d2p", "pearson_r"]).all()
+    figures.rpg_vs_distance(table, corr[corr["estimator"] == "unbiased"], tmp_path / "fig2", "footer")
+    assert (tmp_path / "fig2.png").read_bytes()[:4] == b"\x89PNG"

@@ -17,8 +17,10 @@ def plan() -> Plan:
 
 
 def test_runs_are_the_matrix_in_config_order_without_repeats(plan):
-    # random frozen on every task + 11 configured on named tasks + 4 of the objective ablation
-    assert len(plan.runs) == len(set(plan.runs)) == len(plan.tasks) + 11 + 4
+    # random frozen on every task + 11 configured on named tasks + the imported ConvNeXt frozen on 3 + 4 of the
+    # objective ablation
+    assert len(plan.runs) == len(set(plan.runs)) == len(plan.tasks) + 11 + 3 + 4
+    assert layout.Run("volume_reg", "pretrained:convnext", "frozen", 0) in plan.runs
     assert plan.runs[0] == layout.Run("pirads_cls", "random", "frozen", 0)
     assert layout.Run("zone_seg", "pretrained:mae", "partial:2", 0) in plan.runs
     assert plan.inits["pretrained-mae"] == "pretrained:mae" and plan.protocols["partial-2"] == "partial:2"
@@ -140,7 +142,7 @@ def test_split_fractions_must_sum_to_one():
 
 def test_a_task_cohort_without_val_cases_fails_before_any_job():
     err = broken(lambda c: c["data"]["cohorts"]["anatomy"].update(splits=[4, 0, 2]))
-    assert err.problems == ["tasks.zone_seg, tasks.distortion: cohort 'anatomy' has no val cases "
+    assert err.problems == ["tasks.distortion, tasks.zone_seg: cohort 'anatomy' has no val cases "
                             "(to pick the best epoch)"]
 
 
@@ -202,7 +204,7 @@ def test_retarget_points_every_reference_at_one_cohort():
 
 def test_compared_models_each_get_their_own_protocol(plan):
     labels = [plan.model_label(m) for m in plan.models]
-    assert labels == ["pretrained:mae/full", "pretrained:mae/partial:2"]
+    assert labels == ["pretrained:mae/full", "pretrained:mae/partial:2", "pretrained:convnext/frozen"]
     inputs = plan.mmd_inputs()
     assert set(inputs["pretrained:mae/full"]) == {"volume_reg", "zone_seg", "super_res"}
     assert set(inputs["pretrained:mae/partial:2"]) == {"zone_seg"}
@@ -213,7 +215,7 @@ def test_compared_models_each_get_their_own_protocol(plan):
     assert plan.model_features("zone_seg", frozen, 0) == "results/features/zone_seg/pretrained-mae.npz"
     files = paper.table_inputs(plan, "001_table1_compute")["timings"]
     assert {(row[1], row[2]) for row in files} == {("pretrained:mae", "full"), ("pretrained:mae", "partial:2"),
-                                                   ("scratch", "full")}
+                                                   ("pretrained:convnext", "frozen"), ("scratch", "full")}
 
 
 def test_a_compared_model_without_scratch_runs_simply_has_no_distances():
@@ -221,7 +223,7 @@ def test_a_compared_model_without_scratch_runs_simply_has_no_distances():
     config = copy.deepcopy(TEST_CONFIG)
     config["analysis"]["models"].append({"variant": "multitask", "protocol": "partial:3"})
     plan = plan_of(config)
-    assert plan.model_tasks(plan.models[2]) == [] and "pretrained:multitask/partial:3" not in plan.mmd_inputs()
+    assert plan.model_tasks(plan.models[-1]) == [] and "pretrained:multitask/partial:3" not in plan.mmd_inputs()
 
 
 def test_the_ablation_is_cumulative_reuses_variants_and_is_fine_tuned(plan):
@@ -232,7 +234,8 @@ def test_the_ablation_is_cumulative_reuses_variants_and_is_fine_tuned(plan):
         ("+contrastive", "multitask", ["reconstruction", "metadata", "translation", "contrastive"])]
     assert plan.variants["ablation2"] == {"source": "train", "objectives": ["reconstruction", "metadata"]}
     assert "ablation2" in plan.trained_variants and "pretrained-ablation2" not in plan.base_encoders
-    ablation_runs = [r for r in plan.runs if r.protocol == "frozen" and r.init.startswith("pretrained:")]
+    ablation_runs = [r for r in plan.runs if r.protocol == "frozen" and r.init.startswith("pretrained:")
+                     and r.init != "pretrained:convnext"]  # the test config's imported second family
     assert [r.init for r in ablation_runs] == ["pretrained:mae", "pretrained:ablation2", "pretrained:ablation3",
                                                "pretrained:multitask"]
     assert all(r.task == "volume_reg" for r in ablation_runs)
@@ -262,3 +265,16 @@ def test_the_order_of_tasks_and_cohorts_in_the_config_changes_no_report_params(p
 
     assert sorted(paper.paper_tables(plan)) == sorted(paper.paper_tables(shuffled))
     assert params(plan) == params(shuffled)
+
+
+def test_the_manifest_checks_params_do_not_follow_the_order_tasks_are_listed_in():
+    """A config dumped with sorted keys (or tasks reordered by hand) must not rerun check_manifest and everything
+    after it: the split needs name their users sorted."""
+    from taskalign.plan import params
+
+    config = copy.deepcopy(TEST_CONFIG)
+    config["tasks"] = dict(reversed(list(config["tasks"].items())))
+    reordered = plan_of(config)
+    plan = plan_of(TEST_CONFIG)
+    for cohort in plan.cohorts:
+        assert params.check(reordered, cohort) == params.check(plan, cohort), cohort

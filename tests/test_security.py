@@ -84,7 +84,7 @@ def read_external_checkpoint(path):
     from taskalign.models.checkpoint_io import import_checkpoint
     from test_finetune import GEOMETRY
 
-    import_checkpoint(path, "vit3d", "profound", GEOMETRY)
+    import_checkpoint(path, "vit3d", "profound", GEOMETRY)  # what the import_encoder rule runs
 
 
 def read_task_model(path):

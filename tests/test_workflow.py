@@ -47,15 +47,17 @@ def test_paper001_config_plans_001s_five_tasks_and_fig2(tmp_path):
     assert "001_fig2_rpg_vs_distance" in outputs.paper_figures(plan)
     # D2P at the head level: the frozen FM's runs have features of their own, compared with the pretrained
     # encoder under the task head at its initialisation
-    frozen = plan.mmd_inputs()["pretrained:mae/frozen"]["pirads_cls"]
-    assert frozen["finetuned"][0] == layout.run_features(layout.Run("pirads_cls", "pretrained:mae", "frozen", 0))
-    assert frozen["pretrained"] == layout.base_features("pirads_cls", "pretrained-mae")
-    assert layout.Run("pirads_cls", "pretrained:mae", "frozen", 0) in plan.feature_runs
+    assert plan.imported_variants == ["profound", "provicnet"]  # 001's FMs, imported checkpoints
+    frozen = plan.mmd_inputs()["pretrained:profound/frozen"]["pirads_cls"]
+    assert frozen["finetuned"][0] == layout.run_features(layout.Run("pirads_cls", "pretrained:profound", "frozen", 0))
+    assert frozen["pretrained"] == layout.base_features("pirads_cls", "pretrained-profound")
+    assert layout.Run("pirads_cls", "pretrained:profound", "frozen", 0) in plan.feature_runs
     assert layout.Run("pirads_cls", "random", "frozen", 0) not in plan.feature_runs
     proc = run_snakemake(*outputs.paper_outputs(plan, "001"), "-n", "--configfile", "config/paper001.yaml")
     counts = job_counts(proc.stdout)
-    # 5 tasks x 3 seeds x (random frozen, scratch, specialist, mae frozen, multitask partial:2)
+    # 5 tasks x 3 seeds x (random frozen, scratch, specialist, profound frozen, provicnet partial:2)
     assert counts["finetune"] == counts["evaluate"] == 5 * 3 * 5 and counts["mmd"] == counts["rpg"] == 1
+    assert counts["import_encoder"] == 2 and "pretrain" not in counts  # the /path/to placeholders plan
 
 
 def test_a_task_of_an_existing_type_on_another_cohort_reaches_its_tables(tmp_path):

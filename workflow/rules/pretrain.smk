@@ -54,7 +54,7 @@ rule import_encoder:
     wildcard_constraints:
         variant=name_pattern(PLAN.imported_variants),
     params:
-        spec=lambda wildcards: as_json(params.imported_encoder(PLAN, wildcards.variant)),
+        spec=lambda wildcards: as_json(params.imported_encoder(PLAN, wildcards.variant, Path(workflow.basedir))),
     priority: CRITICAL_PATH
     log:
         layout.log_file("pretrain", "{variant}"),

@@ -66,6 +66,10 @@ def shared_sigma(setting, feature_sets: Sequence[np.ndarray], seed: int) -> floa
     set (a seeded subsample of MEDIAN_ROWS), so that one bandwidth serves all tasks and models."""
     if setting != "median":
         return float(setting)
+    widths = sorted({f.shape[1] for f in feature_sets})
+    if len(widths) > 1:
+        raise ValueError(f"analysis.mmd.sigma median pools every feature set, but their widths differ ({widths}: "
+                         "compared models of several encoder families); give sigma a number")
     pooled = np.vstack(feature_sets)
     if len(pooled) > MEDIAN_ROWS:
         pooled = pooled[np.random.default_rng(seed).choice(len(pooled), MEDIAN_ROWS, replace=False)]
@@ -98,13 +102,24 @@ def all_distances(inputs: Mapping[str, Mapping[str, Mapping]], settings: dict) -
             for seed, ft, scratch in zip(seeds, files["finetuned"], files["scratch"]):
                 references = {"random": files["random"], "pretrained": files["pretrained"], "scratch": scratch}
                 jobs += [(model, task, seed, distance, ft, references[ref]) for distance, ref in DISTANCES.items()]
+    # a model of another family than the random-weight and scratch references (the pipeline's own vit3d) has
+    # features in another space: its D2R / D2S are undefined (NaN, with a warning), its D2P is measured
+    defined = [job for job in jobs if features(job[4]).shape[1] == features(job[5]).shape[1]]
     sigma = shared_sigma(settings["sigma"], [features(p).to_numpy() for p in
-                                             dict.fromkeys(p for job in jobs for p in job[4:])], settings["seed"])
+                                             dict.fromkeys(p for job in defined for p in job[4:])], settings["seed"])
     log.info("sigma %.4g for %d distances", sigma, len(jobs))
     rows = []
     for model, task, seed, distance, ft_path, ref_path in jobs:
-        ft, ref = paired_rows(features(ft_path), features(ref_path), f"{model} {task} seed {seed} {distance}")
-        result = paired_mmd_test(ft, ref, sigma, settings["permutations"], settings["seed"], logger=log)
+        width_ft, width_ref = features(ft_path).shape[1], features(ref_path).shape[1]
+        if width_ft != width_ref:
+            log.warning("%s %s seed %s %s: undefined (NaN): %d-d features against the %s reference's %d-d ones, an "
+                        "encoder of another family", model, task, seed, distance, width_ft, DISTANCES[distance],
+                        width_ref)
+            result = dict.fromkeys(["unbiased", "biased", "se_unbiased", "se_biased", "p_value",
+                                    "median_d2_over_sigma2"], np.nan) | {"n": 0, "saturated": False}
+        else:
+            ft, ref = paired_rows(features(ft_path), features(ref_path), f"{model} {task} seed {seed} {distance}")
+            result = paired_mmd_test(ft, ref, sigma, settings["permutations"], settings["seed"], logger=log)
         for estimator in ESTIMATORS:
             rows.append({"model": model, "task": task, "seed": seed, "distance": distance,
                          "reference": DISTANCES[distance], "estimator": estimator, "value": result[estimator],
@@ -142,7 +157,7 @@ def rpg_rows(metrics: pd.DataFrame, distances: pd.DataFrame, models: Sequence[Se
             task = tasks[name]
             ft = run_values(metrics, task, init, protocol)
             per_seed = own[own["task"] == name].pivot_table(index="seed", columns=["distance", "estimator"],
-                                                             values=["value", "se"])
+                                                             values=["value", "se"], dropna=False)  # NaN: undefined
             for reference, (ref_init, ref_protocol) in REFERENCES.items():
                 ref = run_values(metrics, task, ref_init, ref_protocol)
                 if ft.empty or ref.empty:

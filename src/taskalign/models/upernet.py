@@ -58,6 +58,25 @@ class ViTAdapter(nn.Module):
         return [branch(levels[name]) for name, branch in zip(self.names, self.branches)]
 
 
+class LevelPyramid(nn.Module):
+    """{level: map} -> [map per named level, resampled and projected to `channels` by a 1x1 conv], finest first:
+    the pyramid of the hierarchical families (convnextv2_3d, swin3d: levels already multi-scale, resample =
+    identity) and of vit2d (its slice maps resampled to 4 scales)."""
+
+    def __init__(self, names: tuple[str, ...], in_channels: tuple[int, ...], channels: int,
+                 resample: tuple[nn.Module, ...] | None = None):
+        super().__init__()
+        if len(names) != 4:
+            raise ValueError(f"UperNet reads 4 levels, got {names}")
+        resample = resample or tuple(nn.Identity() for _ in names)
+        self.names = tuple(names)
+        self.branches = nn.ModuleList(nn.Sequential(r, nn.Conv3d(c, channels, kernel_size=1))
+                                      for r, c in zip(resample, in_channels))
+
+    def forward(self, levels: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [branch(levels[name]) for name, branch in zip(self.names, self.branches)]
+
+
 class PyramidPooling(nn.Module):
     def __init__(self, channels: int, bins: tuple[int, ...] = POOL_BINS):
         super().__init__()

@@ -126,8 +126,8 @@ class Plan:
         needs = {}
         for split, why in (("train", "to train on"), ("val", "to pick the best epoch"), ("test", "to score")):
             needing = [u for u in self.users(cohort) if split != "test" or u != "continual"]  # continual: no test
-            if needing:
-                needs[split] = f"{', '.join(needing)}: cohort '{cohort}' has no {split} cases ({why})"
+            if needing:  # sorted: the check's params must not change when the config lists tasks in another order
+                needs[split] = f"{', '.join(sorted(needing))}: cohort '{cohort}' has no {split} cases ({why})"
         return needs
 
     def _cohort_problems(self) -> list[str]:

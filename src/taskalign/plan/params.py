@@ -75,11 +75,12 @@ def random_encoder(plan: Plan) -> dict:
             "seed": plan.config["seed"]}
 
 
-def imported_encoder(plan: Plan, variant: str) -> dict:
+def imported_encoder(plan: Plan, variant: str, repository: Path) -> dict:
     """An imported checkpoint (`source: checkpoint`): family, layout, geometry (the config's `encoder` section and
     crop for the pipeline's own family, overridden by the variant's `geometry`), and the input contract the file
     records: the variant's `input` channels, normalisation and spacing, at the cache's crop. A checkpoint trained
-    at another crop (`input.size`) is adapted to the cache's crop at import (`checkpoint_size`)."""
+    at another crop (`input.size`) is adapted to the cache's crop at import (`checkpoint_size`). A relative `path`
+    is taken from the working directory, else from the repository (the test config's example checkpoint)."""
     spec = plan.variants[variant]
     name = spec.get("family", DEFAULT_FAMILY)
     declared = spec.get("input", {})
@@ -87,7 +88,8 @@ def imported_encoder(plan: Plan, variant: str) -> dict:
                 **{k: declared[k] for k in ("channels", "normalisation") if k in declared}}
     base = encoder_geometry(plan) if name == DEFAULT_FAMILY else {}
     geometry = {**base, **({"in_channels": len(contract["channels"])} if base else {}), **spec.get("geometry", {})}
-    return {"family": name, "layout": spec.get("layout", "profound"), "geometry": geometry, "path": spec["path"],
+    return {"family": name, "layout": spec.get("layout", "profound"), "geometry": geometry,
+            "path": from_workdir_or_repository(spec["path"], repository),
             "input": contract, "checkpoint_size": declared.get("size")}
 
 

@@ -100,25 +100,6 @@ class Block(nn.Module):
         return x + self.drop_path(y.permute(0, 4, 1, 2, 3))
 
 
-class LevelPyramid(nn.Module):
-    """{level: map} -> [map per named level, resampled and projected to `channels` by a 1x1 conv], finest first.
-
-    Shared by the families whose levels are already multi-scale (resample = identity) and those that are not."""
-
-    def __init__(self, names: tuple[str, ...], in_channels: tuple[int, ...], channels: int,
-                 resample: tuple[nn.Module, ...] | None = None):
-        super().__init__()
-        if len(names) != 4:
-            raise ValueError(f"UperNet reads 4 levels, got {names}")
-        resample = resample or tuple(nn.Identity() for _ in names)
-        self.names = tuple(names)
-        self.branches = nn.ModuleList(nn.Sequential(r, nn.Conv3d(c, channels, kernel_size=1))
-                                      for r, c in zip(resample, in_channels))
-
-    def forward(self, levels: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        return [branch(levels[name]) for name, branch in zip(self.names, self.branches)]
-
-
 class ConvNeXtV2Encoder(FoundationEncoder):
     family = NAME
     geometry_cls = ConvNeXtV2Geometry
@@ -175,6 +156,8 @@ class ConvNeXtV2Encoder(FoundationEncoder):
         unknown = [n for n in names if n not in by_name]
         if unknown:
             raise ValueError(f"{NAME}: unknown pyramid levels {unknown}; levels: {list(by_name)}")
+        from taskalign.models.upernet import LevelPyramid
+
         return LevelPyramid(names, tuple(by_name[n].channels for n in names), channels)
 
 
@@ -255,6 +238,38 @@ def convert_profound_fcmae(state: dict[str, torch.Tensor], geometry: ConvNeXtV2G
     report.notes.append("sparse kernels made dense by ProFound's remap_checkpoint_keys permutations; "
                         "`.ln`/`.linear` dropped from names; (1, C) biases flattened, GRN (1, C) -> (1, 1, 1, 1, C)")
     return out, report
+
+
+def fcmae_encoder_state(dense: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `convert_profound_fcmae` on the encoder: a dense encoder state -> the `encoder.*` keys and
+    sparse shapes of ProFound's FCMAE checkpoint (MinkowskiEngine kernels (k^3, in, out) / (k^3, C), the kernel-1
+    downsample (in, out), `.ln` / `.linear` sub-modules, (1, C) biases and GRN). The final norm is not in such a
+    file. Used to write example checkpoints (tools/make_example_checkpoints.py)."""
+    out = {}
+    for key, v in dense.items():
+        if key.startswith("norm."):
+            continue
+        parts = key.split(".")
+        if key.startswith("downsample_layers.0."):  # the stem stays a dense conv and channels-first LayerNorm
+            new = key
+        elif key.startswith("downsample_layers.") and parts[2] == "0":  # MinkowskiLayerNorm
+            new = ".".join(parts[:3] + ["ln", parts[3]])
+        elif key.startswith("downsample_layers.") and parts[3] == "weight":  # MinkowskiConvolution
+            new, (c_out, c_in) = ".".join(parts[:3] + ["kernel"]), v.shape[:2]
+            v = v.reshape(c_out, c_in).permute(1, 0) if v.shape[2] == 1 else \
+                v.permute(0, 1, 4, 3, 2).reshape(c_out, c_in, -1).permute(2, 1, 0)
+        elif key.endswith("dwconv.weight"):  # MinkowskiChannelwiseConvolution
+            new, v = key[: -len(".weight")] + ".kernel", v.permute(0, 1, 4, 3, 2).reshape(v.shape[0], -1).permute(1, 0)
+        elif key.startswith("downsample_layers.") or key.endswith("dwconv.bias") or ".grn." in key:
+            new, v = key, v.reshape(1, -1)
+        elif ".norm." in key:
+            new = key.replace(".norm.", ".norm.ln.")
+        elif ".pwconv" in key:
+            new = ".".join(parts[:-1] + ["linear", parts[-1]])
+        else:
+            raise ValueError(f"{NAME}: no FCMAE name for encoder key {key}")
+        out[f"encoder.{new}"] = v.contiguous()
+    return out
 
 
 _KEY = re.compile(r"(?:^|\.)stages\.\d+\.\d+\.(?:dwconv|pwconv1)\.(?:weight|kernel|linear\.weight)$")

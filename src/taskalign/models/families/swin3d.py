@@ -31,7 +31,6 @@ from torch import nn
 
 from taskalign.models.families import Family, register
 from taskalign.models.families.base import FINAL, FoundationEncoder, ImportRefused, Level, LoadReport
-from taskalign.models.families.convnextv2_3d import LevelPyramid
 
 NAME = "swin3d"
 ORIENTATIONS = ("ras", "dhw")
@@ -118,6 +117,8 @@ class Swin3dEncoder(FoundationEncoder):
         unknown = [n for n in names if n not in by_name]
         if unknown:
             raise ValueError(f"{NAME}: unknown pyramid levels {unknown}; levels: {list(by_name)}")
+        from taskalign.models.upernet import LevelPyramid
+
         return LevelPyramid(names, tuple(by_name[n].channels for n in names), channels)
 
 

@@ -33,7 +33,6 @@ from torch import nn
 
 from taskalign.models.families import Family, register
 from taskalign.models.families.base import FINAL, FoundationEncoder, Level, LoadReport
-from taskalign.models.families.convnextv2_3d import LevelPyramid
 
 NAME = "vit2d"
 
@@ -266,6 +265,8 @@ class ViT2dEncoder(FoundationEncoder):
         if unknown:
             raise ValueError(f"{NAME}: unknown pyramid levels {unknown}; levels: {list(by_name)}")
         resample = tuple(ResampleTo(by_name[n].stride, 4.0 * 2 ** i) for i, n in enumerate(names))
+        from taskalign.models.upernet import LevelPyramid
+
         return LevelPyramid(names, (self.geometry.width,) * len(names), channels, resample)
 
 
