@@ -273,7 +273,7 @@ def test_a_model_of_another_family_has_d2p_and_no_cross_family_distances(distanc
     other = distances[distances["model"] == "pretrained:convnext/full"]
     assert other.loc[other["distance"] != "d2p", "value"].isna().all()
     assert np.isfinite(other.loc[other["distance"] == "d2p", "value"]).all()
-    models = list(inputs)
+    models = compared(inputs)
     tasks = {t: Task.from_config(t, {"type": t, "cohort": "x", "inputs": ["t2w"]}) for t in TASKS}
     entries = rpg_rows(_metrics(models), distances, models, tasks)
     table = rpg_table(entries)
@@ -284,3 +284,24 @@ def test_a_model_of_another_family_has_d2p_and_no_cross_family_distances(distanc
     assert np.isfinite(cnx.loc[cnx["distance"] == "d2p", "pearson_r"]).all()
     figures.rpg_vs_distance(table, corr[corr["estimator"] == "unbiased"], tmp_path / "fig2", "footer")
     assert (tmp_path / "fig2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_model_of_another_architecture_at_the_same_width_has_no_d2r_or_d2s(distances_inputs, tmp_path):
+    """ProFound's ConvNeXt V2 and a ViT-B both end in 768-d features: equal widths must not make a distance between
+    two architectures' spaces. The plan marks such a model (own_references false): D2R and D2S are NaN, D2P is
+    measured; the same features marked as the references' architecture get all three."""
+    rng = np.random.default_rng(2)
+    base = distances_inputs["pretrained:mae/frozen"]
+    width = np.load(base[next(iter(TASKS))]["random"])["final"].shape[1]
+    inputs = {"pretrained:cnx/full": {}}
+    for task, move in TASKS.items():
+        pre = rng.normal(size=(30, width)) + 1.0
+        ft = [_write(tmp_path / f"same_{task}_ft{s}.npz", pre + move * rng.normal(size=(30, width))) for s in SEEDS]
+        inputs["pretrained:cnx/full"][task] = {**base[task], "finetuned": ft, "own_references": False,
+                                               "pretrained": _write(tmp_path / f"same_{task}_pre.npz", pre)}
+    other = all_distances(inputs, {**SETTINGS, "sigma": 1.0})
+    assert other.loc[other["distance"] != "d2p", "value"].isna().all()
+    assert np.isfinite(other.loc[other["distance"] == "d2p", "value"]).all()
+    for files in inputs["pretrained:cnx/full"].values():
+        files["own_references"] = True
+    assert np.isfinite(all_distances(inputs, {**SETTINGS, "sigma": 1.0})["value"]).all()

@@ -101,20 +101,22 @@ def all_distances(inputs: Mapping[str, Mapping[str, Mapping]], settings: dict) -
                 raise ValueError(f"{model} {task}: finetuned, scratch and seeds need one entry per seed")
             for seed, ft, scratch in zip(seeds, files["finetuned"], files["scratch"]):
                 references = {"random": files["random"], "pretrained": files["pretrained"], "scratch": scratch}
-                jobs += [(model, task, seed, distance, ft, references[ref]) for distance, ref in DISTANCES.items()]
-    # a model of another family than the random-weight and scratch references (the pipeline's own vit3d) has
-    # features in another space: its D2R / D2S are undefined (NaN, with a warning), its D2P is measured
-    defined = [job for job in jobs if features(job[4]).shape[1] == features(job[5]).shape[1]]
+                # a model of another architecture than the random-weight and scratch references (the pipeline's
+                # own encoder) has features in another space, even at the same width: D2R / D2S undefined
+                own = files.get("own_references", True)
+                jobs += [(model, task, seed, distance, ft, references[ref], own or ref == "pretrained")
+                         for distance, ref in DISTANCES.items()]
+    defined = [job for job in jobs if job[6] and features(job[4]).shape[1] == features(job[5]).shape[1]]
     sigma = shared_sigma(settings["sigma"], [features(p).to_numpy() for p in
-                                             dict.fromkeys(p for job in defined for p in job[4:])], settings["seed"])
+                                             dict.fromkeys(p for job in defined for p in job[4:6])], settings["seed"])
     log.info("sigma %.4g for %d distances", sigma, len(jobs))
     rows = []
-    for model, task, seed, distance, ft_path, ref_path in jobs:
+    for model, task, seed, distance, ft_path, ref_path, comparable in jobs:
         width_ft, width_ref = features(ft_path).shape[1], features(ref_path).shape[1]
-        if width_ft != width_ref:
-            log.warning("%s %s seed %s %s: undefined (NaN): %d-d features against the %s reference's %d-d ones, an "
-                        "encoder of another family", model, task, seed, distance, width_ft, DISTANCES[distance],
-                        width_ref)
+        if not comparable or width_ft != width_ref:
+            log.warning("%s %s seed %s %s: undefined (NaN): the %s reference is the pipeline's own encoder, %s is "
+                        "another architecture (%d-d against %d-d features)", model, task, seed, distance,
+                        DISTANCES[distance], model, width_ft, width_ref)
             result = dict.fromkeys(["unbiased", "biased", "se_unbiased", "se_biased", "p_value",
                                     "median_d2_over_sigma2"], np.nan) | {"n": 0, "saturated": False}
         else:

@@ -406,8 +406,14 @@ class Plan:
                     "pretrained": layout.base_features(task, f"pretrained-{model['variant']}"),
                     "finetuned": [self.model_features(task, model, s) for s in seeds],
                     "scratch": [layout.run_features(Run(task, "scratch", "full", s)) for s in seeds],
-                    "seeds": seeds}
+                    "seeds": seeds, "own_references": self.shares_reference_encoder(model["variant"])}
         return inputs
+
+    def shares_reference_encoder(self, variant: str) -> bool:
+        """Whether a variant's encoder is the architecture of the random-weight and scratch references (the
+        pipeline's own family at the config's geometry): only then are D2R and D2S distances in one space."""
+        spec = self.variants[variant]
+        return spec.get("family", DEFAULT_FAMILY) == DEFAULT_FAMILY and not spec.get("geometry")
 
     def mmd_input_files(self) -> list[str]:
         """Every feature file the one mmd job reads."""
