@@ -149,7 +149,7 @@ def finetune_setup(index_csv: Path, task_name: str, tiny: bool, epochs: int, enc
     """A scratch fine-tuning run of the default config on `index_csv` (the tests' geometry and head on the tiny
     cohort): its Task and params, with a seeded random encoder written to `encoder_path`."""
     from taskalign.models.checkpoint_io import save_encoder
-    from taskalign.models.encoder import Encoder, EncoderGeometry
+    from taskalign.models.families.vit3d import ViT3dEncoder as Encoder, ViT3dGeometry as EncoderGeometry
     from taskalign.tasks.spec import Task
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

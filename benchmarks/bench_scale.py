@@ -114,7 +114,7 @@ def model_bytes(model, metadata: dict[str, str], trained: dict | None = None) ->
 
 
 def geometry_of(config: dict):
-    from taskalign.models.encoder import EncoderGeometry
+    from taskalign.models.families.vit3d import ViT3dGeometry as EncoderGeometry
 
     encoder = config["encoder"]
     return EncoderGeometry(in_channels=len(config["preprocess"]["channels"]),
@@ -126,7 +126,7 @@ def geometry_of(config: dict):
 def new_encoder(geometry):
     import torch
 
-    from taskalign.models.encoder import Encoder
+    from taskalign.models.families.vit3d import ViT3dEncoder as Encoder
 
     with torch.device("meta"):
         return Encoder(geometry)

@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from benchmarks.common import best_of, cpu_flags, fmt_flops, fmt_rate, fmt_time, row, seconds
-from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.families.vit3d import ViT3dEncoder as Encoder, ViT3dGeometry as EncoderGeometry
 
 SECTION = "1 training"
 PAPER = EncoderGeometry(3, (64, 256, 256), (16, 32, 32), 768, 3072, 12, 12)

@@ -14,7 +14,7 @@ import torch
 from taskalign.data.dataset import read_index
 from taskalign.evaluate.evaluate import EvaluationJob, run_evaluation
 from taskalign.models.checkpoint_io import save_encoder
-from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.families.vit3d import ViT3dEncoder as Encoder, ViT3dGeometry as EncoderGeometry
 from taskalign.models.heads import encoder_model
 from taskalign.tasks.samples import TaskDataset, usable_rows
 from taskalign.tasks.spec import Task, check_combination

@@ -14,7 +14,7 @@ PROGRAM = """
 import sys
 {first}
 import torch
-from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.families.vit3d import ViT3dEncoder as Encoder, ViT3dGeometry as EncoderGeometry
 print("extras after monai:", sorted(m for m in ("transformers", "scipy", "sklearn", "matplotlib") if m in sys.modules))
 from monai.losses import DiceCELoss, SSIMLoss
 from monai.metrics import DiceMetric, SSIMMetric

@@ -12,7 +12,7 @@ from monai.losses import DiceLoss
 
 from conftest import REPO
 from taskalign.models.checkpoint_io import load_encoder, read_metadata, save_encoder
-from taskalign.models.encoder import Encoder, EncoderGeometry, PatchConv3d
+from taskalign.models.families.vit3d import ViT3dEncoder as Encoder, ViT3dGeometry as EncoderGeometry, PatchConv3d
 from taskalign.models.lora import add_lora, merge_lora
 from taskalign.models.pretraining import PretrainingModel
 from taskalign.models.upernet import EncoderUperNet
@@ -198,15 +198,13 @@ def test_every_attention_block_uses_fused_attention_with_the_same_numbers():
 
 
 def test_encoder_file_is_read_once_and_built_on_the_device_it_is_asked_for(tmp_path):
-    import hashlib
-
-    from taskalign.models.checkpoint_io import EncoderFile
+    from taskalign.models.checkpoint_io import EncoderFile, content_sha256
 
     torch.manual_seed(0)
     path = tmp_path / "enc.safetensors"
     save_encoder(Encoder(TINY), path)
     encoder_file = EncoderFile.read(path)
-    assert encoder_file.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert encoder_file.sha256 == content_sha256(path.read_bytes())
     built = encoder_file.build("cpu")
     reference = load_encoder(path)
     assert all(torch.equal(built.state_dict()[k], v) for k, v in reference.state_dict().items())

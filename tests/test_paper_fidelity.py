@@ -419,7 +419,7 @@ def planted(tmp_path_factory) -> dict:
 
     from taskalign.analysis.features import level_means
     from taskalign.models.checkpoint_io import load_encoder, save_encoder
-    from taskalign.models.encoder import Encoder, EncoderGeometry
+    from taskalign.models.families.vit3d import ViT3dEncoder as Encoder, ViT3dGeometry as EncoderGeometry
 
     root = tmp_path_factory.mktemp("positive_control")
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from taskalign.data.dataset import CacheDataset, read_index
-from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.families.vit3d import ViT3dEncoder as Encoder, ViT3dGeometry as EncoderGeometry
 from taskalign.models.pretraining import PretrainingModel, info_nce, patchify, random_masking, unpatchify
 from taskalign.tasks.loader import make_loader
 from taskalign.train.loop import adamw_warmup_cosine, train_one_epoch

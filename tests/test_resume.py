@@ -20,7 +20,7 @@ from conftest import REPO
 from test_finetune import GEOMETRY, TASKS, SeededItems, params
 from taskalign.data.dataset import read_index
 from taskalign.models.checkpoint_io import load_encoder, save_encoder
-from taskalign.models.encoder import Encoder
+from taskalign.models.families.vit3d import ViT3dEncoder as Encoder
 
 EPOCHS = 6
 

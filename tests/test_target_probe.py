@@ -7,7 +7,7 @@ import torch
 
 from taskalign.analysis.target_probe import bootstrap_r2, patch_occupancy, r2, random_reference, ridge_fit, run
 from taskalign.models.checkpoint_io import save_encoder
-from taskalign.models.encoder import Encoder, EncoderGeometry
+from taskalign.models.families.vit3d import ViT3dEncoder as Encoder, ViT3dGeometry as EncoderGeometry
 
 GEOMETRY = EncoderGeometry(3, (16, 32, 32), (4, 8, 8), 32, 64, 4, 2)
 

@@ -62,7 +62,7 @@ def test_flips_follow_the_task_type():
 
 
 def test_residual_input_and_subpixel_head_follow_the_task_type():
-    from taskalign.models.encoder import Encoder, EncoderGeometry
+    from taskalign.models.families.vit3d import ViT3dEncoder as Encoder, ViT3dGeometry as EncoderGeometry
     from taskalign.models.heads import encoder_model, residual_channel
 
     assert residual_channel(task("super_res"), CHANNELS) == residual_channel(task("distortion"), CHANNELS) == 0

@@ -42,6 +42,8 @@ from taskalign.models.families.vit3d import ViT3dEncoder
 OBJECTIVES = ("reconstruction", "metadata", "translation", "contrastive")
 DEFAULT_WEIGHTS = {"reconstruction": 1.0, "metadata": 1.0, "translation": 1.0, "contrastive": 0.5}
 DIFFUSION_CHANNELS = ("dwi", "adc")
+NORM_PIX_LOSS = True  # MAE's per-patch normalised targets, as ProFound pretrains
+CONTRASTIVE_TEMPERATURE = 0.1  # InfoNCE temperature (PRISM's contrastive objective)
 
 
 def patchify(x: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
@@ -171,10 +173,7 @@ class PretrainingModel(nn.Module):
         channels: list[str],
         mask_ratio: float = 0.75,
         weights: dict[str, float] | None = None,
-        decoder_hidden: int | None = None,
         decoder_layers: int = 2,
-        norm_pix_loss: bool = True,
-        temperature: float = 0.1,
     ):
         super().__init__()
         objectives = list(dict.fromkeys(objectives))
@@ -202,14 +201,14 @@ class PretrainingModel(nn.Module):
         self.encoder = encoder
         self.objectives = objectives
         self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
-        self.temperature = temperature
+        self.norm_pix_loss = NORM_PIX_LOSS
+        self.temperature = CONTRASTIVE_TEMPERATURE
         self.weights = {o: float({**DEFAULT_WEIGHTS, **(weights or {})}[o]) for o in objectives}
         hidden = geometry.hidden_size
         patch_voxels = math.prod(geometry.patch_size)
 
         if "reconstruction" in objectives:
-            dec_hidden = decoder_hidden or max(hidden // 2, 8)
+            dec_hidden = max(hidden // 2, 8)  # a light decoder (MAE): half the encoder's width
             heads = geometry.num_heads if dec_hidden % geometry.num_heads == 0 else 1
             self.decoder = MAEDecoder(hidden, geometry.n_tokens, patch_voxels * geometry.in_channels, dec_hidden,
                                       decoder_layers, heads)
