@@ -44,7 +44,7 @@ MASK_KEY = "prostate"
 
 # The tests' tiny phantom cohort (tests/conftest.py `tiny_cache`), used when the pipeline's cache is absent.
 TINY_PREPROCESS = {"spacing_mm": [4.0, 3.0, 3.0], "size": [16, 32, 32], "channels": ["t2w", "dwi", "adc"],
-                   "clip_percentiles": [0.5, 99.5], "qc_cases": 0}
+                   "clip_percentiles": [0.5, 99.5], "qc_cases": 0, "cache_dtype": "float32"}
 TINY_PHANTOM = {"matrix": [64, 64], "fov_mm": [140, 140], "slices": [12, 16], "slice_thickness_mm": [4.0, 5.0],
                 "dwi_matrix": [32, 32]}
 

@@ -53,8 +53,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def preprocess_settings(overrides: dict | None = None) -> dict:
+    """The preprocess section as the pipeline passes it: the schema's defaults (the one place they are written)
+    with `overrides`."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    section = schema["properties"]["preprocess"]["properties"]
+    return {**{key: spec["default"] for key, spec in section.items()}, **(overrides or {})}
+
+
 TINY_PREPROCESS = {"spacing_mm": [4.0, 3.0, 3.0], "size": [16, 32, 32], "channels": ["t2w", "dwi", "adc"],
-                   "clip_percentiles": [0.5, 99.5], "qc_cases": 0}
+                   "clip_percentiles": [0.5, 99.5], "qc_cases": 0, "cache_dtype": "float32"}
 TINY_PHANTOM = {"matrix": [64, 64], "fov_mm": [140, 140], "slices": [12, 16], "slice_thickness_mm": [4.0, 5.0],
                 "dwi_matrix": [32, 32]}
 

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 import taskalign.data.preprocess as pp
 from taskalign.cli.preprocess import main as cli_main
+from conftest import preprocess_settings as settings
 from taskalign.data.labels import MANIFEST_COLUMNS
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -90,7 +91,7 @@ def sphere_case(tmp: Path, case_id: str = "sphere", seed: int = 0) -> tuple[dict
 
 def test_sphere_is_centred_and_keeps_its_volume(tmp_path):
     row, centre, volume_ml = sphere_case(tmp_path / "in")
-    meta = pp.preprocess_case(row, {}, tmp_path / "cache")
+    meta = pp.preprocess_case(row, settings({}), tmp_path / "cache")
     image, masks, meta_disk = load_case(tmp_path / "cache" / "sphere")
     assert meta_disk == meta
     assert image.dtype == np.float32 and image.shape == (3, 32, 64, 64)
@@ -148,7 +149,7 @@ def test_channel_on_another_grid_lands_in_the_same_place(tmp_path):
             RAS,
         ),
     )
-    meta = pp.preprocess_case(row, {"spacing_mm": [1.5, 1.0, 1.0], "size": [24, 40, 40]}, tmp_path / "cache")
+    meta = pp.preprocess_case(row, settings({"spacing_mm": [1.5, 1.0, 1.0], "size": [24, 40, 40]}), tmp_path / "cache")
     image, _, _ = load_case(tmp_path / "cache" / "cube")
     xyz = cache_physical(meta)
     for c in (0, 1):  # t2w, dwi
@@ -172,7 +173,7 @@ def test_orientation_is_lps_whatever_the_storage(tmp_path):
         t2w=write(tmp_path / "t2w.nii.gz", t2w, spacing, origin, RAS),
         zones=write(tmp_path / "zones.nii.gz", zones, spacing, origin, RAS),
     )
-    meta = pp.preprocess_case(row, {"spacing_mm": [1.0, 1.0, 1.0], "size": [30, 60, 60]}, tmp_path / "cache")
+    meta = pp.preprocess_case(row, settings({"spacing_mm": [1.0, 1.0, 1.0], "size": [30, 60, 60]}), tmp_path / "cache")
     _, masks, _ = load_case(tmp_path / "cache" / "lps")
     centre = (np.array([30, 60, 60]) - 1) / 2
     for label, axis in ((1, 2), (2, 1), (3, 0)):  # W right->left, H anterior->posterior, D inferior->superior
@@ -188,7 +189,7 @@ def test_normalisation_is_robust_zscore_and_missing_channel_is_zero(tmp_path):
     t2w[20, 45, 40:45] = 1e6  # outliers the clip must remove
     row = manifest_row("norm", t2w=write(tmp_path / "t2w.mha", t2w, spacing, origin), dwi="", adc="")
     cfg = {"spacing_mm": [2.0, 1.5, 1.5], "size": [16, 40, 40], "channels": ["t2w", "dwi"]}
-    meta = pp.preprocess_case(row, cfg, tmp_path / "cache")
+    meta = pp.preprocess_case(row, settings(cfg), tmp_path / "cache")
     image, _, _ = load_case(tmp_path / "cache" / "norm")
     # The crop lies inside the T2W, so every voxel is foreground: exactly mean 0, std 1 after the clip.
     t2 = image[0].astype(np.float64)
@@ -203,7 +204,7 @@ def test_normalisation_is_robust_zscore_and_missing_channel_is_zero(tmp_path):
 
 def test_unknown_config_key_is_an_error():
     with pytest.raises(ValueError, match="spacing"):
-        pp.resolve_config({"spacing": [1, 1, 1]})
+        pp.resolve_config(settings({"spacing": [1, 1, 1]}))
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:
@@ -220,7 +221,7 @@ def test_failing_case_leaves_no_case_folder_and_no_index(tmp_path):
     index = tmp_path / "cache.csv"
     index.write_text("stale index of an earlier run\n")
     with pytest.raises(pp.PreprocessError) as err:
-        pp.preprocess_cohort(manifest, {}, tmp_path / "cache", index, tmp_path / "qc")
+        pp.preprocess_cohort(manifest, settings({}), tmp_path / "cache", index, tmp_path / "qc")
     assert "bad" in str(err.value) and "broken_t2w.nii.gz" in str(err.value)
     assert not index.exists()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["good"]  # complete, no temp folders
@@ -229,7 +230,7 @@ def test_failing_case_leaves_no_case_folder_and_no_index(tmp_path):
 def test_interrupted_write_leaves_no_half_written_case(tmp_path, monkeypatch):
     row, _, _ = sphere_case(tmp_path / "in")
     cache = tmp_path / "cache"
-    pp.preprocess_case(row, {}, cache)
+    pp.preprocess_case(row, settings({}), cache)
     before = np.load(cache / "sphere" / "image.npy")
     save = np.save
     calls = []
@@ -242,7 +243,7 @@ def test_interrupted_write_leaves_no_half_written_case(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pp.np, "save", save_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        pp.preprocess_case(row, {"size": [16, 32, 32]}, cache)
+        pp.preprocess_case(row, settings({"size": [16, 32, 32]}), cache)
     monkeypatch.undo()
     assert [p.name for p in cache.iterdir()] == ["sphere"]  # the earlier version, untouched; no temp folder
     assert np.array_equal(np.load(cache / "sphere" / "image.npy"), before)
@@ -255,7 +256,7 @@ def test_the_distance_field_is_written_only_when_asked_for(tiny_cache):
         case_dirs = pd.read_csv(tiny_cache[cohort])["cache_dir"]
         assert all((Path(d) / "rectum_distance.npy").exists() == expected for d in case_dirs), cohort
     with pytest.raises(ValueError, match="fields"):
-        pp.resolve_config({"fields": ["anything"]})
+        pp.resolve_config(settings({"fields": ["anything"]}))
 
 
 def test_cohort_is_deterministic_with_a_pool_and_writes_index_and_qc(tmp_path):
@@ -265,8 +266,8 @@ def test_cohort_is_deterministic_with_a_pool_and_writes_index_and_qc(tmp_path):
         rows.append({**row, "split": split})
     manifest = write_manifest(tmp_path / "checked.csv", rows)
     cfg = {"qc_cases": 2}
-    one = pp.preprocess_cohort(manifest, cfg, tmp_path / "a", tmp_path / "a.csv", tmp_path / "qa", workers=1)
-    two = pp.preprocess_cohort(manifest, cfg, tmp_path / "b", tmp_path / "b.csv", tmp_path / "qb", workers=2)
+    one = pp.preprocess_cohort(manifest, settings(cfg), tmp_path / "a", tmp_path / "a.csv", tmp_path / "qa", workers=1)
+    two = pp.preprocess_cohort(manifest, settings(cfg), tmp_path / "b", tmp_path / "b.csv", tmp_path / "qb", workers=2)
     index = pd.read_csv(tmp_path / "a.csv", dtype=str, keep_default_na=False)
     assert list(index.columns) == MANIFEST_COLUMNS + ["cache_dir"]
     assert list(index["case_id"]) == ["case0", "case1", "case2"]
@@ -291,7 +292,7 @@ def test_float16_cache_reads_back_as_float32_within_its_rounding(tmp_path):
     manifest = write_manifest(tmp_path / "checked.csv", [row])
     caches = {}
     for name, cfg in [("default", {})] + [(dtype, {"cache_dtype": dtype}) for dtype in ("float32", "float16")]:
-        pp.preprocess_cohort(manifest, {**cfg, "qc_cases": 1}, tmp_path / name, tmp_path / f"{name}.csv",
+        pp.preprocess_cohort(manifest, settings({**cfg, "qc_cases": 1}), tmp_path / name, tmp_path / f"{name}.csv",
                              tmp_path / f"qc-{name}")  # the QC montage draws the float16 image too
         dataset = CacheDataset(read_index([tmp_path / f"{name}.csv"]), masks=("prostate",))
         caches[name] = (tmp_path / name / "sphere", dataset[0])
@@ -310,7 +311,7 @@ def test_float16_cache_reads_back_as_float32_within_its_rounding(tmp_path):
         {k: v for k, v in metas[1].items() if k != "seconds"}
     assert (tmp_path / "qc-float16" / "sphere.png").stat().st_size > 0
     with pytest.raises(ValueError, match="cache_dtype"):
-        pp.resolve_config({"cache_dtype": "bfloat16"})
+        pp.resolve_config(settings({"cache_dtype": "bfloat16"}))
 
 
 def test_select_qc_cases_prefers_one_per_split():
@@ -326,10 +327,10 @@ def test_cli(tmp_path):
     manifest = write_manifest(tmp_path / "checked.csv", [row])
     args = ["--manifest", str(manifest), "--cache-dir", str(tmp_path / "cache"), "--index", str(tmp_path / "i.csv"),
             "--qc-dir", str(tmp_path / "qc")]
-    assert cli_main([*args, "--params", json.dumps({"size": [16, 32, 32], "qc_cases": 1})]) == 0
+    assert cli_main([*args, "--params", json.dumps(settings({"size": [16, 32, 32], "qc_cases": 1}))]) == 0
     assert (tmp_path / "i.csv").exists() and (tmp_path / "qc" / "sphere.png").exists()
     assert np.load(tmp_path / "cache" / "sphere" / "image.npy", mmap_mode="r").shape == (3, 16, 32, 32)
-    assert cli_main([*args, "--params", json.dumps({"sizes": [16, 32, 32]})]) == 1
+    assert cli_main([*args, "--params", json.dumps(settings({"sizes": [16, 32, 32]}))]) == 1
     assert not (tmp_path / "i.csv").exists()
 
 
@@ -388,7 +389,7 @@ def test_picai_adc_is_aligned_with_t2w_and_volume_is_kept(tmp_path):
     itself (EPI distortion, motion): plain sitk.Resample onto the native T2W grid shows the same 2 mm peak.
     """
     row = picai_row(tmp_path)
-    meta = pp.preprocess_case(row, {"spacing_mm": [3.0, 1.0, 1.0], "size": [24, 96, 96]}, tmp_path / "cache")
+    meta = pp.preprocess_case(row, settings({"spacing_mm": [3.0, 1.0, 1.0], "size": [24, 96, 96]}), tmp_path / "cache")
     image, masks, _ = load_case(tmp_path / "cache" / "10795_1000811")
     assert meta["channels_present"] == ["t2w", "dwi", "adc"] and meta["warnings"] == []
 
@@ -459,3 +460,8 @@ def test_qc_grey_window_follows_the_gland_not_the_bladder():
     low, high = _grey_window(volume, gland)
     assert 0.4 < low < 0.8 and 1.2 < high < 1.6
     assert _grey_window(np.zeros((2, 2, 2)), None) == (0.0, 1.0)
+
+
+def test_settings_without_a_key_are_refused_since_the_schema_holds_the_defaults():
+    with pytest.raises(ValueError, match="lacks cache_dtype"):
+        pp.resolve_config({key: value for key, value in settings().items() if key != "cache_dtype"})

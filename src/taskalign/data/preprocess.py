@@ -53,15 +53,8 @@ from taskalign.runtime import atomic_path
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "spacing_mm": [2.0, 1.5, 1.5],
-    "size": [32, 64, 64],
-    "channels": ["t2w", "dwi", "adc"],
-    "clip_percentiles": [0.5, 99.5],
-    "qc_cases": 4,
-    "cache_dtype": "float32",
-    "fields": [],  # per-case arrays the cohort's tasks need precomputed (the plan's cache_fields)
-}
+# The config's preprocess section; its defaults are written once, in the schema, which fills them in.
+KEYS = ("spacing_mm", "size", "channels", "clip_percentiles", "qc_cases", "cache_dtype")
 FIELDS = ("rectum_distance",)
 # image.npy's dtype on disk; the dataset reads it back as float32 either way (schema: why float16 is safe)
 CACHE_DTYPES = ("float32", "float16")
@@ -75,12 +68,15 @@ class PreprocessError(RuntimeError):
 
 
 def resolve_config(cfg: dict | None) -> dict:
-    """The preprocess config slice with defaults filled in; an unknown key or a bad value is an error."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS))
+    """The preprocess config slice checked; `fields` (the per-case arrays the cohort's tasks need, from the plan)
+    defaults to none. A missing, unknown or bad value is an error."""
+    out = {"fields": [], **(cfg or {})}
+    unknown = sorted(set(out) - {*KEYS, "fields"})
     if unknown:
-        raise ValueError(f"unknown preprocess config key(s): {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
-    out = {**DEFAULTS, **cfg}
+        raise ValueError(f"unknown preprocess config key(s): {', '.join(unknown)} (known: {', '.join(KEYS)})")
+    missing = [key for key in KEYS if key not in out]
+    if missing:
+        raise ValueError(f"preprocess config lacks {', '.join(missing)} (the schema's defaults fill them in)")
     if len(out["spacing_mm"]) != 3 or min(out["spacing_mm"]) <= 0:
         raise ValueError(f"preprocess.spacing_mm must be 3 positive numbers [z, y, x], got {out['spacing_mm']}")
     if len(out["size"]) != 3 or min(out["size"]) < 1:

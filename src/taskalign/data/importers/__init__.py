@@ -9,6 +9,7 @@ every case at once. The manifest contract is docs/data-contract.md.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -28,7 +29,7 @@ from taskalign.data.importers.common import (
 from taskalign.data.importers.dicom import import_dicom
 from taskalign.data.importers.msd import import_msd
 from taskalign.data.importers.nifti_folder import import_nifti_folder
-from taskalign.data.importers.picai import import_picai
+from taskalign.data.importers.picai import PicaiOptions, import_picai
 from taskalign.data.importers.prostate158 import import_prostate158
 from taskalign.data.integrity import inspect_manifest
 from taskalign.data.problems import Problem
@@ -44,9 +45,14 @@ IMPORTERS = {
     "msd": import_msd,
 }
 
+OPTION_TYPES = {"picai": PicaiOptions}
+
 
 def importer_options(kind: str) -> dict[str, object]:
-    """Option names of one importer with their defaults."""
+    """Option names of one importer with their defaults: its keyword-only parameters, or the fields of its
+    options dataclass where it has too many for a signature (OPTION_TYPES)."""
+    if kind in OPTION_TYPES:
+        return {field.name: field.default for field in dataclasses.fields(OPTION_TYPES[kind])}
     parameters = inspect.signature(IMPORTERS[kind]).parameters.values()
     return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 

@@ -64,48 +64,49 @@ LESION_SOURCES = {
 }
 
 
-def import_picai(
-    source: Path,
-    out_dir: Path,
-    cohort: str,
-    *,
-    images_dir: str | None = None,
-    labels_dir: str | None = None,
-    marksheet: str | None = None,
-    gland: str = "AI/Bosma22b",
-    zones: str = "AI/Yuan23",
-    lesion: str = "human,ai",
-    pirads_if_no_lesion: int | None = None,
-    allow_missing: str = "",
-    resample_masks: bool = False,
-) -> list[dict]:
-    """One manifest row per `<patient>_<study>_t2w.mha` under `images/`.
+@dataclass(frozen=True)
+class PicaiOptions:
+    """The importer's config options (`import_cohort(..., **options)`), with their defaults.
 
-    Options:
-      images_dir, labels_dir, marksheet: override `<source>/images`, `<source>/picai_labels` and
-        `<labels_dir>/clinical_information/marksheet.csv` (a missing marksheet leaves pirads/volume empty).
-      gland: whole-gland folder under anatomical_delineations/whole_gland/ (default AI/Bosma22b), or "none".
-      zones: zonal folder under anatomical_delineations/zonal_pz_tz/ with 1 = PZ, 2 = TZ (default AI/Yuan23),
-        or "none".
-      lesion: lesion sources in order of preference, comma-separated from {human, ai}, or "none";
-        default "human,ai" (the expert mask, else the AI mask).
-      pirads_if_no_lesion: value (2 per the manifest contract) for cases whose lesion_PIRADS is empty.
-      allow_missing: comma-separated image columns (adc, dwi) a case may lack; any other missing image is a
-        problem (a PI-CAI case has all three, so a missing one means a broken copy).
-      resample_masks: resample masks that are not on the T2W grid nearest-neighbour (default: refuse them).
+    images_dir, labels_dir, marksheet: override `<source>/images`, `<source>/picai_labels` and
+      `<labels_dir>/clinical_information/marksheet.csv` (a missing marksheet leaves pirads/volume empty).
+    gland: whole-gland folder under anatomical_delineations/whole_gland/ (default AI/Bosma22b), or "none".
+    zones: zonal folder under anatomical_delineations/zonal_pz_tz/ with 1 = PZ, 2 = TZ (default AI/Yuan23),
+      or "none".
+    lesion: lesion sources in order of preference, comma-separated from {human, ai}, or "none";
+      default "human,ai" (the expert mask, else the AI mask).
+    pirads_if_no_lesion: value (2 per the manifest contract) for cases whose lesion_PIRADS is empty.
+    allow_missing: comma-separated image columns (adc, dwi) a case may lack; any other missing image is a
+      problem (a PI-CAI case has all three, so a missing one means a broken copy).
+    resample_masks: resample masks that are not on the T2W grid nearest-neighbour (default: refuse them).
     """
+
+    images_dir: str | None = None
+    labels_dir: str | None = None
+    marksheet: str | None = None
+    gland: str = "AI/Bosma22b"
+    zones: str = "AI/Yuan23"
+    lesion: str = "human,ai"
+    pirads_if_no_lesion: int | None = None
+    allow_missing: str = ""
+    resample_masks: bool = False
+
+
+def import_picai(source: Path, out_dir: Path, cohort: str, **options) -> list[dict]:
+    """One manifest row per `<patient>_<study>_t2w.mha` under `images/`; `options` as PicaiOptions."""
+    option = PicaiOptions(**options)
     source = Path(source)
-    images = Path(images_dir) if images_dir else source / "images"
-    labels = Path(labels_dir) if labels_dir else source / "picai_labels"
-    sheet_path = Path(marksheet) if marksheet else labels / "clinical_information" / "marksheet.csv"
+    images = Path(option.images_dir) if option.images_dir else source / "images"
+    labels = Path(option.labels_dir) if option.labels_dir else source / "picai_labels"
+    sheet_path = Path(option.marksheet) if option.marksheet else labels / "clinical_information" / "marksheet.csv"
     if not images.is_dir():
         raise CohortImportError(f"PI-CAI source {source}: no images folder at {images}")
-    lesion_order = [] if _off(lesion) else [part.strip() for part in str(lesion).split(",") if part.strip()]
+    lesion_order = [] if _off(option.lesion) else [p.strip() for p in str(option.lesion).split(",") if p.strip()]
     unknown = [part for part in lesion_order if part not in LESION_SOURCES]
     if unknown:
         raise CohortImportError(f"option lesion: unknown source(s) {unknown}; use a list from {list(LESION_SOURCES)}")
 
-    optional = {part.strip() for part in str(allow_missing or "").split(",") if part.strip()}
+    optional = {part.strip() for part in str(option.allow_missing or "").split(",") if part.strip()}
     if optional - {"adc", "dwi"}:
         raise CohortImportError(f"option allow_missing: {sorted(optional - {'adc', 'dwi'})} are not adc or dwi")
 
@@ -113,10 +114,10 @@ def import_picai(
     t2w_files = sorted(images.glob("*/*_t2w.mha"))
     if not t2w_files:
         raise CohortImportError(f"PI-CAI source {source}: no <patient>/<patient>_<study>_t2w.mha under {images}")
-    masks = _MaskSources(labels, gland, zones, lesion_order, resample_masks)
+    masks = _MaskSources(labels, option.gland, option.zones, lesion_order, option.resample_masks)
 
     def make_row(t2w: Path) -> dict:
-        return _case_row(t2w, cohort, out_dir, masks, sheet, sheet_path, pirads_if_no_lesion, optional)
+        return _case_row(t2w, cohort, out_dir, masks, sheet, sheet_path, option.pirads_if_no_lesion, optional)
 
     rows, problems = rows_by_case(t2w_files, make_row)
     raise_problems(problems, f"PI-CAI source {source}", rows)
