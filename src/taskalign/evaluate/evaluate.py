@@ -45,56 +45,54 @@ class EvaluationJob:
 
 
 def run_evaluation(job: EvaluationJob) -> pd.DataFrame:
-    (task, model_path, indexes, params, metrics_csv, cases_csv, predictions_npz, montage_png, threads) = (
-        job.task, job.model_path, job.indexes, job.params, job.metrics_csv, job.cases_csv,
-        job.predictions_npz, job.montage_png, job.threads)
-    device = select_device(threads)
-    model, meta = load_task_model(model_path, task, params["channels"], device)
-    rows = usable_rows(read_index(indexes, splits=["test"]), task)
-    test = TaskDataset(rows, task, params["channels"], train=False, seed=params["seed"], norm=meta["norm"],
+    device = select_device(job.threads)
+    model, meta = load_task_model(job.model_path, job.task, job.params["channels"], device)
+    rows = usable_rows(read_index(job.indexes, splits=["test"]), job.task)
+    test = TaskDataset(rows, job.task, job.params["channels"], train=False, seed=job.params["seed"], norm=meta["norm"],
                        contract=meta.get("input"))
-    loader = make_loader(test, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
+    loader = make_loader(test, job.params["batch_size"], shuffle=False, seed=job.params["seed"], device=device)
 
     records, volumes, shown = [], {}, []
-    for i, prediction, target in predict(model, loader, task, device):
+    for i, prediction, target in predict(model, loader, job.task, device):
         row = test.index.iloc[i]
         records.append({"case_id": row["case_id"], "patient_id": row["patient_id"], "cohort": row["cohort"],
-                        **case_scores(task, prediction, target, meta["norm"])})
-        kept = task.kind.kept_prediction(prediction, len(volumes), params["save_volumes"])
+                        **case_scores(job.task, prediction, target, meta["norm"])})
+        kept = job.task.kind.kept_prediction(prediction, len(volumes), job.params["save_volumes"])
         if kept is not None:
             volumes[row["case_id"]] = kept
-        if task.kind.pictured and len(shown) < 4:
+        if job.task.kind.pictured and len(shown) < 4:
             shown.append((row["case_id"], test.sample(i)["image"].numpy(), target.numpy(), prediction))
     cases = pd.DataFrame(records)
     if cases.empty:
-        raise ValueError(f"task {task.name}: no test cases with a {task.type.target} label")
+        raise ValueError(f"task {job.task.name}: no test cases with a {job.task.type.target} label")
 
-    if task.kind.operating_point:
-        threshold = validation_threshold(model, task, indexes, params, meta["norm"], device)
-        prob = cases[[f"prob_{c}" for c in task.type.classes]].to_numpy()
+    if job.task.kind.operating_point:
+        threshold = validation_threshold(model, job.task, job.indexes, job.params, meta["norm"], device)
+        prob = cases[[f"prob_{c}" for c in job.task.type.classes]].to_numpy()
         # per case, so the tables can resample it: a negative called negative at the validation threshold
         cases["spec_at_sens90"] = specificity_cases(cases["true"] >= PIRADS_POSITIVE_FROM,
                                                     pirads_positive_score(prob), threshold)
-    point = split_metrics(task, cases, meta["norm"])
-    intervals = bootstrap_cis(cases, lambda frame: split_metrics(task, frame, meta["norm"]),
-                              n_boot=params["bootstrap"], seed=params["seed"])
+    point = split_metrics(job.task, cases, meta["norm"])
+    intervals = bootstrap_cis(cases, lambda frame: split_metrics(job.task, frame, meta["norm"]),
+                              n_boot=job.params["bootstrap"], seed=job.params["seed"])
     summary = []
     for name, value in point.items():
         low, high = intervals[name]
-        summary.append({"task": task.name, "init": meta["init"], "protocol": meta["protocol"], "seed": meta["seed"],
+        summary.append({"task": job.task.name, "init": meta["init"], "protocol": meta["protocol"], "seed": meta["seed"],
                         "metric": name, "value": value, "ci_low": low, "ci_high": high, "n_cases": len(cases),
-                        "n_patients": cases["patient_id"].nunique(), "primary": name == task.type.metric})
+                        "n_patients": cases["patient_id"].nunique(), "primary": name == job.task.type.metric})
     frame = pd.DataFrame(summary)
-    with atomic_path(metrics_csv) as tmp:
+    with atomic_path(job.metrics_csv) as tmp:
         frame.to_csv(tmp, index=False)
-    with atomic_path(cases_csv) as tmp:
+    with atomic_path(job.cases_csv) as tmp:
         cases.to_csv(tmp, index=False)
-    with atomic_path(predictions_npz) as tmp:
+    with atomic_path(job.predictions_npz) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **volumes)
-    prediction_montage(task, shown, montage_png, f"{task.name} {meta['init']} {meta['protocol']} seed {meta['seed']}")
-    primary = point[task.type.metric]
-    log.info("%s %s %s: test %s %.4f (%d cases)", task.name, meta["init"], meta["protocol"], task.type.metric,
+    prediction_montage(job.task, shown, job.montage_png,
+                       f"{job.task.name} {meta['init']} {meta['protocol']} seed {meta['seed']}")
+    primary = point[job.task.type.metric]
+    log.info("%s %s %s: test %s %.4f (%d cases)", job.task.name, meta["init"], meta["protocol"], job.task.type.metric,
              primary, len(cases))
     return frame
 

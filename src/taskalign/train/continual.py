@@ -67,33 +67,30 @@ class ContinualJob:
 
 
 def run_continual(job: ContinualJob) -> list[dict]:
-    (variant, pretrained, index, params, encoder_out, adapter_out, history_csv, curve_png, resume_dir, threads,
-     options) = (
-        job.variant, job.pretrained, job.index, job.params, job.encoder_out, job.adapter_out,
-        job.history_csv, job.curve_png, job.resume_dir, job.threads, job.options)
-    device = select_device(threads)
-    torch.manual_seed(params["seed"])
-    target = params["target"]
-    rows = read_index([index])
+    device = select_device(job.threads)
+    torch.manual_seed(job.params["seed"])
+    target = job.params["target"]
+    rows = read_index([job.index])
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
     if train_rows.empty or val_rows.empty:
-        raise ValueError(f"{index}: continual pretraining needs train and val cases")
-    encoder_file = EncoderFile.read(pretrained)  # the one read of it
+        raise ValueError(f"{job.index}: continual pretraining needs train and val cases")
+    encoder_file = EncoderFile.read(job.pretrained)  # the one read of it
     contract = encoder_file.contract.to_json() if encoder_file.contract else None
     flips = RandFlipd(keys=["image", target], spatial_axis=2, prob=0.5)  # left-right: anatomy is near-symmetric
     train_set = CacheDataset(train_rows, masks=(target,), transform=flips, contract=contract)
     val_set = CacheDataset(val_rows, masks=(target,), contract=contract)
-    train_loader = make_loader(train_set, params["batch_size"], shuffle=True, seed=params["seed"], device=device)
-    val_loader = make_loader(val_set, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
-    log.info("%s: LoRA continual pretraining on %s (%d train, %d val cases), target %s", variant, index.name,
+    train_loader = make_loader(train_set, job.params["batch_size"], shuffle=True, seed=job.params["seed"],
+                               device=device)
+    val_loader = make_loader(val_set, job.params["batch_size"], shuffle=False, seed=job.params["seed"], device=device)
+    log.info("%s: LoRA continual pretraining on %s (%d train, %d val cases), target %s", job.variant, job.index.name,
              len(train_set), len(val_set), target)
-    resume = ResumeFile(resume_dir, fingerprint(params, encoder_file.sha256, index_digest(index)),
-                        options.checkpoint_minutes)
+    resume = ResumeFile(job.resume_dir, fingerprint(job.params, encoder_file.sha256, index_digest(job.index)),
+                        job.options.checkpoint_minutes)
     if not resume.path.exists():  # a resumed run's next epoch is known once its model is restored
         train_loader.start_first_epoch()
 
     with torch.device(device):  # built where it trains: no CPU build then copy on a GPU
-        model = segmentation_model(encoder_file.build(device), params)
+        model = segmentation_model(encoder_file.build(device), job.params)
     trainable = [p for p in model.parameters() if p.requires_grad]
     log.info("trainable parameters: %d of %d", sum(p.numel() for p in trainable),
              sum(p.numel() for p in model.parameters()))
@@ -102,28 +99,29 @@ def run_continual(job: ContinualJob) -> list[dict]:
     def loss_fn(net, batch):
         return {"total": dice_loss(net(batch["image"]), batch[target])}
 
-    schedule = Schedule.warmup_cosine(trainable, params, len(train_loader), monitor="val_dice", mode="max")
-    stepped = options.training_module(model, device)
+    schedule = Schedule.warmup_cosine(trainable, job.params, len(train_loader), monitor="val_dice", mode="max")
+    stepped = job.options.training_module(model, device)
     fitted = fit(
         model=model, schedule=schedule, loader=train_loader,
         train_epoch=lambda progress: train_one_epoch(stepped, train_loader, schedule.optimizer, schedule.scheduler,
                                                      device, loss_fn, progress),
         validate=lambda: validation_dice(model, val_loader, device, target),
-        resume=resume, stage=f"continual[{variant}]",
+        resume=resume, stage=f"continual[{job.variant}]",
     )
     history, best = fitted.history, fitted.best
     load_trained_state(model, fitted.best_state)
     model = model.cpu()
     adapter_state = {**{f"lora.{k}": v for k, v in lora_state_dict(model.encoder).items()},
                      **{k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}}
-    with atomic_path(adapter_out) as tmp:
+    with atomic_path(job.adapter_out) as tmp:
         save_file({k: v.contiguous() for k, v in adapter_state.items()}, str(tmp),
-                  metadata={"variant": variant, "target": target, "best_epoch": str(best["epoch"])})
+                  metadata={"variant": job.variant, "target": target, "best_epoch": str(best["epoch"])})
     merged = merge_lora(model.encoder)
-    save_encoder(merged, encoder_out, {"variant": variant, "stage": "continual", "target": target,
+    save_encoder(merged, job.encoder_out, {"variant": job.variant, "stage": "continual", "target": target,
                                        "epoch": best["epoch"], "val_dice": best["score"]},
                  contract=encoder_file.contract)
-    write_history(history, history_csv, curve_png, f"continual pretraining {variant}: validation Dice ({target})")
+    write_history(history, job.history_csv, job.curve_png,
+                  f"continual pretraining {job.variant}: validation Dice ({target})")
     resume.remove()
-    log.info("%s: best validation Dice %.4f at epoch %d", variant, best["score"], best["epoch"])
+    log.info("%s: best validation Dice %.4f at epoch %d", job.variant, best["score"], best["epoch"])
     return history

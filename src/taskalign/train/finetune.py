@@ -72,65 +72,62 @@ class FinetuneJob:
 
 
 def run_finetune(job: FinetuneJob) -> list[dict]:
-    (task, init, protocol, encoder_path, indexes, params, model_out, history_csv, curve_png, timing_json,
-     resume_dir, threads, options) = (
-        job.task, job.init, job.protocol, job.encoder_path, job.indexes, job.params, job.model_out,
-        job.history_csv, job.curve_png, job.timing_json, job.resume_dir, job.threads, job.options)
-    device = select_device(threads)
+    device = select_device(job.threads)
     cpu_started = time.process_time()
-    seed = params["seed"]
+    seed = job.params["seed"]
     torch.manual_seed(seed)
-    encoder_file = EncoderFile.read(encoder_path) if encoder_path is not None else None  # the one read of it
+    encoder_file = EncoderFile.read(job.encoder_path) if job.encoder_path is not None else None  # the one read of it
     contract = encoder_file.contract.to_json() if encoder_file is not None and encoder_file.contract else None
-    train_set, val_set, norm = task_datasets(task, indexes, params, contract)
-    batch = params["batch_size"]
+    train_set, val_set, norm = task_datasets(job.task, job.indexes, job.params, contract)
+    batch = job.params["batch_size"]
     train_loader = make_loader(train_set, batch, shuffle=True, seed=seed, device=device,
                                drop_last=len(train_set) >= 2 * batch)
     val_loader = make_loader(val_set, batch, shuffle=False, seed=seed, device=device)
-    check_combination(init, protocol)
-    resume = ResumeFile(resume_dir, fingerprint(
-        params, task.name, init, protocol, encoder_file.sha256 if encoder_file else None,
-        [index_digest(p) for p in indexes]), options.checkpoint_minutes)
+    check_combination(job.init, job.protocol)
+    resume = ResumeFile(job.resume_dir, fingerprint(
+        job.params, job.task.name, job.init, job.protocol, encoder_file.sha256 if encoder_file else None,
+        [index_digest(p) for p in job.indexes]), job.options.checkpoint_minutes)
     if not resume.path.exists():  # a resumed run's next epoch is known once its model is restored
         train_loader.start_first_epoch()
 
     with torch.device(device):  # built where it trains: no CPU build then copy on a GPU
         encoder = encoder_file.build(device) if encoder_file is not None else None
-        model = build_model(task, init, encoder, {**params, "channels": train_set.channels})
-    if task.kind.starts_at_prior:
-        start_at_prior(model, task, mask_prior(train_set.index, task))
-    trainable = apply_protocol(model, protocol)
-    log.info("%s %s %s seed %d: %d train, %d val cases; %d of %d parameters trainable", task.name, init, protocol,
-             seed, len(train_set), len(val_set), sum(p.numel() for p in model.parameters() if p.requires_grad),
+        model = build_model(job.task, job.init, encoder, {**job.params, "channels": train_set.channels})
+    if job.task.kind.starts_at_prior:
+        start_at_prior(model, job.task, mask_prior(train_set.index, job.task))
+    trainable = apply_protocol(model, job.protocol)
+    log.info("%s %s %s seed %d: %d train, %d val cases; %d of %d parameters trainable", job.task.name, job.init,
+             job.protocol, seed, len(train_set), len(val_set), sum(p.numel() for p in model.parameters() if p.requires_grad),
              sum(p.numel() for p in model.parameters()))
-    loss = task_loss(task, class_weights(task, train_set.index), device)
+    loss = task_loss(job.task, class_weights(job.task, train_set.index), device)
 
     def loss_fn(net, b):
         b = train_set.on_device(b)  # augmentation and degradations, batched where the model trains
-        return {"total": task.kind.train_loss(task, net, b, loss)}  # the kind's step (DDPM: a denoising one)
+        return {"total": job.task.kind.train_loss(job.task, net, b, loss)}  # the kind's step (DDPM: a denoising one)
 
-    metric = task.type.metric
-    schedule = Schedule.warmup_cosine([p for p in model.parameters() if p.requires_grad], params, len(train_loader),
-                                      monitor=f"val_{metric}", mode="max" if task.type.higher_is_better else "min")
-    stepped = options.training_module(model, device)
+    metric = job.task.type.metric
+    schedule = Schedule.warmup_cosine([p for p in model.parameters() if p.requires_grad], job.params, len(train_loader),
+                                      monitor=f"val_{metric}", mode="max" if job.task.type.higher_is_better else "min")
+    stepped = job.options.training_module(model, device)
     fitted = fit(
         model=model, schedule=schedule, loader=train_loader,
         train_epoch=lambda progress: train_one_epoch(stepped, train_loader, schedule.optimizer, schedule.scheduler,
                                                      device, loss_fn, progress),
-        validate=lambda: score_loader(model, val_loader, task, device, norm)[1],
-        resume=resume, stage=f"finetune[{task.name}/{init}/{protocol}/seed{seed}]",
+        validate=lambda: score_loader(model, val_loader, job.task, device, norm)[1],
+        resume=resume, stage=f"finetune[{job.task.name}/{job.init}/{job.protocol}/seed{seed}]",
     )
     history, best = fitted.history, fitted.best
     load_trained_state(model, fitted.best_state)
-    meta = {"task": task.name, "init": init, "protocol": protocol, "seed": seed, "norm": norm,
+    meta = {"task": job.task.name, "init": job.init, "protocol": job.protocol, "seed": seed, "norm": norm,
             **(encoder_file.spec() if encoder_file is not None else {"geometry": None}),
-            "architecture": {k: params[k] for k in ("head", "specialist") if k in params},
+            "architecture": {k: job.params[k] for k in ("head", "specialist") if k in job.params},
             "best_epoch": best["epoch"], f"val_{metric}": best["score"], "trainable": len(trainable)}
-    save_task_model(model, model_out, meta, encoder_file)
-    write_timing(timing_json, resume, history, device, cpu_started)
-    write_history(history, history_csv, curve_png, f"{task.name} {init} {protocol} seed {seed}: val {metric}")
+    save_task_model(model, job.model_out, meta, encoder_file)
+    write_timing(job.timing_json, resume, history, device, cpu_started)
+    write_history(history, job.history_csv, job.curve_png,
+                  f"{job.task.name} {job.init} {job.protocol} seed {seed}: val {metric}")
     resume.remove()
-    log.info("%s: best val %s %.4f at epoch %d", task.name, metric, best["score"], best["epoch"])
+    log.info("%s: best val %s %.4f at epoch %d", job.task.name, metric, best["score"], best["epoch"])
     return history
 
 
