@@ -17,7 +17,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import baselines  # noqa: E402
-from benchmarks.bench_dag import job_times, past_run, rule_stages  # noqa: E402
+from benchmarks.bench_dag import job_times, past_run, rule_stages, startup_shares  # noqa: E402
 from benchmarks.bench_train import count_flops  # noqa: E402
 from taskalign.analysis.cka import debiased_cka, linear_cka  # noqa: E402
 from taskalign.analysis.mmd import median_sigma, mmd2, normalise  # noqa: E402
@@ -190,3 +190,23 @@ def test_disk_projection_adds_up_on_the_test_configs_plan():
     rows = bench_scale.report(plan, measured, projection)
     assert [r["measure"].split(":")[0] for r in rows[:len(bench_scale.FOLDERS)]] == \
         [f"results/{f}" for f in bench_scale.FOLDERS]
+
+
+def test_a_job_logs_its_start_up_and_the_benchmark_sums_it_by_kind(tmp_path):
+    """The line taskalign.runtime writes at a job's exit is the one bench_dag reads; start-up ends at mark_ready."""
+    import subprocess
+
+    code = ("import time; from taskalign.runtime import mark_ready, setup_logging; setup_logging('taskalign.demo');"
+            " time.sleep(0.3); mark_ready(); time.sleep(0.5)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    logs = tmp_path / "results" / "logs" / "demo"
+    logs.mkdir(parents=True)
+    (logs / "one.log").write_text(done.stderr)
+    (logs / "two.log").write_text("12:00:00 INFO taskalign.demo: start-up 1.00 s of 9.00 s\n")
+    (share,) = startup_shares(tmp_path, job_seconds=100.0)
+    first = float(done.stderr.split("start-up ")[1].split(" s of ")[0])
+    total = float(done.stderr.split(" s of ")[1].split(" s")[0])
+    assert 0.3 <= first < total and total - first >= 0.5
+    assert share["ratio"] == f"{(first + 1.0) / 100.0:.1%}"
+    assert "demo 2 jobs" in share["measure"]

@@ -28,6 +28,7 @@ from taskalign.models.families.base import FINAL, FoundationEncoder
 from taskalign.tasks.loader import make_loader
 from taskalign.tasks.samples import TaskDataset, usable_rows
 from taskalign.tasks.spec import Task
+from taskalign.runtime import mark_ready
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def extract(*, task: Task, model_path: Path, source: str, indexes: list[Path], p
     dataset = TaskDataset(rows, task, params["channels"], train=False, seed=params["seed"],
                           norm={"offset": 0.0, "scale": 1.0}, contract=contract)
     loader = make_loader(dataset, params["batch_size"], shuffle=False, seed=params["seed"], device=device)
+    mark_ready()  # the model is built and the data open: start-up ends (runtime)
     features = level_means(encoder, loader, names, device)
     if model is not None:
         features["head"] = head_features(model, task, loader, device)

@@ -20,6 +20,7 @@ from pathlib import Path
 from taskalign.data.integrity import ManifestError, checked_table, split_problems, write_table
 from taskalign.data.labels import SPLITS
 from taskalign.data.sanity import sanity_config
+from taskalign.runtime import mark_ready, setup_logging
 
 log = logging.getLogger("taskalign.check_manifest")
 
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="checked manifest CSV to write")
     parser.add_argument("--params", required=True, help="JSON object (or a path to one), see module docstring")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging("taskalign.check_manifest")
+    mark_ready()
 
     try:
         params = parse_params(args.params)

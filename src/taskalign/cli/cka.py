@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskalign.runtime import atomic_path, setup_logging
+from taskalign.runtime import atomic_path, mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging("taskalign.cka")
     from taskalign.analysis.similarity import finetuned_triples, task_cka, task_deltas
+    mark_ready()
 
     pairs, settings = json.loads(args.pairs), json.loads(args.settings)
     finetuned_triples(pairs)  # a pair spec with two different FT encoders fails before any CKA is computed

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskalign.runtime import available_cores, setup_logging
+from taskalign.runtime import available_cores, mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("taskalign.cohort")
 
     from taskalign.data.phantom import write_cohort
+    mark_ready()
 
     params = json.loads(args.params)
     phantom = dict(params["phantom"])

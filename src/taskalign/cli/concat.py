@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from taskalign.runtime import atomic_path, setup_logging
+from taskalign.runtime import atomic_path, mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log = setup_logging("taskalign.concat")
     import pandas as pd
+    mark_ready()
 
     frame = pd.concat([pd.read_csv(p) for p in args.tables], ignore_index=True)
     with atomic_path(args.out) as tmp:

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskalign.runtime import setup_logging
+from taskalign.runtime import mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from taskalign.models.families import family
     from taskalign.models.families.base import ImportRefused, InputContract, geometry_from_json
     from taskalign.models.family_names import DEFAULT_FAMILY
+    mark_ready()
 
     params = json.loads(args.params)
     name = params.get("family", DEFAULT_FAMILY)

@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from taskalign.runtime import setup_logging
+from taskalign.runtime import mark_ready, setup_logging
 
 
 def parse_value(text: str):
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from taskalign.data.importers import CohortImportError, import_cohort
     from taskalign.data.sanity import sanity_config
+    mark_ready()
 
     kind, source, options, spec = args.kind, args.source, {}, {}
     if args.spec:

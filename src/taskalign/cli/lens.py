@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskalign.runtime import atomic_path, setup_logging
+from taskalign.runtime import atomic_path, mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from taskalign.analysis.feature_files import load_features
     from taskalign.analysis.lens import fit_lens, group_summary
+    mark_ready()
 
     settings = json.loads(args.settings)
 

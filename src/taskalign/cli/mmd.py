@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskalign.runtime import atomic_path, setup_logging
+from taskalign.runtime import atomic_path, mark_ready, setup_logging
 
 
 def json_argument(text: str):
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging("taskalign.mmd")
     from taskalign.analysis.distances import all_distances
+    mark_ready()
 
     table = all_distances(args.inputs, args.settings)
     with atomic_path(args.out) as tmp:

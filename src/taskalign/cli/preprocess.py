@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskalign.runtime import available_cores, setup_logging
+from taskalign.runtime import available_cores, mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from taskalign.data.preprocess import PreprocessError, preprocess_cohort
     from taskalign.data.sanity import sanity_config
+    mark_ready()
 
     try:
         params = json.loads(args.params)

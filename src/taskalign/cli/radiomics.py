@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from taskalign.runtime import atomic_path, setup_logging
+from taskalign.runtime import atomic_path, mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     import SimpleITK as sitk
 
     from taskalign.analysis.radiomics import META_COLUMNS, cohort_features, load_params
+    mark_ready()
 
     log.info("pyradiomics %s, SimpleITK %s; params %s: %s", radiomics.__version__, sitk.Version.VersionString(),
              args.params, load_params(args.params))

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskalign.runtime import setup_logging
+from taskalign.runtime import mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging("taskalign.report")
     from taskalign.report.paper import draw_named_figure, write_named_table
+    mark_ready()
 
     inputs, settings = json.loads(args.inputs), json.loads(args.settings)
     stem = args.out.with_name(args.out.name.split(".")[0])

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from taskalign.runtime import atomic_path, setup_logging
+from taskalign.runtime import atomic_path, mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from taskalign.analysis.distances import rpg_correlations, rpg_rows, rpg_table
     from taskalign.tasks.spec import Task
+    mark_ready()
 
     tasks = {name: Task.from_config(name, spec) for name, spec in json.loads(args.tasks).items()}
     entries = rpg_rows(pd.read_csv(args.metrics), pd.read_csv(args.distances), json.loads(args.models), tasks)

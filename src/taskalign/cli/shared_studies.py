@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from taskalign.runtime import atomic_path, setup_logging
+from taskalign.runtime import atomic_path, mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from taskalign.data.shared_studies import describe, matching_studies, shared_studies, study_digests
+    mark_ready()
 
     manifests = {path.stem: pd.read_csv(path, dtype=str, keep_default_na=False) for path in args.manifests}
     if args.level == "off":

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskalign.runtime import setup_logging
+from taskalign.runtime import mark_ready, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging("taskalign.target_probe")
     from taskalign.analysis.target_probe import run
+    mark_ready()
 
     params = json.loads(args.params)
     run(encoders={name: Path(p) for name, p in json.loads(args.encoders).items()}, index=args.index,

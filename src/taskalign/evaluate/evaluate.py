@@ -20,7 +20,7 @@ from taskalign.evaluate.metrics import (PIRADS_POSITIVE_FROM, SPEC_SENSITIVITY, 
 from taskalign.evaluate.scoring import case_scores, predict, split_metrics
 from taskalign.models.device import select_device
 from taskalign.models.task_model import load_task_model
-from taskalign.runtime import atomic_path
+from taskalign.runtime import atomic_path, mark_ready
 from taskalign.tasks.loader import make_loader
 from taskalign.tasks.samples import TaskDataset, usable_rows
 from taskalign.tasks.spec import Task
@@ -53,6 +53,7 @@ def run_evaluation(job: EvaluationJob) -> pd.DataFrame:
     loader = make_loader(test, job.params["batch_size"], shuffle=False, seed=job.params["seed"], device=device)
 
     records, volumes, shown = [], {}, []
+    mark_ready()  # the model is built and the data open: start-up ends (runtime)
     for i, prediction, target in predict(model, loader, job.task, device):
         row = test.index.iloc[i]
         records.append({"case_id": row["case_id"], "patient_id": row["patient_id"], "cohort": row["cohort"],

@@ -16,6 +16,7 @@ from taskalign.models.checkpoint_io import cpu_copy, load_trained_state, trained
 from taskalign.models.device import autocast, to_device
 from taskalign.tasks.loader import EpochAheadLoader
 from taskalign.tasks.rng import preserved_rngs, rng_state, set_rng_state
+from taskalign.runtime import mark_ready
 from taskalign.train.preemption import Stopped, stop_requested
 from taskalign.train.resume import ResumeFile
 
@@ -198,6 +199,7 @@ def fit(*, model: torch.nn.Module, schedule: Schedule, loader: EpochAheadLoader,
         if restored["progress"] is not None:
             progress = EpochProgress(**restored["progress"])
         log.info("resuming from %s at epoch %d, step %d", resume.path, epoch + 1, progress.step)
+    mark_ready()
     while epoch < epochs:
         loader.begin_epoch(epoch)
         started = time.time()
