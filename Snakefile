@@ -1,6 +1,13 @@
 # taskalign: pretraining-task alignment of a prostate-MRI foundation model.
 # Stages live in workflow/rules/<stage>.smk; the experiment plan (every job and path) is taskalign.plan.
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
+
+# The plan the rules ask comes from this checkout's src/, as the jobs' code does (common.smk's job_environment),
+# whatever taskalign another checkout installed in the environment.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 min_version("9.11")
 
