@@ -138,6 +138,20 @@ def test_models_train_and_evaluate_for_every_task_type(tiny_cache, tmp_path, enc
     assert set(cases["case_id"]) <= set(manifest["case_id"]) and len(cases) == len(usable_rows(manifest, task(name)))
     if name == "pirads_cls":  # each test negative's call at the validation split's 90%-sensitivity threshold
         assert "spec_at_sens90" in cases.columns and cases.loc[cases["true"] >= 3, "spec_at_sens90"].isna().all()
+    # the kind's trivial baseline on the same cases, and the model's paired gain over it
+    trivial = metrics.set_index("metric")["trivial"]
+    if name == "pirads_cls":  # constant probabilities: no ranking, no negative spared at any threshold
+        one_class = np.isnan(metrics.set_index("metric").loc["auc", "value"])  # the tiny test split may hold one
+        assert (one_class or trivial["auc"] == 0.5) and trivial["spec_at_sens90"] == 0.0, trivial
+    if name == "zone_seg":  # an empty mask: Dice 0 for every zone a test case has
+        assert trivial["dice"] == 0.0 and trivial["dice_tz"] == 0.0
+    if name == "volume_reg":  # the training mean: its mean squared error in training-SD units, from the cases
+        assert trivial["mse"] == pytest.approx((cases["true_norm"] ** 2).mean())
+    if name in ("super_res", "distortion"):  # the degraded input returned: SSIM < 1 against the clean image
+        assert 0 < trivial["ssim"] < 1
+    gains = metrics.dropna(subset=["gain_low"])
+    assert (gains["gain_low"] <= gains["value"] - gains["trivial"] + 1e-9).all()
+    assert (gains["value"] - gains["trivial"] <= gains["gain_high"] + 1e-9).all()
 
 
 def test_training_batches_do_not_depend_on_loader_workers(tiny_cache):

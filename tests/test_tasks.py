@@ -115,3 +115,45 @@ def test_no_module_outside_tasks_branches_on_a_kind_or_a_name(tmp_path):
                                     'x = TASK_TYPES[name].metric\nif name == "prostate_seg_b":\n    pass\n'
                                     'if task.kind.head_size > 2:  # an attribute, not a branch on the kind\n    pass\n')
     assert [line.split(":")[1] for line in kind_or_name_branches(tmp_path)] == ["1", "3", "4", "5"]
+
+
+def test_trivial_predictions_score_the_kinds_baselines():
+    """What a model that learned nothing predicts scores chance AUC and no specificity, Dice 0, the training mean's
+    error, and the input's SSIM: the values evaluation's `trivial` column holds."""
+    import numpy as np
+
+    from taskalign.evaluate.metrics import pirads_positive_score, specificity_cases
+    from taskalign.evaluate.scoring import case_scores, split_metrics
+
+    norm = {"scale": 1.0, "offset": 0.0}
+    pirads = task("pirads_cls")
+    labels = [2, 3, 4, 5, 2, 3, 5, 2]
+    image = torch.randn(3, 8, 16, 16)
+    rows = [case_scores(pirads, pirads.kind.trivial_prediction(pirads, image), torch.tensor(PIRADS_CLASSES.index(c)),
+                        norm) for c in labels]
+    cases = pd.DataFrame(rows)
+    score = pirads_positive_score(cases[[f"prob_{c}" for c in PIRADS_CLASSES]].to_numpy())
+    cases["spec_at_sens90"] = specificity_cases(cases["true"] >= 3, score, score[0])
+    metrics = split_metrics(pirads, cases, norm)
+    assert metrics["auc"] == 0.5 and metrics["spec_at_sens90"] == 0.0
+
+    zones = task("zone_seg")
+    mask = torch.zeros(1, 8, 16, 16, dtype=torch.uint8)
+    mask[0, 2:6, 4:12, 4:12] = 1
+    mask[0, 3:5, 6:10, 6:10] = 2
+    empty = zones.kind.trivial_prediction(zones, image)
+    from taskalign.data.labels import ZONE_LABELS
+
+    scores = case_scores(zones, empty, mask, norm)
+    present = [name for name, label in ZONE_LABELS.items() if label in (1, 2)]
+    assert empty.shape == (8, 16, 16) and len(present) == 2 and all(scores[f"dice_{n}"] == 0.0 for n in present)
+
+    volume = task("volume_reg")
+    targets = [torch.tensor([v]) for v in (-1.0, 0.5, 1.5)]
+    cases = pd.DataFrame([case_scores(volume, volume.kind.trivial_prediction(volume, image), t, norm) for t in targets])
+    assert split_metrics(volume, cases, norm)["mse"] == pytest.approx(np.mean([1.0, 0.25, 2.25]))
+
+    restoration = task("super_res")
+    returned = restoration.kind.trivial_prediction(restoration, image)
+    assert np.array_equal(returned, image[0].numpy())
+    assert case_scores(restoration, returned, image[:1], norm)["ssim"] == pytest.approx(1.0)

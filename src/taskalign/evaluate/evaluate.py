@@ -52,12 +52,13 @@ def run_evaluation(job: EvaluationJob) -> pd.DataFrame:
                        contract=meta.get("input"))
     loader = make_loader(test, job.params["batch_size"], shuffle=False, seed=job.params["seed"], device=device)
 
-    records, volumes, shown = [], {}, []
+    records, trivial, volumes, shown = [], [], {}, []
     mark_ready()  # the model is built and the data open: start-up ends (runtime)
-    for i, prediction, target in predict(model, loader, job.task, device):
+    for i, prediction, target, baseline in predict(model, loader, job.task, device, trivial=True):
         row = test.index.iloc[i]
         records.append({"case_id": row["case_id"], "patient_id": row["patient_id"], "cohort": row["cohort"],
                         **case_scores(job.task, prediction, target, meta["norm"])})
+        trivial.append(case_scores(job.task, baseline, target, meta["norm"]))
         kept = job.task.kind.kept_prediction(prediction, len(volumes), job.params["save_volumes"])
         if kept is not None:
             volumes[row["case_id"]] = kept
@@ -67,21 +68,28 @@ def run_evaluation(job: EvaluationJob) -> pd.DataFrame:
     if cases.empty:
         raise ValueError(f"task {job.task.name}: no test cases with a {job.task.type.target} label")
 
+    trivial = pd.DataFrame(trivial)
     if job.task.kind.operating_point:
         threshold = validation_threshold(model, job.task, job.indexes, job.params, meta["norm"], device)
-        prob = cases[[f"prob_{c}" for c in job.task.type.classes]].to_numpy()
         # per case, so the tables can resample it: a negative called negative at the validation threshold
         cases["spec_at_sens90"] = specificity_cases(cases["true"] >= PIRADS_POSITIVE_FROM,
-                                                    pirads_positive_score(prob), threshold)
-    point = split_metrics(job.task, cases, meta["norm"])
-    intervals = bootstrap_cis(cases, lambda frame: split_metrics(job.task, frame, meta["norm"]),
+                                                    positive_scores(job.task, cases), threshold)
+        # one score for every case: the threshold that reaches the sensitivity is that score, every case positive
+        constant = positive_scores(job.task, trivial)
+        trivial["spec_at_sens90"] = specificity_cases(trivial["true"] >= PIRADS_POSITIVE_FROM, constant, constant[0])
+    point, base = split_metrics(job.task, cases, meta["norm"]), split_metrics(job.task, trivial, meta["norm"])
+    # one patient resample scores the model and the trivial baseline on the same cases: the gain's interval is paired
+    paired = pd.concat([cases, trivial.add_prefix(TRIVIAL)], axis=1)
+    intervals = bootstrap_cis(paired, lambda frame: with_gains(job.task, frame, cases.columns, meta["norm"]),
                               n_boot=job.params["bootstrap"], seed=job.params["seed"])
     summary = []
     for name, value in point.items():
         low, high = intervals[name]
+        gain_low, gain_high = intervals[f"gain_{name}"]
         summary.append({"task": job.task.name, "init": meta["init"], "protocol": meta["protocol"], "seed": meta["seed"],
                         "metric": name, "value": value, "ci_low": low, "ci_high": high, "n_cases": len(cases),
-                        "n_patients": cases["patient_id"].nunique(), "primary": name == job.task.type.metric})
+                        "n_patients": cases["patient_id"].nunique(), "primary": name == job.task.type.metric,
+                        "trivial": base[name], "gain_low": gain_low, "gain_high": gain_high})
     frame = pd.DataFrame(summary)
     with atomic_path(job.metrics_csv) as tmp:
         frame.to_csv(tmp, index=False)
@@ -96,6 +104,22 @@ def run_evaluation(job: EvaluationJob) -> pd.DataFrame:
     log.info("%s %s %s: test %s %.4f (%d cases)", job.task.name, meta["init"], meta["protocol"], job.task.type.metric,
              primary, len(cases))
     return frame
+
+
+TRIVIAL = "trivial_"  # column prefix of the trivial baseline's per-case scores in the paired resamples
+
+
+def positive_scores(task: Task, cases: pd.DataFrame) -> np.ndarray:
+    return pirads_positive_score(cases[[f"prob_{c}" for c in task.type.classes]].to_numpy())
+
+
+def with_gains(task: Task, frame: pd.DataFrame, columns, norm: dict) -> dict[str, float]:
+    """The model's metrics on a resample and, as `gain_<metric>`, their difference to the trivial baseline's
+    (the kind's trivial prediction, scored on the same cases)."""
+    model = split_metrics(task, frame[list(columns)], norm)
+    trivial = frame[[c for c in frame.columns if c.startswith(TRIVIAL)]]
+    base = split_metrics(task, trivial.rename(columns=lambda c: c[len(TRIVIAL):]), norm)
+    return {**model, **{f"gain_{name}": value - base[name] for name, value in model.items()}}
 
 
 def validation_threshold(model, task: Task, indexes: list[Path], params: dict, norm: dict, device) -> float:

@@ -23,8 +23,9 @@ def output_to_prediction(task: Task, output: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(model, loader, task: Task, device):
-    """Yield (dataset index, prediction, target) per case, model in eval mode."""
+def predict(model, loader, task: Task, device, trivial: bool = False):
+    """Yield (dataset index, prediction, target) per case, model in eval mode; with `trivial`, also the kind's
+    trivial prediction from the case's model input (after the task's degradation)."""
     model.eval()
     for batch in loader:
         batch = loader.dataset.on_device(to_device(batch, device))  # a TaskDataset's inputs and targets
@@ -32,7 +33,8 @@ def predict(model, loader, task: Task, device):
             outputs = task.kind.infer(task, model, batch["image"])
         for j in range(outputs.shape[0]):
             target = batch["target"][j].cpu()
-            yield int(batch["index"][j]), output_to_prediction(task, outputs[j].cpu()), target
+            found = (int(batch["index"][j]), output_to_prediction(task, outputs[j].cpu()), target)
+            yield (*found, task.kind.trivial_prediction(task, batch["image"][j])) if trivial else found
 
 
 def class_cases(task: Task, prediction: np.ndarray, target: torch.Tensor, norm: dict) -> dict:

@@ -87,9 +87,20 @@ class Kind:
         """One forward pass whose head features are read (analysis.features, the `head` level)."""
         return model(image)
 
+    def trivial_prediction(self, task, image) -> np.ndarray:
+        """What a model that learned nothing predicts for one case from its input (C, D, H, W), the baseline every
+        init must beat (evaluation's `trivial` columns): here, an image kind, the input returned unchanged (its
+        first channel: the degraded T2W, or the T2W for a translation)."""
+        return image[0].float().cpu().numpy()
+
 
 @dataclass(frozen=True)
 class Classification(Kind):
+    def trivial_prediction(self, task, image):
+        """The same probabilities for every case: no ranking (AUC 0.5) and no threshold that spares a negative."""
+        n = task.type.n_outputs
+        return np.full(n, 1.0 / n)
+
     def item_target(self, task, value):
         import torch
 
@@ -109,6 +120,10 @@ class Regression(Kind):
     def prediction(self, task, output):
         return output.float().numpy()
 
+    def trivial_prediction(self, task, image):
+        """The training split's mean (0 in the standardised units the model predicts)."""
+        return np.zeros(1, dtype=np.float32)
+
 
 @dataclass(frozen=True)
 class Segmentation(Kind):
@@ -121,6 +136,10 @@ class Segmentation(Kind):
         if task.type.n_outputs > 1:
             return output.argmax(dim=0).numpy().astype(np.uint8)
         return (output[0] > 0).numpy().astype(np.uint8)
+
+    def trivial_prediction(self, task, image):
+        """An empty mask (background everywhere)."""
+        return np.zeros(tuple(image.shape[1:]), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
