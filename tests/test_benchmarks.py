@@ -210,3 +210,18 @@ def test_a_job_logs_its_start_up_and_the_benchmark_sums_it_by_kind(tmp_path):
     assert 0.3 <= first < total and total - first >= 0.5
     assert share["ratio"] == f"{(first + 1.0) / 100.0:.1%}"
     assert "demo 2 jobs" in share["measure"]
+
+
+def test_default_run_summary_picks_the_best_init_and_reads_its_gain_over_the_trivial_baseline():
+    from benchmarks.default_run import best_against_trivial
+
+    rows = [("volume_reg", "scratch", "mse", 0.5, 0.9, -0.6, -0.2), ("volume_reg", "specialist", "mse", 0.2, 0.9, -0.8, -0.5),
+            ("pirads_cls", "scratch", "auc", 0.55, 0.5, -0.05, 0.15), ("pirads_cls", "specialist", "auc", 0.52, 0.5, 0.01, 0.04)]
+    metrics = pd.DataFrame([{"task": t, "init": i, "protocol": "full", "seed": 0, "metric": m, "value": v,
+                             "ci_low": v - 0.1, "ci_high": v + 0.1, "n_cases": 10, "primary": True, "trivial": b,
+                             "gain_low": lo, "gain_high": hi} for t, i, m, v, b, lo, hi in rows])
+    summary = best_against_trivial(metrics).set_index("task")
+    assert summary.loc["volume_reg", "best init"] == "specialist / full"  # lower is better
+    assert summary.loc["volume_reg", "beats trivial"] == "yes"
+    assert summary.loc["pirads_cls", "best init"] == "scratch / full"
+    assert summary.loc["pirads_cls", "beats trivial"] == "no"  # its gain interval holds 0
