@@ -432,6 +432,9 @@ def test_ablation_table():
                       "value": mse, "primary": True},
                      {"task": "volume_reg", "init": init, "protocol": protocol, "seed": seed, "metric": "mae_ml",
                       "value": 0.0, "primary": False}]
+    # the baseline's run of a task the sweep did not fine-tune: no column of this table
+    rows.append({"task": "pirads_cls", "init": "scratch", "protocol": "full", "seed": 0, "metric": "auc",
+                 "value": 0.5, "primary": True})
     table = ablation_table(pd.DataFrame(rows), steps, protocol="frozen", lower_is_better={"mse"},
                            baseline=("scratch", "scratch", "full"))
     cells = table.cells

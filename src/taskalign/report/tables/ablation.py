@@ -39,8 +39,9 @@ def ablation_table(metrics: pd.DataFrame, steps: Sequence[tuple[str, str, Sequen
     rows += [(label, init, protocol, list(objectives)) for label, init, objectives in steps]
     if not rows:
         raise ValueError("ablation table: no steps")
-    swept = pd.MultiIndex.from_tuples([(init, protocol) for _, init, protocol, _ in rows])
-    # the tasks the sweep fine-tuned: other runs of the same encoders (other protocols) are not part of this table
+    swept = pd.MultiIndex.from_tuples([(init, protocol) for _, init, protocol, _ in rows[1 if baseline else 0:]])
+    # the tasks the sweep fine-tuned: other runs of the same encoders (other protocols), and the baseline's runs of
+    # other tasks, are not part of this table
     in_sweep = pd.MultiIndex.from_frame(primary[["init", "protocol"]]).isin(swept)
     tasks = list(dict.fromkeys(primary.loc[in_sweep, "task"]))
     task_cols = [f"{t} ({primary.loc[primary['task'] == t, 'metric'].iloc[0]})" for t in tasks]
