@@ -23,6 +23,7 @@ def setup_logging(name: str) -> logging.Logger:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # matplotlib's PDF font subsetting: 100 lines a figure
     log = logging.getLogger(name)
     atexit.register(_log_startup, log)
     return log

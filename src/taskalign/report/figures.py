@@ -191,8 +191,8 @@ def _draw_rpg_vs_distance(frame: pd.DataFrame, correlations: pd.DataFrame, st: d
             c = _correlation_row(correlations, distance, reference, model)
             prefix = ": ".join(str(v) for v in (model, reference) if v is not None)
             ax.set_title(f"{prefix + ': ' if prefix else ''}RPG vs {distance.upper()}\n"
-                         f"r={c['pearson_r']:.2f}{_interval(c, 'pearson')} (p={c['pearson_p']:.2g}), "
-                         f"ρ={c['spearman_rho']:.2f} (p={c['spearman_p']:.2g}), n={int(c['n'])}",
+                         f"r={c['pearson_r']:.2f}{_interval(c, 'pearson')} (p={c['pearson_p']:.2g})\n"  # 3 lines:
+                         f"ρ={c['spearman_rho']:.2f} (p={c['spearman_p']:.2g}), n={int(c['n'])}",  # no overlap
                          fontsize=st["font_size"] - 1)
             ax.set_xlabel(f"{distance.upper()} (unbiased MMD²)")
             ax.set_ylabel("RPG (%)")
