@@ -302,7 +302,8 @@ def test_every_paper_table_and_figure_is_written_with_provenance(workdir):
     for model in [f"pretrained:{m['variant']}/{m['protocol']}" for m in CONFIG["analysis"]["models"]]:
         assert any(column.startswith(model) for column in compute.columns), (model, list(compute.columns))
     figures = ["001_fig1b_scratch_vs_finetuned", "001_fig2_rpg_vs_distance", "001_fig3_learning_curves",
-               "000_fig_cka_heatmaps", "003_lens_heatmap", "003_lens_class_bars", "000_fig_segmentation_overlays"]
+               "000_fig_cka_heatmaps", "000_fig_table6_cka", "003_lens_heatmap", "003_lens_class_bars",
+               "000_fig_segmentation_overlays"]
     for name in figures:
         assert (workdir / f"results/figures/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert (workdir / f"results/figures/{name}.pdf").read_bytes()[:4] == b"%PDF", name

@@ -132,6 +132,18 @@ def test_cka_shared_scale_and_annotations():
         assert len(ax.texts) == 16 and all(len(t.get_text()) == 4 for t in ax.texts)  # "0.xx" per cell
 
 
+def test_table6_picture_draws_each_pair_by_level_with_its_interval():
+    rows = [{"pair": pair, "layer_a": level, "linear": value, "ci_low": value - 0.01, "ci_high": min(value + 0.01, 1)}
+            for pair, drop in (("pretrained-continual", 0.0), ("pretrained-finetuned", 0.05))
+            for level, value in zip(("block3", "final"), (1.0 - drop / 2, 1.0 - drop))]
+    curves = {"lesion_seg": pd.DataFrame(rows), "zone_seg": pd.DataFrame(rows)}
+    fig = F._draw_cka_by_level(curves, F._style(None))
+    panels = F._data_axes(fig)
+    assert len(panels) == 2 and [t.get_text() for t in panels[0].get_xticklabels()] == ["block3", "final"]
+    lines = [line for line in panels[0].lines if len(line.get_xdata()) == 2 and line.get_linestyle() == "-"]
+    assert sorted(tuple(np.round(np.asarray(line.get_ydata(), float), 3)) for line in lines) == [(0.975, 0.95), (1.0, 1.0)]
+
+
 def test_lower_is_better_metric_is_negated():
     fig = F._draw_scratch_vs_finetuned(_scores(), F._style(None))
     points = np.vstack([c.get_offsets() for c in fig.axes[0].collections])

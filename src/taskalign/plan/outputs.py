@@ -182,6 +182,11 @@ CAPTIONS = {
         "Seed 000: layer x layer linear CKA between encoder pairs (pretrained-continual, pretrained-finetuned"
         " and continual-finetuned with the same FT, continual-finetuned_from_continual) per task."
     ),
+    "000_fig_table6_cka": (
+        "Seed 000 Table 6 as a picture: per task, the linear CKA of Pretrained-Continual, Pretrained-Finetuned and"
+        " Continual-Finetuned (one FT, full protocol, first seed) at each level, with the subsampling interval"
+        " over the test cases."
+    ),
     "003_lens_heatmap": (
         "Seed 003: change of each radiomic feature's share of the lens's sensitivity after fine-tuning "
         "(features x tasks; a rescale of the embeddings is no change), top features by largest change."
@@ -221,6 +226,8 @@ OUTPUTS = (
            CAPTIONS["001_fig3_learning_curves"]),
     Output("000_fig_cka_heatmaps", True, _has_cka, lambda plan: {"cka": layout.analysis_file("cka.csv")},
            CAPTIONS["000_fig_cka_heatmaps"]),
+    Output("000_fig_table6_cka", True, _has_cka, lambda plan: {"cka": layout.analysis_file("cka.csv")},
+           CAPTIONS["000_fig_table6_cka"]),
     Output("003_lens_heatmap", True, _has_lens, lambda plan: {"lens": layout.analysis_file("lens.csv")},
            CAPTIONS["003_lens_heatmap"]),
     Output("003_lens_class_bars", True, _has_lens, lambda plan: {"lens": layout.analysis_file("lens.csv")},

@@ -319,6 +319,44 @@ def cka_heatmaps(matrices: Mapping[str, pd.DataFrame], stem: str | Path, footer:
     return _render(stem, footer, style, lambda st: _draw_cka_heatmaps(matrices, st))
 
 
+def _draw_cka_by_level(curves: Mapping[str, pd.DataFrame], st: dict) -> Figure:
+    if not curves:
+        raise ValueError("cka_by_level: no tasks to draw")
+    ncols = min(len(curves), 4)
+    nrows = -(-len(curves) // ncols)
+    fig, axes = _figure(nrows, ncols, (2.8, 2.4))
+    colours = matplotlib.colormaps["tab10"]
+    pairs = list(dict.fromkeys(p for frame in curves.values() for p in frame["pair"]))
+    for ax, (task, frame) in zip(axes.flat, curves.items()):
+        for k, pair in enumerate(pairs):
+            part = frame[frame["pair"] == pair]
+            if part.empty:
+                continue
+            x = np.arange(len(part))
+            # the subsampling interval need not hold the full-sample estimate (CKA's bias grows as n shrinks)
+            below = (part["linear"] - part["ci_low"]).clip(lower=0)
+            above = (part["ci_high"] - part["linear"]).clip(lower=0)
+            ax.errorbar(x, part["linear"], yerr=[below, above],
+                        fmt="o-", color=colours(k), capsize=2, ms=3, lw=1, label=pair)
+            ax.set_xticks(x, [str(level) for level in part["layer_a"]], rotation=45)
+        ax.set_title(str(task))
+        ax.set_ylabel("linear CKA")
+        ax.ticklabel_format(axis="y", useOffset=False)  # CKA near 1: values, not "+1" and tiny offsets
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.set_axis_off()
+    handles = {t: h for ax in fig.axes for h, t in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="outside upper center", ncols=len(handles), frameon=False)
+    return fig
+
+
+def cka_by_level(curves: Mapping[str, pd.DataFrame], stem: str | Path, footer: str,
+                 style: Mapping[str, Any] | None = None) -> int:
+    """000 Table 6 as a picture: per task (panel), the linear CKA of each encoder pair by level, with its interval.
+    `curves`: {task: rows with pair, layer_a, linear, ci_low, ci_high, in level order}."""
+    return _render(stem, footer, style, lambda st: _draw_cka_by_level(curves, st))
+
+
 # --- 003 lens --------------------------------------------------------------------------------------------------
 
 

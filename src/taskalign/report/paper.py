@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from taskalign.analysis.cka_pairs import CONTINUAL_FT, PRETRAINED_CONTINUAL, PRETRAINED_FT
 from taskalign.analysis.distances import rpg_metric
 from taskalign.plan.experiment import ABLATION_BASELINE
 from taskalign.plan.outputs import FIGURES, PERFORMANCE_TABLES, TABLES
@@ -79,6 +80,9 @@ def cohorts(inputs: dict, settings: dict) -> Table:
     used = list(dict.fromkeys(spec["cohort"] for spec in settings["tasks"].values()))
     manifests = {c: pd.read_csv(by_name[c]) for c in [*used, *settings["other_cohorts"]]}
     return cohort_table(manifests, settings["tasks"])
+
+
+TABLE6_PAIRS = (PRETRAINED_CONTINUAL, PRETRAINED_FT, CONTINUAL_FT)
 
 
 def read_cka(path: str) -> pd.DataFrame:
@@ -234,6 +238,19 @@ def fig_cka(stem: Path, inputs: dict, settings: dict) -> int:
     return figures.cka_heatmaps(matrices, stem, footer(), settings["style"])
 
 
+def fig_table6(stem: Path, inputs: dict, settings: dict) -> int:
+    """Table 6's pairs at matching levels (the first fine-tuning seed, full protocol), one panel per task."""
+    frame = read_cka(inputs["cka"])
+    frame = frame[(frame["layer_a"] == frame["layer_b"]) & frame["protocol"].isin(["", "full"])
+                  & frame["pair"].isin(TABLE6_PAIRS)]
+    curves = {}
+    for task, group in frame.groupby("task", sort=False):
+        seeds = group["seed"].astype(str)
+        first = sorted(s for s in seeds.unique() if s != "")[:1]
+        curves[task] = group[seeds.isin(["", *first])]
+    return figures.cka_by_level(curves, stem, footer(), settings["style"])
+
+
 def lens_shown(path: str) -> pd.DataFrame:
     """lens.csv with the change of tasks below the lens's R² floor blanked (NaN; `interpretable` False)."""
     table = pd.read_csv(path)
@@ -287,6 +304,7 @@ DRAW = {
     "001_fig2_rpg_vs_distance": fig_rpg,
     "001_fig3_learning_curves": fig_learning_curves,
     "000_fig_cka_heatmaps": fig_cka,
+    "000_fig_table6_cka": fig_table6,
     "003_lens_heatmap": fig_lens_heatmap,
     "003_lens_class_bars": fig_lens_bars,
     "000_fig_segmentation_overlays": fig_overlays,
