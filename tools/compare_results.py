@@ -47,10 +47,12 @@ for sub in subdirs:
             with safe_open(str(f), "pt") as h:
                 return h.metadata(), {k: h.get_tensor(k) for k in h.keys()}
         (ma, ta), (mb, tb) = load(fa), load(fb)
-        if ma == mb and ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta): continue
-        bad.append(f"tensors differ {rel}"); continue
+        values = ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+        if ma == mb and values: continue
+        keys = sorted(k for k in set(ma or {}) | set(mb or {}) if (ma or {}).get(k) != (mb or {}).get(k))
+        bad.append(f"{'metadata only' if values else 'tensors differ'} {rel}" + (f" (metadata keys {keys})" if keys else "")); continue
     if fa.suffix == ".npz":
-        za, zb = np.load(fa, allow_pickle=True), np.load(fb, allow_pickle=True)
+        za, zb = np.load(fa, allow_pickle=False), np.load(fb, allow_pickle=False)  # never unpickle
         if sorted(za.files) == sorted(zb.files) and all(np.array_equal(za[k], zb[k]) for k in za.files): continue
         bad.append(f"arrays differ {rel}"); continue
     if fa.suffix == ".pdf": continue  # footer text and timestamps; the PNG beside it is compared
