@@ -161,18 +161,23 @@ def past_run(run_dir: Path) -> list[dict]:
 STARTUP = re.compile(r"^\S+ INFO taskalign\.(\w+): start-up ([\d.]+) s of ([\d.]+) s$")
 
 
+def startup_lines(run_dir: Path) -> list[tuple[str, float, float]]:
+    """(job kind, start-up seconds, total seconds) of every job log under run_dir/results/logs that has the line."""
+    return [(match.group(1), float(match.group(2)), float(match.group(3)))
+            for path in sorted((run_dir / "results" / "logs").rglob("*.log"))
+            for line in path.read_text(errors="replace").splitlines() if (match := STARTUP.match(line))]
+
+
 def startup_shares(run_dir: Path, job_seconds: float) -> list[dict]:
     """Start-up (interpreter, imports, model build, opening data: everything before a job's first useful step,
     `taskalign.runtime.mark_ready`) by job kind, from the jobs' logs under results/logs, against the summed job time
     of the Snakemake log. A run made before the jobs logged it has no such lines."""
     kinds: dict[str, list[float]] = {}
-    for path in sorted((run_dir / "results" / "logs").rglob("*.log")):
-        for line in path.read_text(errors="replace").splitlines():
-            if match := STARTUP.match(line):
-                kind = kinds.setdefault(match.group(1), [0, 0.0, 0.0])
-                kind[0] += 1
-                kind[1] += float(match.group(2))
-                kind[2] += float(match.group(3))
+    for name, startup, total in startup_lines(run_dir):
+        kind = kinds.setdefault(name, [0, 0.0, 0.0])
+        kind[0] += 1
+        kind[1] += startup
+        kind[2] += total
     if not kinds:
         return [row(SECTION, "default DAG, past run: start-up share by job kind", "-",
                     "skipped: the jobs' logs have no start-up lines (a run made before taskalign.runtime logged them)",

@@ -73,7 +73,7 @@ def lens_fits(summary: pd.DataFrame) -> pd.DataFrame:
 def job_time_by_rule(run: Path) -> pd.DataFrame | None:
     """Jobs, summed and mean job seconds per rule of the run's largest complete Snakemake log (bench_dag's reading),
     with the summed start-up the jobs logged where they did (taskalign.runtime)."""
-    from benchmarks.bench_dag import STARTUP, job_times
+    from benchmarks.bench_dag import job_times, startup_lines
 
     logs = [p for p in sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
             if re.search(r"steps \(100%\) done", p.read_text(errors="replace"))]
@@ -84,8 +84,7 @@ def job_time_by_rule(run: Path) -> pd.DataFrame | None:
     frame = frame.sort_values("sum", ascending=False)
     frame.columns = ["jobs", "summed min", "s per job"]
     frame["summed min"] /= 60
-    startup = [float(match.group(2)) for path in (run / "results" / "logs").rglob("*.log")
-               for line in path.read_text(errors="replace").splitlines() if (match := STARTUP.match(line))]
+    startup = [seconds for _, seconds, _ in startup_lines(run)]
     if len(startup) >= len(jobs) / 2:  # a run whose jobs logged it (a few redrawn figures do not count)
         frame.loc["(start-up, all kinds)"] = [len(startup), sum(startup) / 60, sum(startup) / len(startup)]
     frame["jobs"] = frame["jobs"].astype(int)
