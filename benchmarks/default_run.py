@@ -91,9 +91,9 @@ def job_time_by_rule(run: Path) -> pd.DataFrame | None:
     return frame.reset_index()
 
 
-def section(run: Path, label: str, wall: float | None) -> str:
+def section(run: Path, label: str, wall: float | None, heading: str = SECTION) -> str:
     results = run / "results"
-    parts = [SECTION, "", f"`python benchmarks/default_run.py {run}`: the default run {label}"
+    parts = [heading, "", f"`python benchmarks/default_run.py {run}`: the default run {label}"
              + (f", {wall:.1f} min wall" if wall else "") + "."]
     metrics = results / "evaluate" / "metrics.csv"
     if metrics.exists():
@@ -116,9 +116,10 @@ def section(run: Path, label: str, wall: float | None) -> str:
 
 
 def write(text: str, path: Path = REPO / "benchmarks" / "results.md") -> None:
-    """Replace the section (up to the next `## ` heading) or append it."""
+    """Replace the section of the same heading (up to the next `## ` heading) or append it."""
     old = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    heading = text.split("\n", 1)[0]
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
     path.write_text(new)
 
@@ -128,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="checkout the default run was made in (its results/)")
     parser.add_argument("--label", default="", help="what run this is (commit, machine)")
     parser.add_argument("--wall-minutes", type=float, default=None)
+    parser.add_argument("--heading", default="", help="words after the section's heading (a second run's section)")
     parser.add_argument("--print-only", action="store_true")
     args = parser.parse_args(argv)
-    text = section(args.run, args.label, args.wall_minutes)
+    heading = f"{SECTION} ({args.heading})" if args.heading else SECTION
+    text = section(args.run, args.label, args.wall_minutes, heading)
     print(text)
     if not args.print_only:
         write(text)
